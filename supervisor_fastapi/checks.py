@@ -1,0 +1,137 @@
+"""Pre-flight checks for `supervisor-fastapi check`: each returns a Result, none exits."""
+
+import errno
+import os
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .render import Layout
+from .spec import Bind, Memory, Spec, format_size
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    what: str
+    detail: str = ""
+
+
+def load_with_supervisor(conf_text: str) -> Optional[str]:
+    """Load conf text with supervisor's own parser; the error message, or None if it loads."""
+    from supervisor.options import ServerOptions
+
+    fd, path = tempfile.mkstemp(suffix=".conf", prefix="supervisor-fastapi-check-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(conf_text)
+        options = ServerOptions()
+        options.configfile = path
+        try:
+            options.process_config(do_usage=False)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    finally:
+        os.unlink(path)
+
+
+def capacity_problem(workers: int, memory: Memory, total_ram: int) -> Optional[str]:
+    """'4 workers x 1 GB = 4 GB > 3 GB budget ...' when the workers do not fit, else None."""
+    if memory.per_worker is None:
+        return None
+    need = workers * memory.per_worker
+    budget = memory.budget.of(total_ram)
+    if need <= budget:
+        return None
+    fit = budget // memory.per_worker
+    fix = (f"lower server.workers to {fit}" if fit >= 1 else "lower memory.per_worker") + \
+        " or raise memory.budget"
+    return (f"{workers} workers x {format_size(memory.per_worker)} = {format_size(need)} > "
+            f"{format_size(budget)} budget ({memory.budget.describe()} of {format_size(total_ram)} RAM); {fix}")
+
+
+def total_ram(meminfo: str = "/proc/meminfo") -> int:
+    """This host's RAM in bytes."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def bind_problem(bind: Bind) -> Optional[str]:
+    """Why supervisord could not bind ``bind`` now (it would exit at start), or None."""
+    if bind.kind == "unix":
+        if not os.path.exists(bind.path):
+            parent = os.path.dirname(bind.path)
+            return None if os.path.isdir(parent) else f"folder {parent} does not exist"
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(bind.path)
+            return f"{bind.path} is in use: something accepts connections on it"
+        except OSError:
+            return None  # a stale file: supervisord unlinks it before binding
+        finally:
+            probe.close()
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as supervisord does
+    try:
+        probe.bind((bind.host, bind.port))
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{bind.host}:{bind.port} is already in use; stop what listens there or change server.bind"
+        if exc.errno == errno.EACCES:
+            return f"no permission to bind port {bind.port}; ports below 1024 need root"
+        return f"cannot bind {bind.host}:{bind.port}: {exc.strerror}"
+    finally:
+        probe.close()
+
+
+def python_problem(python: str, directory: str, asgi: str) -> Optional[str]:
+    """Whether app.python can run the worker (supervisor_fastapi and uvicorn importable)."""
+    code = "import supervisor_fastapi.worker, uvicorn"
+    try:
+        proc = subprocess.run([python, "-c", code], cwd=directory if os.path.isdir(directory) else None,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    except FileNotFoundError:
+        return f"app.python {python!r} does not exist"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"app.python {python!r} cannot run: {exc}"
+    if proc.returncode != 0:
+        last = proc.stdout.strip().splitlines()[-1:] or ["no output"]
+        return (f"app.python {python!r} cannot import the worker ({last[0]}); "
+                f"install supervisor-fastapi into the app's environment")
+    return None
+
+
+def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Result]:
+    """Every check for ``spec``; the CLI prints them."""
+    results = [Result(True, "spec", spec.source)]
+    err = load_with_supervisor(conf_text)
+    results.append(Result(err is None, "supervisord accepts the generated conf", err or ""))
+    if running:
+        results.append(Result(True, f"bind {spec.server.bind.url}", "held by this deployment's running supervisord"))
+    else:
+        problem = bind_problem(spec.server.bind)
+        results.append(Result(problem is None, f"bind {spec.server.bind.url} is free", problem or ""))
+    problem = capacity_problem(spec.server.workers, spec.memory, ram)
+    if spec.memory.per_worker is None:
+        detail = "memory.per_worker not set: capacity not checked"
+    else:
+        detail = problem or (f"{spec.server.workers} x {format_size(spec.memory.per_worker)} within "
+                             f"{format_size(spec.memory.budget.of(ram))} budget")
+    results.append(Result(problem is None, "memory capacity", detail))
+    if not os.path.isdir(spec.app.directory):
+        results.append(Result(False, "app.directory", f"{spec.app.directory} does not exist"))
+    problem = python_problem(spec.app.python, spec.app.directory, spec.app.asgi)
+    results.append(Result(problem is None, "app.python runs the worker", problem or spec.app.python))
+    run_parent = Layout(spec.run_dir).run_dir
+    return results + ([] if os.access(os.path.dirname(run_parent) or "/", os.W_OK) or os.path.isdir(run_parent)
+                      else [Result(False, "supervisord.run_dir", f"cannot create {run_parent}")])

@@ -1,0 +1,163 @@
+"""The `supervisor-fastapi` command: a thin click layer, each body one call into the core."""
+
+import functools
+import http.client
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, TypeVar
+
+import click
+
+from . import __version__, checks, control, deploy, systemd
+from .errors import UserError
+from .render import Layout, render
+from .spec import SPEC_FILENAME, Spec, load_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(f: F) -> F:
+    return click.option("-c", "--config", "config", metavar="PATH", default=None,
+                        help=f"Spec file (default: ./{SPEC_FILENAME}, or [tool.supervisor-fastapi] in "
+                             "./pyproject.toml).")(f)
+
+
+def user_errors(f: F) -> F:
+    """Turn UserError into a message on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
+def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False) -> str:
+    words = ["supervisor-fastapi", "render"]
+    if config:
+        words += ["-c", config]
+    if output:
+        words += ["-o", output]
+    if fragment:
+        words.append("--fragment")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="supervisor-fastapi")
+def main() -> None:
+    """Run FastAPI/ASGI apps under Supervisor: replicated Uvicorn workers on one shared socket."""
+
+
+@main.command()
+@click.option("-c", "--config", "config", metavar="PATH", default=SPEC_FILENAME, show_default=True)
+@click.option("--name", default=None, help="Program name prefix (default: this folder's name).")
+@click.option("--asgi", default="main:app", show_default=True, help="ASGI import string.")
+@click.option("--force", is_flag=True, help="Overwrite an existing spec.")
+@user_errors
+def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
+    """Write a starter spec."""
+    from .starter import write_starter
+
+    path = write_starter(config, name or os.path.basename(os.getcwd()), asgi, force)
+    click.echo(f"wrote {path}\nnext: supervisor-fastapi check && supervisor-fastapi up")
+
+
+@main.command("render")
+@config_option
+@click.option("-o", "--output", metavar="PATH", default=None,
+              help="Where to write the conf (default: supervisord.conf beside the spec; - for stdout).")
+@click.option("--fragment", is_flag=True,
+              help="Write a conf.d fragment (programs only) for an OS-packaged supervisord.")
+@user_errors
+def render_cmd(config: Optional[str], output: Optional[str], fragment: bool) -> None:
+    """Render the spec into a supervisord conf."""
+    spec = load_spec(config)
+    command = regenerate_command(config, output, fragment)
+    if output == "-":
+        click.echo(render(spec, command, fragment=fragment), nl=False)
+        return
+    path = output or deploy.default_conf_path(spec)
+    deploy.render_to(spec, path, command, fragment=fragment)
+    click.echo(f"wrote {path}", err=True)
+    if fragment:
+        click.echo(f"install: cp {path} /etc/supervisor/conf.d/{spec.app.name}.conf && supervisorctl update",
+                   err=True)
+    else:
+        click.echo(f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)", err=True)
+
+
+@main.command()
+@config_option
+@user_errors
+def check(config: Optional[str]) -> None:
+    """Validate the spec, the generated conf, the bind address, memory capacity and the app's Python."""
+    spec = load_spec(config)
+    deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
+    running = control.is_running(Layout(spec.run_dir))
+    results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
+    for r in results:
+        mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the workers.")
+@user_errors
+def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
+    """Render, start supervisord (or apply changes to it) and wait until every worker accepts."""
+    spec = load_spec(config)
+    conf = output or deploy.default_conf_path(spec)
+    ready = deploy.up(spec, conf, regenerate_command(config, output), progress, timeout)
+    click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
+    click.echo(f"supervisorctl -c {conf} status")
+
+
+@main.command()
+@config_option
+@user_errors
+def down(config: Optional[str]) -> None:
+    """Stop supervisord and every program of this deployment."""
+    spec = load_spec(config)
+    click.echo("stopped" if deploy.down(spec) else "not running")
+
+
+@main.command("systemd-unit")
+@config_option
+@click.option("-o", "--output", metavar="PATH", default=None, help="Conf path the unit starts.")
+@user_errors
+def systemd_unit(config: Optional[str], output: Optional[str]) -> None:
+    """Print a systemd unit that starts supervisord at boot and restarts it if it dies."""
+    spec = load_spec(config)
+    click.echo(systemd.unit(spec, os.path.abspath(output or deploy.default_conf_path(spec)), sys.executable),
+               nl=False)
+
+
+@main.command()
+@click.option("--workers", default=2, show_default=True)
+@click.option("--smoke", is_flag=True, help="Send a few requests, print which workers answered, stop, exit.")
+@user_errors
+def demo(workers: int, smoke: bool) -> None:
+    """Serve a bundled demo app with N workers from a temporary folder; Ctrl-C stops it."""
+    from .demo_run import run_demo
+
+    run_demo(workers, smoke, progress)
+

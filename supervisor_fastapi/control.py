@@ -1,0 +1,176 @@
+"""Talking to a running supervisord: the RPC proxy, start/stop of the daemon, readiness.
+
+The decisions (is every worker ready? did something fail?) are pure functions over
+``getAllProcessInfo`` records and worker state files, so they are unit-tested with data.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from .errors import UserError
+from .render import Layout
+from .spec import Spec
+
+ProcessInfo = Dict[str, Any]
+FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
+
+
+def rpc(layout: Layout) -> Any:
+    """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport("", "", f"unix://{layout.socket}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def is_running(layout: Layout) -> bool:
+    """True when a supervisord answers on this deployment's control socket."""
+    if not os.path.exists(layout.socket):
+        return False
+    try:
+        return rpc(layout).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+        return False
+
+
+def worker_states(layout: Layout) -> Dict[str, Dict[str, Any]]:
+    """Ready/heartbeat files by process name: ``{"pid", "ready", "beat"}``."""
+    out: Dict[str, Dict[str, Any]] = {}
+    try:
+        names = os.listdir(layout.state_dir)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.endswith(".tmp"):
+            continue
+        path = os.path.join(layout.state_dir, name)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            data["beat"] = os.stat(path).st_mtime
+        except (OSError, ValueError):
+            continue
+        out[name] = data
+    return out
+
+
+@dataclass
+class Readiness:
+    ready: List[str] = field(default_factory=list)
+    pending: List[str] = field(default_factory=list)
+    failed: List[str] = field(default_factory=list)
+    reasons: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+
+def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]]) -> Readiness:
+    """Which web workers accept connections, which are still coming, which failed.
+
+    A worker is ready when supervisord has it RUNNING and its own state file names the
+    same pid: the file is written only after uvicorn's startup (lifespan, listen) is done.
+    A failed migration fails the whole deployment, since the workers will not start.
+    """
+    r = Readiness()
+    app = spec.app.name
+    for info in infos:
+        name, state = info["name"], info["statename"]
+        if info["group"] == f"{app}_migrate":
+            if state == "EXITED" and info["exitstatus"] != 0:
+                r.failed.append(name)
+                r.reasons[name] = f"migration exited with status {info['exitstatus']}"
+            elif state in FAILED_STATES:
+                r.failed.append(name)
+                r.reasons[name] = f"migration is {state}"
+            continue
+        if info["group"] != app:
+            continue
+        if state in FAILED_STATES:
+            r.failed.append(name)
+            r.reasons[name] = f"{state}" + (f": {info['spawnerr']}" if info.get("spawnerr") else "")
+        elif state == "RUNNING" and states.get(name, {}).get("pid") == info["pid"]:
+            r.ready.append(name)
+        else:
+            r.pending.append(name)
+    return r
+
+
+def log_tail(proxy: Any, name: str, length: int = 3000) -> str:
+    """The last part of a process's log, or a note why there is none."""
+    try:
+        text, _offset, _overflow = proxy.supervisor.tailProcessStdoutLog(name, 0, length)
+        return text
+    except (xmlrpc.client.Fault, OSError) as exc:
+        return f"(no log: {exc})"
+
+
+def start_daemon(conf_path: str, layout: Layout, timeout: float = 30.0) -> None:
+    """Start supervisord on ``conf_path`` and wait until its control socket answers."""
+    # supervisord forks into the background only after it has bound every socket, so a
+    # busy port or a bad conf makes this first process exit non-zero with the reason.
+    proc = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", conf_path],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = _file_tail(layout.logfile, 20)
+        raise UserError(f"supervisord did not start (exit {proc.returncode}):\n{proc.stdout.strip()}"
+                        + (f"\n--- {layout.logfile} ---\n{tail}" if tail else ""))
+    wait_for(lambda: is_running(layout), timeout, "supervisord's control socket to answer")
+
+
+def stop_daemon(layout: Layout, timeout: float = 120.0) -> bool:
+    """Ask supervisord to shut down and wait until it has; False if it was not running."""
+    if not is_running(layout):
+        return False
+    pid = _read_pid(layout.pidfile)
+    try:
+        rpc(layout).supervisor.shutdown()
+    except (OSError, xmlrpc.client.Fault):
+        pass
+    wait_for(lambda: not (pid and _alive(pid)) and not is_running(layout), timeout, "supervisord to exit")
+    return True
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise UserError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _read_pid(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _file_tail(path: str, lines: int) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return ""
+
+
+def web_processes(infos: Iterable[ProcessInfo], app: str) -> List[ProcessInfo]:
+    return [i for i in infos if i["group"] == app]

@@ -1,0 +1,70 @@
+"""`supervisor-fastapi demo`: the demo app, two workers, a temporary run folder."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from typing import Callable, Dict, List
+
+from . import deploy
+from .errors import UserError
+from .spec import HostDefaults, build_spec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_json(host: str, port: int, path: str = "/", timeout: float = 5.0) -> Dict[str, object]:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None:
+    """Start the demo, show which workers answer, and keep serving until Ctrl-C (or exit in smoke mode)."""
+    try:
+        import fastapi  # noqa: F401
+    except ImportError:
+        raise UserError("the demo needs FastAPI: pip install 'supervisor-fastapi[demo]'") from None
+    folder = tempfile.mkdtemp(prefix="supervisor-fastapi-demo-")
+    port = free_port()
+    data = {"app": {"name": "demo", "asgi": "supervisor_fastapi.demo:app"},
+            "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": workers, "graceful_timeout": 5}}
+    spec_path = os.path.join(folder, "supervisor-fastapi.toml")
+    import tomli_w
+
+    with open(spec_path, "w") as f:
+        f.write(tomli_w.dumps(data))
+    spec = build_spec(data, spec_path, folder, HostDefaults())
+    conf = os.path.join(folder, "supervisord.conf")
+    try:
+        deploy.up(spec, conf, f"supervisor-fastapi render -c {spec_path}", progress, timeout=60)
+        pids: List[object] = []
+        for _ in range(workers * 6):
+            pids.append(get_json("127.0.0.1", port)["worker_pid"])
+        print(f"demo: {workers} workers serving http://127.0.0.1:{port}/ "
+              f"({len(set(pids))} distinct worker pids answered {len(pids)} requests)")
+        print(f"demo: conf {conf}\ndemo: try  curl http://127.0.0.1:{port}/  or  "
+              f"supervisorctl -c {conf} status")
+        if not smoke:
+            print("demo: press Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print()
+    finally:
+        progress("stopping the demo")
+        deploy.down(spec)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,695 @@
+"""The deployment spec: TOML in, immutable typed records out.
+
+``parse_spec`` is pure: it takes the text, a display name for errors, the folder that
+relative paths are resolved against and the host defaults it may need (interpreter,
+CPU count), so tests can pin them. Every error is a SpecError naming the key path.
+"""
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+from . import ini
+from .errors import SpecError, UserError, did_you_mean
+from .worker import UVICORN_SETTINGS, UvicornSetting
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the oldest supported Python in CI
+    import tomli as tomllib
+
+SPEC_FILENAME = "supervisor-fastapi.toml"
+PYPROJECT_TABLE = "supervisor-fastapi"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?(:[a-z_][a-z0-9_.-]*)?$", re.IGNORECASE)
+HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# Names supervisor uses for its own environment; a spec overriding them would break the
+# listener's RPC connection or the worker's identity.
+RESERVED_ENV = ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME", "SUPERVISOR_ENABLED")
+# uvicorn settings the worker owns: the spec sets them elsewhere or they cannot apply.
+UVICORN_OWNED = {
+    "app": "set app.asgi",
+    "factory": "set app.factory, or end app.asgi with '()'",
+    "host": "set server.bind",
+    "port": "set server.bind",
+    "uds": "set server.bind to unix:///path",
+    "fd": "the worker always serves the socket supervisord passes as fd 0",
+    "workers": "set server.workers",
+    "reload": "reload is for development; use `supervisor-fastapi restart` for a rolling restart",
+    "timeout_graceful_shutdown": "set server.graceful_timeout",
+    "app_dir": "set app.directory",
+    "backlog": "set server.backlog",
+}
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Where the shared socket listens: ``tcp://HOST:PORT`` or ``unix:///abs/path``."""
+
+    kind: str  # "tcp" | "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}" if self.kind == "tcp" else f"unix://{self.path}"
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    asgi: str
+    factory: bool
+    directory: str
+    python: str
+    env: Tuple[Tuple[str, str], ...] = ()
+    user: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Server:
+    bind: Bind
+    workers: int
+    graceful_timeout: float = 30.0
+    uvicorn: Tuple[Tuple[str, Any], ...] = ()
+    backlog: int = 2048
+    socket_mode: Optional[str] = None
+    socket_owner: Optional[str] = None
+    heartbeat_timeout: Optional[float] = None
+    startsecs: int = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A share of host RAM (``fraction``) or an absolute byte count."""
+
+    fraction: Optional[float] = None
+    bytes: Optional[int] = None
+
+    def of(self, total: int) -> int:
+        return int(total * self.fraction) if self.fraction is not None else int(self.bytes or 0)
+
+    def describe(self) -> str:
+        return f"{self.fraction * 100:g}% of RAM" if self.fraction is not None else format_size(self.bytes or 0)
+
+
+@dataclass(frozen=True)
+class Memory:
+    per_worker: Optional[int] = None
+    budget: Budget = Budget(fraction=0.9)
+    limit: Optional[int] = None
+    check_interval: float = 10.0
+    limit_checks: int = 2
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: str
+    numprocs: int = 1
+    env: Tuple[Tuple[str, str], ...] = ()
+    directory: Optional[str] = None
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
+class Supervisord:
+    run_dir: str
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Migrate:
+    command: str
+    timeout: float = 600.0
+    env: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    restarts: int = 3
+    window: float = 60.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 300.0
+    backoff_reset: float = 60.0
+    jitter: float = 0.1
+    retry_fatal: bool = True
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    default: Backoff = Backoff()
+    overrides: Tuple[Tuple[str, Backoff], ...] = ()
+
+    def for_program(self, name: str) -> Backoff:
+        return dict(self.overrides).get(name, self.default)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert channel; ``options`` holds the type's own validated keys."""
+
+    type: str  # "webhook" | "email" | "command" | "log"
+    name: str
+    options: Tuple[Tuple[str, Any], ...] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class Listener:
+    reminder_interval: float = 3600.0
+    send_retries: int = 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    source: str  # absolute path of the spec file
+    base_dir: str
+    app: App
+    server: Server
+    supervisord: Supervisord
+    memory: Memory = Memory()
+    programs: Tuple[Program, ...] = ()
+    migrate: Optional[Migrate] = None
+    crash_loop: CrashLoop = CrashLoop()
+    alerts: Tuple[Alert, ...] = ()
+    listener: Listener = Listener()
+    from_pyproject: bool = False
+
+    @property
+    def run_dir(self) -> str:
+        return self.supervisord.run_dir
+
+    def program_names(self) -> List[str]:
+        """Every supervisor program name the spec produces, in render order."""
+        names = [self.app.name]
+        if self.migrate:
+            names.append(f"{self.app.name}_migrate")
+        names += [f"{self.app.name}_{p.name}" for p in self.programs]
+        return names
+
+
+@dataclass(frozen=True)
+class HostDefaults:
+    """What a spec may default to from the host; injected so parsing stays pure."""
+
+    python: str = field(default_factory=lambda: sys.executable)
+    cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+# --- sizes and durations ----------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '512MiB', '1.5G' or '2048' (bytes) to bytes; K/M/G/T are powers of 1024."""
+    match = SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like '512MB' or '1.5GB'")
+    number, unit = match.groups()
+    unit = (unit or "").upper().replace("I", "").rstrip("B") or ("B" if unit else "")
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short human size: '1 GB', '512 MB' (powers of 1024, as parse_size)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = _SIZE_UNITS[unit[0]]
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+# --- the table reader -------------------------------------------------------------------
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class _Table:
+    """Reads one TOML table, refusing unknown keys and wrong types with the key path."""
+
+    def __init__(self, data: Any, path: str, source: str, known: Sequence[str]) -> None:
+        self.path, self.source = path, source
+        if not isinstance(data, dict):
+            self.fail("", f"must be a table, not {_kind(data)}")
+        self.data: Dict[str, Any] = data
+        for key in data:
+            if key not in known:
+                self.fail(key, "unknown key", did_you_mean(key, known) or f"known keys: {', '.join(known)}")
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, problem: str, hint: Optional[str] = None) -> "NoReturn":  # type: ignore[name-defined]
+        raise SpecError(self.source, self.key(key) if key else self.path, problem, hint)
+
+    def get(self, key: str, kinds: Tuple[type, ...], default: Any = _MISSING, what: str = "") -> Any:
+        if key not in self.data:
+            if default is _MISSING:
+                self.fail(key, "is required", f"add `{key} = ...` to [{self.path}]" if self.path else None)
+            return default
+        value = self.data[key]
+        # bool is an int in Python; a TOML `true` must not pass as a number.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            self.fail(key, f"must be {what or _names(kinds)}, not {_kind(value)} {value!r}")
+        return value
+
+    def text(self, key: str, default: Any = _MISSING, pattern: Optional["re.Pattern[str]"] = None,
+             what: str = "a string") -> Any:
+        value = self.get(key, (str,), default, what)
+        if value is default and default is not _MISSING:
+            return value
+        if pattern is not None and not pattern.match(value):
+            self.fail(key, f"{value!r} is not {what}")
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, minimum: float = 0, integer: bool = False,
+               maximum: Optional[float] = None) -> Any:
+        kinds: Tuple[type, ...] = (int,) if integer else (int, float)
+        value = self.get(key, kinds, default, "an integer" if integer else "a number")
+        if value is default and default is not _MISSING:
+            return value
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+            self.fail(key, f"must be {bound}, not {value!r}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.get(key, (bool,), default, "true or false"))
+
+    def size(self, key: str, default: Any = None) -> Optional[int]:
+        value = self.get(key, (str, int), default, "a size like \"1GB\"")
+        if value is None or value is default:
+            return value
+        try:
+            n = value if isinstance(value, int) else parse_size(value)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+        if n <= 0:
+            self.fail(key, "must be larger than zero")
+        return n
+
+    def env(self, key: str) -> Tuple[Tuple[str, str], ...]:
+        table = self.get(key, (dict,), {}, "a table of NAME = \"value\"")
+        pairs = []
+        for name, value in table.items():
+            where = f"{key}.{name}"
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                self.fail(where, "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            if name in RESERVED_ENV:
+                self.fail(where, "is set by supervisord itself and cannot be overridden")
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (int, float)):
+                value = str(value)
+            elif not isinstance(value, str):
+                self.fail(where, f"must be a string, not {_kind(value)}")
+            problem = ini.env_value_problem(value)
+            if problem:
+                self.fail(where, problem, "move the value into a file the app reads, or into the app's own settings")
+            pairs.append((name, value))
+        return tuple(sorted(pairs))
+
+    def safe(self, key: str, value: str) -> str:
+        """Refuse a value supervisord's parser cannot carry, naming the key."""
+        problem = ini.problem_with(value)
+        if problem:
+            self.fail(key, problem)
+        return value
+
+    def command(self, key: str) -> str:
+        value = self.text(key)
+        if not value.strip():
+            self.fail(key, "is empty")
+        try:
+            ini.raw_command(value)
+        except ini.UnsafeValue as exc:
+            self.fail(key, str(exc), "put complex shell in a script and run the script")
+        return value
+
+    def path_value(self, key: str, base: str, default: Any = _MISSING) -> Any:
+        value = self.text(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        self.safe(key, value)
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _names(kinds: Tuple[type, ...]) -> str:
+    return " or ".join(_kind(k()) if k is not dict else "a table" for k in kinds)
+
+
+# --- sections ---------------------------------------------------------------------------
+
+TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener")
+
+
+def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,
+               table: Optional[str] = None) -> Spec:
+    """Parse spec text; ``table`` selects ``[tool.<table>]`` when reading pyproject.toml."""
+    host = host or HostDefaults()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(source, "", f"is not valid TOML: {exc}", "fix the syntax at the line and column shown") from None
+    except UnicodeError as exc:  # pragma: no cover - tomllib raises TOMLDecodeError for most of these
+        raise SpecError(source, "", f"is not valid text: {exc}") from None
+    if table:
+        data = data.get("tool", {}).get(table)
+        if data is None:
+            raise SpecError(source, f"tool.{table}", "table not found", f"add a [tool.{table}.app] table")
+    return build_spec(data, source, base_dir, host)
+
+
+def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDefaults) -> Spec:
+    """Validate parsed TOML data into a Spec."""
+    top = _Table(dict(data), "", source, TOP_LEVEL)
+    if "app" not in data:
+        top.fail("app", "is required", "add an [app] table with name and asgi")
+    app = _app(_Table(data["app"], "app", source, ("name", "asgi", "factory", "directory", "python", "env", "user")),
+               base_dir, host)
+    supervisord = _supervisord(_Table(data.get("supervisord", {}), "supervisord", source,
+                                      ("run_dir", "log_level")), base_dir)
+    server = _server(_Table(data.get("server", {}), "server", source, (
+        "bind", "workers", "graceful_timeout", "uvicorn", "backlog", "socket_mode", "socket_owner",
+        "heartbeat_timeout", "startsecs")), base_dir, host)
+    memory = _memory(_Table(data.get("memory", {}), "memory", source, (
+        "per_worker", "budget", "limit", "check_interval", "limit_checks")))
+    programs = _programs(data.get("programs", []), source, base_dir, app)
+    migrate = None
+    if "migrate" in data:
+        migrate = _migrate(_Table(data["migrate"], "migrate", source, ("command", "timeout", "env")))
+    crash_loop = _crash_loop(data.get("crash_loop", {}), source, app, programs)
+    alerts = _alerts(data.get("alerts", []), source, base_dir)
+    lt = _Table(data.get("listener", {}), "listener", source, ("reminder_interval", "send_retries"))
+    listener = Listener(reminder_interval=float(lt.number("reminder_interval", 3600.0, minimum=1)),
+                        send_retries=lt.number("send_retries", 3, integer=True, maximum=20))
+    return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
+                programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener)
+
+
+def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
+    name = t.text("name", pattern=NAME_RE, what="a name matching [a-z][a-z0-9_-]* (lowercase, starts with a letter)")
+    if len(name) > 40:
+        t.fail("name", "is longer than 40 characters")
+    asgi = t.text("asgi", pattern=ASGI_RE, what="an import string like 'package.module:app' (or 'module:create_app()')")
+    factory = t.flag("factory", False)
+    if asgi.endswith("()"):
+        asgi, factory = asgi[:-2], True
+    directory = t.path_value("directory", base_dir, base_dir)
+    python = t.text("python", host.python)
+    t.safe("python", python)
+    if "python" in t.data:
+        python = os.path.normpath(os.path.join(base_dir, os.path.expanduser(python))) if os.sep in python else python
+    user = t.text("user", None, pattern=USER_RE, what="a user name")
+    return App(name=name, asgi=asgi, factory=factory, directory=directory, python=python, env=t.env("env"), user=user)
+
+
+def _supervisord(t: _Table, base_dir: str) -> Supervisord:
+    run_dir = t.path_value("run_dir", base_dir, os.path.join(base_dir, "run"))
+    # The control socket path must fit in sun_path (108 bytes on Linux).
+    if len(os.path.join(run_dir, "supervisor.sock")) > 100:
+        t.fail("run_dir", f"{run_dir!r} is too long for a unix socket path (limit about 100 bytes)",
+               "choose a shorter run_dir")
+    levels = ("critical", "error", "warn", "info", "debug", "trace", "blather")
+    log_level = t.text("log_level", "info")
+    if log_level not in levels:
+        t.fail("log_level", f"must be one of {', '.join(levels)}", did_you_mean(log_level, levels))
+    return Supervisord(run_dir=run_dir, log_level=log_level)
+
+
+def parse_bind(value: str, base_dir: str) -> Bind:
+    """``tcp://HOST:PORT`` or ``unix:///abs/path`` (a relative unix path resolves against the spec)."""
+    if value.startswith("unix://"):
+        path = value[len("unix://"):]
+        if not path:
+            raise ValueError("unix:// needs a path, like unix:///run/app.sock")
+        path = os.path.normpath(os.path.join(base_dir, path))
+        if len(path) > 100:
+            raise ValueError(f"unix socket path {path!r} is too long (limit about 100 bytes)")
+        return Bind(kind="unix", path=path)
+    if value.startswith("tcp://"):
+        rest = value[len("tcp://"):]
+        if rest.startswith("["):
+            raise ValueError("IPv6 addresses are not supported by supervisor's fcgi sockets (AF_INET only); "
+                             "bind 127.0.0.1 or 0.0.0.0 and let the TLS proxy speak IPv6")
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not port:
+            raise ValueError(f"{value!r} needs a host and a port, like tcp://127.0.0.1:8000")
+        if host == "*":
+            raise ValueError("'*' parses but fails at bind in supervisord; use 0.0.0.0 for every interface")
+        if not HOST_RE.match(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"port {port!r} must be a number from 1 to 65535")
+        return Bind(kind="tcp", host=host, port=int(port))
+    raise ValueError(f"{value!r} must start with tcp:// or unix://")
+
+
+def _server(t: _Table, base_dir: str, host: HostDefaults) -> Server:
+    try:
+        bind = parse_bind(t.text("bind", "tcp://127.0.0.1:8000"), base_dir)
+    except ValueError as exc:
+        t.fail("bind", str(exc))
+    t.safe("bind", bind.url)
+    workers_value = t.get("workers", (int, str), "auto", "an integer >= 1 or \"auto\"")
+    if isinstance(workers_value, str):
+        if workers_value != "auto":
+            t.fail("workers", f"must be an integer >= 1 or \"auto\", not {workers_value!r}")
+        workers = max(1, host.cpu_count)
+    else:
+        workers = t.number("workers", integer=True, minimum=1, maximum=512)
+    graceful = float(t.number("graceful_timeout", 30.0, minimum=0, maximum=3600))
+    socket_mode = t.text("socket_mode", None, pattern=re.compile(r"^0?[0-7]{3}$"), what="an octal mode like \"0660\"")
+    socket_owner = t.text("socket_owner", None, pattern=USER_RE, what="user or user:group")
+    if bind.kind == "tcp" and (socket_mode or socket_owner):
+        t.fail("socket_mode" if socket_mode else "socket_owner", "only applies to unix:// binds")
+    heartbeat = t.number("heartbeat_timeout", None, minimum=2, maximum=3600)
+    return Server(bind=bind, workers=workers, graceful_timeout=graceful, uvicorn=_uvicorn(t),
+                  backlog=t.number("backlog", 2048, integer=True, minimum=1, maximum=65535),
+                  socket_mode=socket_mode, socket_owner=socket_owner,
+                  heartbeat_timeout=float(heartbeat) if heartbeat is not None else None,
+                  startsecs=t.number("startsecs", 1, integer=True, minimum=0, maximum=600))
+
+
+def _uvicorn(parent: _Table) -> Tuple[Tuple[str, Any], ...]:
+    data = parent.get("uvicorn", (dict,), {}, "a table")
+    known = sorted(set(UVICORN_SETTINGS) | set(UVICORN_OWNED))
+    t = _Table(data, parent.key("uvicorn"), parent.source, known)
+    out = []
+    for key in sorted(data):
+        if key in UVICORN_OWNED:
+            t.fail(key, "is managed by supervisor-fastapi", UVICORN_OWNED[key])
+        out.append((key, _uvicorn_value(t, key, UVICORN_SETTINGS[key])))
+    return tuple(out)
+
+
+def _uvicorn_value(t: _Table, key: str, setting: UvicornSetting) -> Any:
+    value = t.data[key]
+    kind = setting.kind
+    if kind == "list":
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in items):
+            t.fail(key, "must be a string or an array of strings")
+        for item in items:
+            t.safe(key, item)
+        return tuple(items)
+    expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[kind]
+    value = t.get(key, expected, what={"bool": "true or false", "int": "an integer", "float": "a number",
+                                       "str": "a string"}[kind])
+    if kind in ("int", "float") and value < 0:
+        t.fail(key, "must not be negative")
+    if kind == "str":
+        t.safe(key, value)
+        if setting.choices and value not in setting.choices:
+            t.fail(key, f"must be one of {', '.join(setting.choices)}", did_you_mean(value, setting.choices))
+    return value
+
+
+def _memory(t: _Table) -> Memory:
+    budget_value = t.get("budget", (str, int), "90%", "a share like \"80%\" or a size like \"3GB\"")
+    if isinstance(budget_value, str) and budget_value.strip().endswith("%"):
+        try:
+            pct = float(budget_value.strip()[:-1])
+        except ValueError:
+            t.fail("budget", f"{budget_value!r} is not a percentage like \"80%\"")
+        if not 0 < pct <= 100:
+            t.fail("budget", "must be a percentage between 0 and 100")
+        budget = Budget(fraction=pct / 100)
+    else:
+        budget = Budget(bytes=t.size("budget"))
+    return Memory(per_worker=t.size("per_worker"), budget=budget, limit=t.size("limit"),
+                  check_interval=float(t.number("check_interval", 10.0, minimum=0.2, maximum=3600)),
+                  limit_checks=t.number("limit_checks", 2, integer=True, minimum=1, maximum=100))
+
+
+def _programs(data: Any, source: str, base_dir: str, app: App) -> Tuple[Program, ...]:
+    if not isinstance(data, list):
+        raise SpecError(source, "programs", f"must be an array of tables ([[programs]]), not {_kind(data)}")
+    seen = {app.name, "migrate", "listener"}
+    out = []
+    for i, item in enumerate(data):
+        t = _Table(item, f"programs[{i}]", source, ("name", "command", "numprocs", "env", "directory", "autostart"))
+        name = t.text("name", pattern=NAME_RE, what="a name matching [a-z][a-z0-9_-]*")
+        if name in seen:
+            t.fail("name", f"{name!r} is already used", "give each program its own name")
+        seen.add(name)
+        out.append(Program(name=name, command=t.command("command"),
+                           numprocs=t.number("numprocs", 1, integer=True, minimum=1, maximum=512),
+                           env=t.env("env"), directory=t.path_value("directory", base_dir, None),
+                           autostart=t.flag("autostart", True)))
+    return tuple(out)
+
+
+def _migrate(t: _Table) -> Migrate:
+    return Migrate(command=t.command("command"), timeout=float(t.number("timeout", 600.0, minimum=1, maximum=86400)),
+                   env=t.env("env"))
+
+
+BACKOFF_KEYS = ("restarts", "window", "backoff_initial", "backoff_max", "backoff_reset", "jitter", "retry_fatal")
+
+
+def _backoff(t: _Table, base: Backoff) -> Backoff:
+    b = Backoff(
+        restarts=t.number("restarts", base.restarts, integer=True, minimum=1, maximum=1000),
+        window=float(t.number("window", base.window, minimum=1)),
+        backoff_initial=float(t.number("backoff_initial", base.backoff_initial, minimum=0.1)),
+        backoff_max=float(t.number("backoff_max", base.backoff_max, minimum=0.1)),
+        backoff_reset=float(t.number("backoff_reset", base.backoff_reset, minimum=1)),
+        jitter=float(t.number("jitter", base.jitter, minimum=0, maximum=1)),
+        retry_fatal=t.flag("retry_fatal", base.retry_fatal),
+    )
+    if b.backoff_max < b.backoff_initial:
+        t.fail("backoff_max", f"({b.backoff_max:g}) must be >= backoff_initial ({b.backoff_initial:g})")
+    return b
+
+
+def _crash_loop(data: Any, source: str, app: App, programs: Tuple[Program, ...]) -> CrashLoop:
+    t = _Table(data, "crash_loop", source, BACKOFF_KEYS + ("programs",))
+    default = _backoff(t, Backoff())
+    overrides_data = t.get("programs", (dict,), {}, "a table of program name = { ... }")
+    names = [app.name] + [p.name for p in programs]
+    overrides = []
+    for name, item in sorted(overrides_data.items()):
+        if name not in names:
+            t.fail(f"programs.{name}", "is not a program of this spec", did_you_mean(name, names))
+        overrides.append((name, _backoff(_Table(item, f"crash_loop.programs.{name}", source, BACKOFF_KEYS), default)))
+    return CrashLoop(default=default, overrides=tuple(overrides))
+
+
+ALERT_KEYS: Dict[str, Tuple[str, ...]] = {
+    "webhook": ("url", "timeout", "headers"),
+    "email": ("host", "port", "starttls", "ssl", "from", "to", "username_env", "password_env", "timeout",
+              "subject_prefix"),
+    "command": ("command", "timeout"),
+    "log": ("path",),
+}
+
+
+def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
+    if not isinstance(data, list):
+        raise SpecError(source, "alerts", f"must be an array of tables ([[alerts]]), not {_kind(data)}")
+    out, names = [], set()
+    for i, item in enumerate(data):
+        path = f"alerts[{i}]"
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind not in ALERT_KEYS:
+            hint = did_you_mean(str(kind), ALERT_KEYS) or f"use one of: {', '.join(ALERT_KEYS)}"
+            raise SpecError(source, f"{path}.type", f"{kind!r} is not an alert type", hint)
+        t = _Table(item, path, source, ("type", "name") + ALERT_KEYS[kind])
+        name = t.text("name", kind, pattern=NAME_RE, what="a name matching [a-z][a-z0-9_-]*")
+        if name in names:
+            t.fail("name", f"{name!r} is used by two alerts", "give each [[alerts]] its own name")
+        names.add(name)
+        out.append(Alert(type=kind, name=name, options=tuple(sorted(_alert_options(t, kind, base_dir).items()))))
+    return tuple(out)
+
+
+def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
+    if kind == "webhook":
+        url = t.text("url")
+        if not re.match(r"^https?://[^\s/]+", url):
+            t.fail("url", f"{url!r} is not an http:// or https:// URL")
+        headers = t.get("headers", (dict,), {}, "a table of header = \"value\"")
+        for h, v in headers.items():
+            if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+$", h) or ini.problem_with(v):
+                t.fail(f"headers.{h}", "must be a header name with a one-line string value")
+        return {"url": url, "timeout": float(t.number("timeout", 5.0, minimum=0.1, maximum=120)),
+                "headers": tuple(sorted(headers.items()))}
+    if kind == "email":
+        to = t.get("to", (str, list), what="an address or an array of addresses")
+        to_list = [to] if isinstance(to, str) else to
+        for addr in [t.text("from")] + list(to_list):
+            if not isinstance(addr, str) or not re.match(r"^[^@\s]+@[^@\s]+$", addr):
+                t.fail("to" if addr != t.data["from"] else "from", f"{addr!r} is not an email address")
+        env_re = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+        opts = {"host": t.text("host", "127.0.0.1"), "port": t.number("port", 587, integer=True, minimum=1,
+                                                                       maximum=65535),
+                "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],
+                "to": tuple(to_list), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=120)),
+                "username_env": t.text("username_env", None, pattern=env_re, what="an environment variable name"),
+                "password_env": t.text("password_env", None, pattern=env_re, what="an environment variable name"),
+                "subject_prefix": t.text("subject_prefix", "[supervisor-fastapi]")}
+        if opts["ssl"] and opts["starttls"] and "starttls" in t.data:
+            t.fail("ssl", "ssl (implicit TLS) and starttls cannot both be on")
+        if opts["ssl"]:
+            opts["starttls"] = False
+        return opts
+    if kind == "command":
+        return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1,
+                                                                            maximum=600))}
+    return {"path": t.path_value("path", base_dir, None)}
+
+
+# --- finding and loading the file -------------------------------------------------------
+
+
+def find_spec(config: Optional[str], cwd: str) -> Tuple[str, Optional[str]]:
+    """The spec file to read and, for pyproject.toml, the tool table name."""
+    if config:
+        path = os.path.abspath(os.path.join(cwd, config))
+        if not os.path.isfile(path):
+            raise UserError(f"{config}: no such spec file; create one with `supervisor-fastapi init`")
+        return path, (PYPROJECT_TABLE if os.path.basename(path) == "pyproject.toml" else None)
+    own = os.path.join(cwd, SPEC_FILENAME)
+    if os.path.isfile(own):
+        return own, None
+    pyproject = os.path.join(cwd, "pyproject.toml")
+    if os.path.isfile(pyproject):
+        try:
+            with open(pyproject, "rb") as f:
+                if PYPROJECT_TABLE in tomllib.load(f).get("tool", {}):
+                    return pyproject, PYPROJECT_TABLE
+        except (OSError, tomllib.TOMLDecodeError):
+            pass
+    raise UserError(f"no {SPEC_FILENAME} here ({cwd}) and no [tool.{PYPROJECT_TABLE}] in pyproject.toml; "
+                    "run `supervisor-fastapi init` or pass -c PATH")
+
+
+def load_spec(config: Optional[str] = None, cwd: Optional[str] = None, host: Optional[HostDefaults] = None) -> Spec:
+    """Find, read and parse the spec (the only place that reads it from disk)."""
+    path, table = find_spec(config, cwd or os.getcwd())
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None
+    return parse_spec(text, path, os.path.dirname(path), host, table)
+
+
+def same_path(a: str, b: str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()

@@ -1,0 +1,42 @@
+"""`init`: a starter spec, written with tomli-w so it is always valid TOML."""
+
+import os
+import re
+from typing import Any, Dict
+
+import tomli_w
+
+from .errors import UserError
+from .spec import HostDefaults, build_spec
+
+
+def starter(name: str, asgi: str) -> Dict[str, Any]:
+    """The starter spec as data: what most deployments change first, with safe defaults."""
+    return {
+        "app": {"name": name, "asgi": asgi, "env": {}},
+        "server": {"bind": "tcp://127.0.0.1:8000", "workers": "auto", "graceful_timeout": 30,
+                   "uvicorn": {"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}},
+        "memory": {"budget": "90%"},
+        "crash_loop": {"restarts": 3, "window": 60, "backoff_initial": 10, "backoff_max": 300},
+        "alerts": [{"type": "log"}],
+    }
+
+
+def safe_name(folder: str) -> str:
+    """A program name from a folder name: lowercase, [a-z][a-z0-9_-]*."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", folder.lower()).strip("-_") or "app"
+    return name if name[0].isalpha() else f"app-{name}"
+
+
+def write_starter(path: str, name: str, asgi: str, force: bool) -> str:
+    """Write the starter spec to ``path``; refuses to overwrite unless ``force``."""
+    path = os.path.abspath(path)
+    data = starter(safe_name(name), asgi)
+    build_spec(data, path, os.path.dirname(path), HostDefaults())  # the starter must itself be valid
+    if os.path.exists(path) and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it")
+    header = ("# supervisor-fastapi deployment spec. Reference: docs/spec.md\n"
+              "# Validate: supervisor-fastapi check   Start: supervisor-fastapi up\n\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header + tomli_w.dumps(data))
+    return path

@@ -1,0 +1,185 @@
+"""The web worker: serves an ASGI app with uvicorn on the listening socket supervisord passes as fd 0.
+
+``uvicorn --fd 0`` wraps the descriptor as AF_UNIX whatever it really is, so asyncio never
+sets TCP_NODELAY and every keep-alive response waits out Nagle and delayed ACK (~44 ms).
+Here the socket is opened with ``socket.socket(fileno=0)``, which asks the kernel for the
+real family and protocol, and TCP_NODELAY is also set on the listener (accepted sockets
+inherit it on Linux), so asyncio and uvloop both answer at once.
+
+This module imports only the standard library and uvicorn: it runs under the app's own
+interpreter (``app.python``), which need not have click or supervisor installed.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+
+class UvicornSetting(NamedTuple):
+    kind: str  # "bool" | "int" | "float" | "str" | "list"
+    choices: Tuple[str, ...] = ()
+
+
+# The uvicorn.Config keywords a spec may set under [server.uvicorn]; the spec loader
+# validates against this same table and the worker coerces command-line strings with it.
+UVICORN_SETTINGS: Dict[str, UvicornSetting] = {
+    "loop": UvicornSetting("str", ("auto", "asyncio", "uvloop")),
+    "http": UvicornSetting("str", ("auto", "h11", "httptools")),
+    "ws": UvicornSetting("str", ("auto", "none", "websockets", "websockets-sansio", "wsproto")),
+    "ws_max_size": UvicornSetting("int"),
+    "ws_max_queue": UvicornSetting("int"),
+    "ws_ping_interval": UvicornSetting("float"),
+    "ws_ping_timeout": UvicornSetting("float"),
+    "ws_per_message_deflate": UvicornSetting("bool"),
+    "lifespan": UvicornSetting("str", ("auto", "on", "off")),
+    "log_level": UvicornSetting("str", ("critical", "error", "warning", "info", "debug", "trace")),
+    "log_config": UvicornSetting("str"),
+    "access_log": UvicornSetting("bool"),
+    "use_colors": UvicornSetting("bool"),
+    "proxy_headers": UvicornSetting("bool"),
+    "server_header": UvicornSetting("bool"),
+    "date_header": UvicornSetting("bool"),
+    "forwarded_allow_ips": UvicornSetting("list"),
+    "root_path": UvicornSetting("str"),
+    "limit_concurrency": UvicornSetting("int"),
+    "limit_max_requests": UvicornSetting("int"),
+    "timeout_keep_alive": UvicornSetting("int"),
+    "ssl_keyfile": UvicornSetting("str"),
+    "ssl_certfile": UvicornSetting("str"),
+    "ssl_ca_certs": UvicornSetting("str"),
+    "ssl_ciphers": UvicornSetting("str"),
+    "ssl_cert_reqs": UvicornSetting("int"),
+    "headers": UvicornSetting("list"),
+    "h11_max_incomplete_event_size": UvicornSetting("int"),
+}
+
+
+def encode_setting(key: str, value: Any) -> List[str]:
+    """Command-line words for one setting: ``--set key=value``, repeated for lists."""
+    if isinstance(value, bool):
+        return ["--set", f"{key}={'true' if value else 'false'}"]
+    if isinstance(value, (list, tuple)):
+        return [word for item in value for word in ("--set", f"{key}={item}")]
+    return ["--set", f"{key}={value}"]
+
+
+def decode_settings(pairs: Sequence[str]) -> Dict[str, Any]:
+    """The inverse of encode_setting, typed by UVICORN_SETTINGS."""
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        setting = UVICORN_SETTINGS.get(key)
+        if not sep or setting is None:
+            raise SystemExit(f"supervisor-fastapi worker: unknown uvicorn setting {pair!r}")
+        if setting.kind == "list":
+            out.setdefault(key, []).append(raw)
+        elif setting.kind == "bool":
+            out[key] = raw == "true"
+        elif setting.kind == "int":
+            out[key] = int(raw)
+        elif setting.kind == "float":
+            out[key] = float(raw)
+        else:
+            out[key] = raw
+    if "forwarded_allow_ips" in out:
+        out["forwarded_allow_ips"] = ",".join(out["forwarded_allow_ips"])
+    if "headers" in out:
+        out["headers"] = [tuple(h.split(":", 1)) for h in out["headers"]]
+        out["headers"] = [(k.strip(), v.strip()) for k, v in out["headers"]]
+    return out
+
+
+def listening_socket(fd: int = 0) -> socket.socket:
+    """The inherited listener with its real family and protocol, TCP_NODELAY on for TCP."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise SystemExit(f"supervisor-fastapi worker: fd {fd} is not a socket ({exc}); run the worker from an "
+                         "[fcgi-program] section, never inside [group:] (supervisord then passes a pipe)") from None
+    if sock.type != socket.SOCK_STREAM:
+        raise SystemExit(f"supervisor-fastapi worker: fd {fd} is not a stream socket")
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class StateFile:
+    """``<state_dir>/<process name>``: written when the worker accepts, touched on every beat.
+
+    Its content (pid, start time) tells which incarnation is ready; its mtime is the last beat
+    of the event loop, so a blocked loop shows as a stale file.
+    """
+
+    def __init__(self, state_dir: Optional[str], name: str) -> None:
+        self.path = os.path.join(state_dir, name) if state_dir else None
+
+    def ready(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "ready": time.time()}, f)
+        os.replace(tmp, self.path)
+
+    def gone(self) -> None:
+        """Stopping: remove the file so nothing mistakes this worker for a ready one."""
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def beat(self) -> None:
+        if self.path:
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                self.ready()
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m supervisor_fastapi.worker",
+                                description="Serve an ASGI app on the listening socket at fd 0.")
+    p.add_argument("app", help="ASGI import string, module:attr")
+    p.add_argument("--factory", action="store_true", help="the import string names an app factory")
+    p.add_argument("--graceful-timeout", type=float, default=30.0)
+    p.add_argument("--backlog", type=int, default=2048)
+    p.add_argument("--fd", type=int, default=0)
+    p.add_argument("--state-dir", default=None, help="folder for the ready/heartbeat file")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a uvicorn.Config setting")
+    return p.parse_args(argv)
+
+
+def build_server(args: argparse.Namespace) -> Any:
+    import uvicorn
+
+    from .drain import DrainingServer
+
+    config = uvicorn.Config(args.app, factory=args.factory, backlog=args.backlog,
+                            timeout_graceful_shutdown=int(args.graceful_timeout) or None,
+                            **decode_settings(args.settings))
+    name = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"worker-{os.getpid()}"
+    return DrainingServer(config, StateFile(args.state_dir, name), args.heartbeat_interval, args.graceful_timeout)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    # supervisord starts us in app.directory; make the app importable from there, as uvicorn's --app-dir does.
+    sys.path.insert(0, os.getcwd())
+    sock = listening_socket(args.fd)
+    server = build_server(args)
+    server.run(sockets=[sock])
+    if not server.started:
+        # uvicorn returns without serving when the app fails to import or lifespan startup
+        # fails; exit non-zero so supervisord marks the spawn as failed, not as a clean stop.
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
