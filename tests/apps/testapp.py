@@ -1,0 +1,57 @@
+"""A raw ASGI app for integration tests (no framework: workers start fast).
+
+Behaviour is steered by environment variables set in the test's spec:
+- CRASH_AFTER=S: the worker exits with status 1 S seconds after start;
+- CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app).
+"""
+
+import asyncio
+import json
+import os
+import threading
+import time
+from urllib.parse import parse_qs
+
+_hoard = []
+
+
+def _crash_timer() -> None:
+    after = os.environ.get("CRASH_AFTER")
+    if not after:
+        return
+    flag = os.environ.get("CRASH_WHILE")
+
+    def die() -> None:
+        time.sleep(float(after))
+        if flag is None or os.path.exists(flag):
+            os._exit(1)
+
+    threading.Thread(target=die, daemon=True).start()
+
+
+_crash_timer()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    assert scope["type"] == "http"
+    query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    path = scope["path"]
+    if path == "/sleep":
+        await asyncio.sleep(float(query.get("s", "1")))
+    elif path == "/block":
+        time.sleep(float(query.get("s", "5")))  # blocks the event loop on purpose
+    elif path == "/grow":
+        _hoard.append(bytearray(int(float(query.get("mb", "50")) * 1024 * 1024)))
+    body = json.dumps({"pid": os.getpid(), "worker": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
+                       "path": path}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

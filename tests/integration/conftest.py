@@ -1,0 +1,178 @@
+"""The `deploy` fixture: a real supervisord from a generated conf in a temp folder.
+
+    def test_x(deploy):
+        d = deploy({"server": {"workers": 3}})      # dict deep-merged over the defaults
+        status, body = d.get("/")                    # real HTTP to real uvicorn workers
+
+Every process a test starts is stopped at teardown (supervisord shutdown, then SIGKILL
+of anything left), and every wait is bounded by a deadline.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import tomli_w
+
+from supervisor_fastapi import control, deploy as deploy_mod
+from supervisor_fastapi.render import Layout
+from supervisor_fastapi.spec import Spec, load_spec
+
+APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Deployment:
+    folder: str
+    spec_path: str
+    conf_path: str
+    spec: Spec
+    port: int
+    started: bool = False
+    pids_seen: List[int] = field(default_factory=list)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.spec.run_dir)
+
+    @property
+    def rpc(self) -> Any:
+        return control.rpc(self.layout)
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> None:
+        """Start supervisord; with ``wait``, until every web worker is ready."""
+        control.start_daemon(self.conf_path, self.layout)
+        self.started = True
+        if wait:
+            deploy_mod.wait_ready(self.spec, self.layout, lambda m: None, timeout)
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run `supervisor-fastapi ARGS -c spec` as a user would."""
+        return subprocess.run([sys.executable, "-m", "supervisor_fastapi", *args, "-c", self.spec_path],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        """Run `supervisorctl -c conf ARGS`."""
+        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", self.conf_path, *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+    def get(self, path: str = "/", timeout: float = 5.0) -> Tuple[int, Dict[str, Any]]:
+        """One GET on a new connection; returns (status, parsed JSON body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            data = json.loads(body) if body[:1] == b"{" else {"raw": body.decode(errors="replace")}
+            return resp.status, data
+        finally:
+            conn.close()
+
+    def infos(self) -> List[Dict[str, Any]]:
+        return self.rpc.supervisor.getAllProcessInfo()
+
+    def state_of(self, name: str) -> str:
+        return next(i["statename"] for i in self.infos() if i["name"] == name)
+
+    def log(self, name: str) -> str:
+        path = os.path.join(self.layout.log_dir, f"{name}.log")
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        pids = []
+        try:
+            pids = [i["pid"] for i in self.infos() if i["pid"]]
+        except Exception:
+            pass
+        try:
+            control.stop_daemon(self.layout, timeout=60)
+        except Exception:
+            pass
+        supervisord_pid = control._read_pid(self.layout.pidfile)
+        for pid in pids + ([supervisord_pid] if supervisord_pid else []):
+            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    kill()
+                except (ProcessLookupError, PermissionError, OSError):
+                    pass
+        self.started = False
+
+
+@pytest.fixture
+def deploy() -> Iterator[Callable[..., Deployment]]:
+    made: List[Deployment] = []
+    # A short folder: the control socket path must fit in a unix socket address.
+    folders: List[str] = []
+
+    def make(overrides: Optional[Dict[str, Any]] = None, start: bool = True, wait: bool = True,
+             timeout: float = 60.0) -> Deployment:
+        folder = tempfile.mkdtemp(prefix="sf-")
+        folders.append(folder)
+        port = free_port()
+        base = {
+            "app": {"name": "web", "asgi": "testapp:app", "directory": APPS},
+            "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
+            "supervisord": {"run_dir": os.path.join(folder, "run")},
+        }
+        data = merge(base, overrides or {})
+        spec_path = os.path.join(folder, "supervisor-fastapi.toml")
+        with open(spec_path, "w") as f:
+            f.write(tomli_w.dumps(data))
+        spec = load_spec(spec_path)
+        conf_path = os.path.join(folder, "supervisord.conf")
+        deploy_mod.render_to(spec, conf_path, f"supervisor-fastapi render -c {spec_path}")
+        d = Deployment(folder, spec_path, conf_path, spec, port)
+        made.append(d)
+        if start:
+            d.start(wait=wait, timeout=timeout)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
