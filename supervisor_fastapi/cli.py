@@ -1,23 +1,17 @@
 """The `supervisor-fastapi` command: a thin click layer, each body one call into the core."""
 
 import functools
-import http.client
-import json
 import os
-import re
 import shlex
-import socket
 import sys
-import tempfile
-import time
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import click
 
 from . import __version__, checks, control, deploy, systemd
 from .errors import UserError
 from .render import Layout, render
-from .spec import SPEC_FILENAME, Spec, load_spec
+from .spec import SPEC_FILENAME, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -9,8 +9,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from . import ini
 from .errors import SpecError, UserError, did_you_mean
@@ -230,7 +229,6 @@ def format_size(n: float) -> str:
 
 # --- the table reader -------------------------------------------------------------------
 
-T = TypeVar("T")
 _MISSING: Any = object()
 
 
@@ -249,7 +247,7 @@ class _Table:
     def key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str, problem: str, hint: Optional[str] = None) -> "NoReturn":  # type: ignore[name-defined]
+    def fail(self, key: str, problem: str, hint: Optional[str] = None) -> NoReturn:
         raise SpecError(self.source, self.key(key) if key else self.path, problem, hint)
 
     def get(self, key: str, kinds: Tuple[type, ...], default: Any = _MISSING, what: str = "") -> Any:
@@ -365,7 +363,8 @@ def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefault
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(source, "", f"is not valid TOML: {exc}", "fix the syntax at the line and column shown") from None
+        raise SpecError(source, "", f"is not valid TOML: {exc}",
+                        "fix the syntax at the line and column shown") from None
     except UnicodeError as exc:  # pragma: no cover - tomllib raises TOMLDecodeError for most of these
         raise SpecError(source, "", f"is not valid text: {exc}") from None
     if table:
@@ -689,7 +688,3 @@ def load_spec(config: Optional[str] = None, cwd: Optional[str] = None, host: Opt
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read: {exc}") from None
     return parse_spec(text, path, os.path.dirname(path), host, table)
-
-
-def same_path(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
