@@ -5,6 +5,7 @@ relative paths are resolved against and the host defaults it may need (interpret
 CPU count), so tests can pin them. Every error is a SpecError naming the key path.
 """
 
+import math
 import os
 import re
 import sys
@@ -259,6 +260,9 @@ class _Table:
         # bool is an int in Python; a TOML `true` must not pass as a number.
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             self.fail(key, f"must be {what or _names(kinds)}, not {_kind(value)} {value!r}")
+        # TOML has nan and inf; every comparison with nan is False, so range checks let it through.
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(key, f"must be a finite number, not {value!r}")
         return value
 
     def text(self, key: str, default: Any = _MISSING, pattern: Optional["re.Pattern[str]"] = None,
@@ -606,7 +610,7 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
     for i, item in enumerate(data):
         path = f"alerts[{i}]"
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind not in ALERT_KEYS:
+        if not isinstance(kind, str) or kind not in ALERT_KEYS:
             hint = did_you_mean(str(kind), ALERT_KEYS) or f"use one of: {', '.join(ALERT_KEYS)}"
             raise SpecError(source, f"{path}.type", f"{kind!r} is not an alert type", hint)
         t = _Table(item, path, source, ("type", "name") + ALERT_KEYS[kind])
