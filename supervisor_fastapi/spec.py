@@ -416,9 +416,15 @@ def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
     directory = t.path_value("directory", base_dir, base_dir)
     python = t.text("python", host.python)
     t.safe("python", python)
+    if not python:
+        t.fail("python", "is empty", "remove the key to use the interpreter running supervisor-fastapi")
     if "python" in t.data:
         python = os.path.normpath(os.path.join(base_dir, os.path.expanduser(python))) if os.sep in python else python
     user = t.text("user", None, pattern=USER_RE, what="a user name")
+    if user and ":" in user:
+        # supervisord's user= takes a name only; "name:group" fails its parser ("Invalid user name").
+        t.fail("user", f"{user!r} is not a user name (supervisord's user= takes no group)",
+               f"use {user.split(':')[0]!r}")
     return App(name=name, asgi=asgi, factory=factory, directory=directory, python=python, env=t.env("env"), user=user)
 
 
