@@ -58,6 +58,15 @@ def escape(text: str) -> str:
     return check(text).replace("%", "%%")
 
 
+def logfile(text: str) -> str:
+    """A literal path for ``stdout_logfile``/``stderr_logfile``: supervisord expands those twice.
+
+    supervisor 4.x reads them with ``saneget`` (one %-expansion) and then expands the result
+    again per process, so a literal ``%`` must be written ``%%%%`` there.
+    """
+    return check(text).replace("%", "%%%%")
+
+
 def env_value_problem(value: str) -> Optional[str]:
     """Why ``value`` cannot go in ``environment=``, or None."""
     if '"' in value:

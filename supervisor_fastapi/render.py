@@ -133,7 +133,7 @@ def web_section(spec: Spec) -> ini.Section:
         ("stopasgroup", "true"),
         ("killasgroup", "true"),
     ]
-    log = ini.escape(os.path.join(layout.log_dir, name)) + "_%(process_num)02d.log"
+    log = ini.logfile(os.path.join(layout.log_dir, name)) + "_%(process_num)02d.log"
     return f"fcgi-program:{name}", opts + _common(spec, log, ())
 
 
@@ -154,7 +154,7 @@ def migrate_section(spec: Spec) -> Optional[ini.Section]:
         ("stopasgroup", "true"),
         ("killasgroup", "true"),
     ]
-    return f"program:{name}", opts + _common(spec, ini.escape(Layout(spec.run_dir).program_log(name)), m.env)
+    return f"program:{name}", opts + _common(spec, ini.logfile(Layout(spec.run_dir).program_log(name)), m.env)
 
 
 def program_section(spec: Spec, p: Program) -> ini.Section:
@@ -170,7 +170,7 @@ def program_section(spec: Spec, p: Program) -> ini.Section:
         ("stopasgroup", "true"),
         ("killasgroup", "true"),
     ]
-    log = ini.escape(os.path.join(Layout(spec.run_dir).log_dir, name))
+    log = ini.logfile(os.path.join(Layout(spec.run_dir).log_dir, name))
     log += "_%(process_num)02d.log" if p.numprocs > 1 else ".log"
     return f"program:{name}", opts + _common(spec, log, p.env, p.directory)
 
@@ -190,7 +190,7 @@ def listener_section(spec: Spec, listener_python: str) -> ini.Section:
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),
         # stdout is the event protocol; the listener logs to stderr only.
-        ("stderr_logfile", ini.escape(layout.program_log(name))),
+        ("stderr_logfile", ini.logfile(layout.program_log(name))),
         ("stderr_logfile_maxbytes", "10MB"),
         ("stderr_logfile_backups", "5"),
     ]
