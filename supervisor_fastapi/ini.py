@@ -73,6 +73,9 @@ def env_value_problem(value: str) -> Optional[str]:
         return "contains a double quote, which supervisord's environment= parser cannot escape"
     if "\\" in value:
         return "contains a backslash, which supervisord's environment= parser mangles"
+    if value[:1] == "'" or value[-1:] == "'":
+        # dict_of_key_value_pairs strips every leading and trailing quote character.
+        return "starts or ends with a single quote, which supervisord's environment= parser strips"
     return _line_problem(value)
 
 
