@@ -1,0 +1,255 @@
+"""spec: TOML in, typed records out; every bad input is a SpecError naming the key path."""
+
+import os
+
+import pytest
+
+from supervisor_fastapi.errors import SpecError, UserError
+from supervisor_fastapi.spec import (
+    Bind, Budget, HostDefaults, find_spec, format_size, load_spec, parse_bind, parse_size, parse_spec,
+)
+
+from ._core_helpers import HOST, data, spec_of
+
+SRC = "/srv/app/supervisor-fastapi.toml"
+
+
+def err(d, match=None):
+    with pytest.raises(SpecError) as info:
+        spec_of(d)
+    if match:
+        assert match in str(info.value), str(info.value)
+    return info.value
+
+
+def test_minimal_spec_defaults():
+    s = spec_of(data())
+    assert s.source == SRC and s.base_dir == "/srv/app"
+    assert s.app.name == "web" and s.app.asgi == "main:app" and not s.app.factory
+    assert s.app.directory == "/srv/app" and s.app.python == HOST.python
+    assert s.app.env == () and s.app.user is None
+    assert s.server.bind == Bind(kind="tcp", host="127.0.0.1", port=8000)
+    assert s.server.workers == HOST.cpu_count  # "auto"
+    assert s.server.graceful_timeout == 30.0 and s.server.uvicorn == () and s.server.backlog == 2048
+    assert s.memory.per_worker is None and s.memory.budget == Budget(fraction=0.9)
+    assert s.programs == () and s.migrate is None and s.alerts == ()
+    assert s.supervisord.run_dir == "/srv/app/run" and s.run_dir == "/srv/app/run"
+    assert s.program_names() == ["web"]
+
+
+def test_full_spec():
+    s = spec_of(data(
+        app={"asgi": "pkg.main:create_app()", "directory": "src", "python": "venv/bin/python",
+             "env": {"B": "two", "A": 1, "C": True}, "user": "www-data"},
+        server={"bind": "unix:///run/shop/web.sock", "workers": 3, "graceful_timeout": 12.5,
+                "socket_mode": "0660", "socket_owner": "www-data:www-data", "backlog": 100,
+                "uvicorn": {"proxy_headers": True, "forwarded_allow_ips": ["10.0.0.1", "10.0.0.2"],
+                            "root_path": "/api", "timeout_keep_alive": 7, "log_level": "warning"}},
+        memory={"per_worker": "512MB", "budget": "2GB"},
+        programs=[{"name": "beat", "command": "celery beat", "numprocs": 2, "env": {"X": "1"}}],
+        migrate={"command": "alembic upgrade head"},
+        supervisord={"run_dir": "/var/run/shop", "log_level": "debug"},
+    ))
+    assert s.app.asgi == "pkg.main:create_app" and s.app.factory
+    assert s.app.directory == "/srv/app/src" and s.app.python == "/srv/app/venv/bin/python"
+    assert s.app.env == (("A", "1"), ("B", "two"), ("C", "true"))
+    assert s.server.bind == Bind(kind="unix", path="/run/shop/web.sock")
+    assert s.server.workers == 3 and s.server.graceful_timeout == 12.5 and s.server.backlog == 100
+    assert dict(s.server.uvicorn) == {"proxy_headers": True, "forwarded_allow_ips": ("10.0.0.1", "10.0.0.2"),
+                                      "root_path": "/api", "timeout_keep_alive": 7, "log_level": "warning"}
+    assert s.memory.per_worker == 512 * 1024**2 and s.memory.budget == Budget(bytes=2 * 1024**3)
+    assert s.programs[0].numprocs == 2 and s.programs[0].env == (("X", "1"),)
+    assert s.program_names() == ["web", "web_migrate", "web_beat"]
+    assert s.run_dir == "/var/run/shop" and s.supervisord.log_level == "debug"
+
+
+def test_app_python_bare_name_is_kept_and_relative_path_resolves():
+    assert spec_of(data(app={"python": "python3"})).app.python == "python3"
+    assert spec_of(data(app={"python": "/usr/bin/python3"})).app.python == "/usr/bin/python3"
+
+
+def test_factory_flag():
+    assert spec_of(data(app={"asgi": "m:make", "factory": True})).app.factory
+
+
+@pytest.mark.parametrize("d, where, match", [
+    ({}, "app", "is required"),
+    ({"app": {"asgi": "m:app"}}, "app.name", "is required"),
+    ({"app": {"name": "web"}}, "app.asgi", "is required"),
+    (data(app={"name": "Web"}), "app.name", "is not a name"),
+    (data(app={"name": "1web"}), "app.name", "is not a name"),
+    (data(app={"name": "w" * 41}), "app.name", "longer than 40"),
+    (data(app={"name": 3}), "app.name", "not an integer 3"),
+    (data(app={"asgi": "main"}), "app.asgi", "import string"),
+    (data(app={"asgi": "main:app; rm"}), "app.asgi", "import string"),
+    (data(app={"user": "root:root"}), "app.user", "takes no group"),
+    (data(app={"user": "a b"}), "app.user", "user name"),
+    (data(app={"python": ""}), "app.python", "is empty"),
+    (data(app={"python": "/x\n[program:evil]"}), "app.python", "line break"),
+    (data(app={"directory": "a ;b"}), "app.directory", "comment"),
+    (data(app={"env": {"A B": "x"}}), "app.env.A B", "environment variable name"),
+    (data(app={"env": {"SUPERVISOR_SERVER_URL": "x"}}), "app.env.SUPERVISOR_SERVER_URL", "set by supervisord"),
+    (data(app={"env": {"A": 'say "hi"'}}), "app.env.A", "double quote"),
+    (data(app={"env": {"A": [1]}}), "app.env.A", "must be a string"),
+    (data(app={"env": "A=1"}), "app.env", "must be a table"),
+    (data(app={"nmae": "x"}), "app.nmae", "did you mean 'name'"),
+    (data(sever={}), "sever", "did you mean 'server'"),
+    (data(server={"workers": 0}), "server.workers", "between 1 and 512"),
+    (data(server={"workers": 10**30}), "server.workers", "between 1 and 512"),
+    (data(server={"workers": "many"}), "server.workers", '"auto"'),
+    (data(server={"workers": 2.0}), "server.workers", "an integer >= 1"),
+    (data(server={"workers": True}), "server.workers", "not a boolean"),
+    (data(server={"worker": 2}), "server.worker", "did you mean 'workers'"),
+    (data(server={"graceful_timeout": -1}), "server.graceful_timeout", "between 0 and 3600"),
+    (data(server={"graceful_timeout": float("nan")}), "server.graceful_timeout", "finite"),
+    (data(server={"graceful_timeout": float("inf")}), "server.graceful_timeout", "finite"),
+    (data(server={"bind": "http://x:1"}), "server.bind", "tcp:// or unix://"),
+    (data(server={"bind": "tcp://127.0.0.1"}), "server.bind", "host and a port"),
+    (data(server={"bind": "tcp://*:80"}), "server.bind", "0.0.0.0"),
+    (data(server={"bind": "tcp://[::1]:80"}), "server.bind", "IPv6"),
+    (data(server={"bind": "tcp://127.0.0.1:0"}), "server.bind", "1 to 65535"),
+    (data(server={"bind": "tcp://127.0.0.1:70000"}), "server.bind", "1 to 65535"),
+    (data(server={"bind": "tcp://a b:80"}), "server.bind", "host name"),
+    (data(server={"bind": "unix://"}), "server.bind", "needs a path"),
+    (data(server={"bind": "unix:///" + "x" * 120}), "server.bind", "too long"),
+    (data(server={"socket_mode": "0660"}), "server.socket_mode", "only applies to unix"),
+    (data(server={"bind": "unix:///a.sock", "socket_mode": "rw"}), "server.socket_mode", "octal"),
+    (data(server={"uvicorn": {"port": 80}}), "server.uvicorn.port", "set server.bind"),
+    (data(server={"uvicorn": {"workers": 2}}), "server.uvicorn.workers", "set server.workers"),
+    (data(server={"uvicorn": {"fd": 3}}), "server.uvicorn.fd", "fd 0"),
+    (data(server={"uvicorn": {"proxy_header": True}}), "server.uvicorn.proxy_header", "did you mean 'proxy_headers'"),
+    (data(server={"uvicorn": {"loop": "tokio"}}), "server.uvicorn.loop", "must be one of"),
+    (data(server={"uvicorn": {"proxy_headers": "yes"}}), "server.uvicorn.proxy_headers", "true or false"),
+    (data(server={"uvicorn": {"limit_concurrency": -1}}), "server.uvicorn.limit_concurrency", "negative"),
+    (data(server={"uvicorn": {"ws_ping_interval": float("nan")}}), "server.uvicorn.ws_ping_interval", "finite"),
+    (data(server={"uvicorn": {"forwarded_allow_ips": [1]}}), "server.uvicorn.forwarded_allow_ips", "strings"),
+    (data(server={"uvicorn": {"root_path": "/a #b"}}), "server.uvicorn.root_path", "comment"),
+    (data(server={"uvicorn": "fast"}), "server.uvicorn", "must be a table"),
+    (data(memory={"per_worker": "lots"}), "memory.per_worker", "is not a size"),
+    (data(memory={"per_worker": 0}), "memory.per_worker", "larger than zero"),
+    (data(memory={"budget": "120%"}), "memory.budget", "between 0 and 100"),
+    (data(memory={"budget": "x%"}), "memory.budget", "percentage"),
+    (data(programs={"name": "x"}), "programs", "array of tables"),
+    (data(programs=[{"name": "web", "command": "x"}]), "programs[0].name", "already used"),
+    (data(programs=[{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]), "programs[1].name",
+     "already used"),
+    (data(programs=[{"name": "a"}]), "programs[0].command", "is required"),
+    (data(programs=[{"name": "a", "command": " "}]), "programs[0].command", "is empty"),
+    (data(programs=[{"name": "a", "command": "echo 'x"}]), "programs[0].command", "split"),
+    (data(programs=[{"name": "a", "command": "x", "numprocs": 0}]), "programs[0].numprocs", "between"),
+    (data(migrate={"command": "x\n[program:evil]\ncommand=rm"}), "migrate.command", "line break"),
+    (data(supervisord={"run_dir": "/" + "r" * 100}), "supervisord.run_dir", "too long"),
+    (data(supervisord={"log_level": "verbose"}), "supervisord.log_level", "must be one of"),
+    (data(alerts=[{"type": ["x"]}]), "alerts[0].type", "is not an alert type"),
+    (data(alerts=[{"type": "webhok", "url": "http://x"}]), "alerts[0].type", "did you mean 'webhook'"),
+    (data(crash_loop={"programs": {"wbe": {}}}), "crash_loop.programs.wbe", "did you mean 'web'"),
+])
+def test_bad_input_names_the_key_and_the_problem(d, where, match):
+    e = err(d, match)
+    assert e.source == SRC and e.key == where, str(e)
+    assert str(e).startswith(f"{SRC}: {where}: ")
+
+
+def test_spec_error_is_a_user_error_with_exit_status_2():
+    e = err(data(server={"worker": 2}))
+    assert isinstance(e, UserError) and e.exit_code == 2
+    assert str(e) == f"{SRC}: server.worker: unknown key; did you mean 'workers'?"
+
+
+def test_unknown_key_without_close_match_lists_known_keys():
+    assert "known keys: bind, workers" in str(err(data(server={"zzzzzz": 1})))
+
+
+@pytest.mark.parametrize("text, size", [
+    ("1GB", 1024**3), ("512MB", 512 * 1024**2), ("512MiB", 512 * 1024**2), ("1.5G", int(1.5 * 1024**3)),
+    ("2048", 2048), ("10K", 10240), ("1 TB", 1024**4), ("7B", 7), ("3gb", 3 * 1024**3),
+])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "GB", "1XB", "-1GB", "1e3GB", "one"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_format_size():
+    assert format_size(4 * 1024**3) == "4 GB"
+    assert format_size(512 * 1024**2) == "512 MB"
+    assert format_size(10) == "10 B"
+
+
+def test_budget_percent_and_bytes():
+    assert Budget(fraction=0.5).of(1000) == 500 and Budget(fraction=0.5).describe() == "50% of RAM"
+    assert Budget(bytes=3 * 1024**3).of(123) == 3 * 1024**3 and Budget(bytes=3 * 1024**3).describe() == "3 GB"
+    s = spec_of(data(memory={"budget": "80%", "per_worker": 2**30}))
+    assert s.memory.budget == Budget(fraction=0.8) and s.memory.per_worker == 2**30
+
+
+def test_parse_bind():
+    assert parse_bind("tcp://0.0.0.0:80", "/b") == Bind("tcp", "0.0.0.0", 80)
+    assert parse_bind("tcp://localhost:8000", "/b").url == "tcp://localhost:8000"
+    assert parse_bind("unix:///run/x.sock", "/b") == Bind("unix", path="/run/x.sock")
+    assert parse_bind("unix://rel/x.sock", "/b").path == "/b/rel/x.sock"
+
+
+def test_workers_auto_uses_the_injected_cpu_count():
+    d = data(server={"workers": "auto"})
+    assert spec_of(d).server.workers == 4
+    assert parse_spec('[app]\nname="web"\nasgi="m:a"\n', SRC, "/srv/app", HostDefaults("/p", 7)).server.workers == 7
+
+
+def test_invalid_toml_names_the_file():
+    with pytest.raises(SpecError, match=r"supervisor-fastapi.toml: is not valid TOML: .*line 1"):
+        parse_spec("[app\n", SRC, "/srv/app", HOST)
+
+
+def test_pyproject_table():
+    text = '[project]\nname="x"\n[tool.supervisor-fastapi.app]\nname="web"\nasgi="m:app"\n'
+    s = parse_spec(text, "/p/pyproject.toml", "/p", HOST, table="supervisor-fastapi")
+    assert s.app.name == "web"
+    with pytest.raises(SpecError, match="tool.supervisor-fastapi: table not found"):
+        parse_spec("[project]\n", "/p/pyproject.toml", "/p", HOST, table="supervisor-fastapi")
+
+
+def test_find_and_load_spec(tmp_path):
+    with pytest.raises(UserError, match="supervisor-fastapi init"):
+        find_spec(None, str(tmp_path))
+    (tmp_path / "pyproject.toml").write_text('[tool.supervisor-fastapi.app]\nname="py"\nasgi="m:app"\n')
+    assert find_spec(None, str(tmp_path)) == (str(tmp_path / "pyproject.toml"), "supervisor-fastapi")
+    assert load_spec(cwd=str(tmp_path), host=HOST).app.name == "py"
+    (tmp_path / "supervisor-fastapi.toml").write_text('[app]\nname="own"\nasgi="m:app"\n')
+    assert load_spec(cwd=str(tmp_path), host=HOST).app.name == "own"  # the own file wins
+    other = tmp_path / "sub" / "x.toml"
+    other.parent.mkdir()
+    other.write_text('[app]\nname="other"\nasgi="m:app"\n')
+    s = load_spec("sub/x.toml", cwd=str(tmp_path), host=HOST)
+    assert s.app.name == "other" and s.base_dir == str(other.parent) and s.run_dir == str(other.parent / "run")
+    with pytest.raises(UserError, match="no such spec file"):
+        load_spec("missing.toml", cwd=str(tmp_path))
+
+
+def test_pyproject_without_the_table_is_not_a_spec(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    with pytest.raises(UserError, match="no supervisor-fastapi.toml"):
+        find_spec(None, str(tmp_path))
+
+
+def test_undecodable_spec_file_is_a_user_error(tmp_path):
+    (tmp_path / "supervisor-fastapi.toml").write_bytes(b"\xff\xfe[app]")
+    with pytest.raises(UserError, match="cannot read"):
+        load_spec(cwd=str(tmp_path))
+
+
+def test_spec_records_are_frozen():
+    s = spec_of(data())
+    with pytest.raises(Exception):
+        s.app.name = "x"  # type: ignore[misc]
+
+
+def test_parsing_is_pure(tmp_path):
+    # Relative paths resolve against base_dir, not the process's cwd; nothing is created.
+    before = os.listdir(tmp_path)
+    s = spec_of(data(app={"directory": "."}), base_dir=str(tmp_path))
+    assert s.app.directory == str(tmp_path) and os.listdir(tmp_path) == before
