@@ -180,7 +180,7 @@ def listener_section(spec: Spec, listener_python: str) -> ini.Section:
     layout = Layout(spec.run_dir)
     opts: Options = [
         ("command", ini.command(listener_argv(spec, listener_python))),
-        ("events", "PROCESS_STATE,PROCESS_GROUP,TICK_5"),
+        ("events", "PROCESS_STATE,PROCESS_GROUP,REMOTE_COMMUNICATION"),
         # The default buffer of 10 overflows at startup and silently drops events.
         ("buffer_size", str(LISTENER_BUFFER)),
         ("priority", str(PRIORITY_LISTENER)),
