@@ -49,8 +49,9 @@ def capacity_problem(workers: int, memory: Memory, total_ram: int) -> Optional[s
     fit = budget // memory.per_worker
     fix = (f"lower server.workers to {fit}" if fit >= 1 else "lower memory.per_worker") + \
         " or raise memory.budget"
+    share = f"{memory.budget.fraction * 100:g}% of " if memory.budget.fraction is not None else "host has "
     return (f"{workers} workers x {format_size(memory.per_worker)} = {format_size(need)} > "
-            f"{format_size(budget)} budget ({memory.budget.describe()} of {format_size(total_ram)} RAM); {fix}")
+            f"{format_size(budget)} budget ({share}{format_size(total_ram)} RAM); {fix}")
 
 
 def total_ram(meminfo: str = "/proc/meminfo") -> int:
