@@ -1,0 +1,126 @@
+"""checks: pre-flight results for `supervisor-fastapi check`; none of them exits."""
+
+import socket
+import sys
+
+import pytest
+
+from supervisor_fastapi import checks
+from supervisor_fastapi.spec import Bind, Budget, Memory
+
+from ._core_helpers import conf_of, data, make_dirs, spec_of
+
+GB = 1024**3
+
+
+def test_capacity_message_in_the_spirit_of_the_issue():
+    problem = checks.capacity_problem(4, Memory(per_worker=GB, budget=Budget(bytes=3 * GB)), 16 * GB)
+    assert problem.startswith("4 workers x 1 GB = 4 GB > 3 GB budget (host has 16 GB RAM)")
+    assert "lower server.workers to 3 or raise memory.budget" in problem
+
+
+def test_capacity_with_a_share_of_ram():
+    problem = checks.capacity_problem(4, Memory(per_worker=GB, budget=Budget(fraction=0.75)), 4 * GB)
+    assert problem.startswith("4 workers x 1 GB = 4 GB > 3 GB budget (75% of 4 GB RAM)")
+
+
+def test_capacity_fits_or_is_not_checked():
+    assert checks.capacity_problem(2, Memory(per_worker=GB, budget=Budget(bytes=3 * GB)), GB) is None
+    assert checks.capacity_problem(64, Memory(), GB) is None
+
+
+def test_capacity_when_not_even_one_worker_fits():
+    problem = checks.capacity_problem(1, Memory(per_worker=8 * GB, budget=Budget(fraction=0.5)), 4 * GB)
+    assert "lower memory.per_worker" in problem
+
+
+def test_total_ram_reads_meminfo(tmp_path):
+    (tmp_path / "meminfo").write_text("MemTotal:       16384 kB\nMemFree: 1 kB\n")
+    assert checks.total_ram(str(tmp_path / "meminfo")) == 16384 * 1024
+    assert checks.total_ram(str(tmp_path / "missing")) > 0
+
+
+def test_busy_port_is_reported():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        problem = checks.bind_problem(Bind("tcp", "127.0.0.1", port))
+    assert problem == f"127.0.0.1:{port} is already in use; stop what listens there or change server.bind"
+
+
+def test_free_port_is_fine():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert checks.bind_problem(Bind("tcp", "127.0.0.1", port)) is None
+
+
+def test_unresolvable_host_is_reported():
+    assert checks.bind_problem(Bind("tcp", "no-such-host.invalid", 8000)).startswith("cannot bind")
+
+
+def test_unix_socket_states(tmp_path):
+    path = str(tmp_path / "a.sock")
+    assert checks.bind_problem(Bind("unix", path=path)) is None
+    assert "does not exist" in checks.bind_problem(Bind("unix", path=str(tmp_path / "no" / "a.sock")))
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(path)
+    live.listen()
+    assert "is in use" in checks.bind_problem(Bind("unix", path=path))
+    live.close()
+    # The file stays behind (stale): supervisord unlinks it before binding.
+    assert checks.bind_problem(Bind("unix", path=path)) is None
+
+
+def test_load_with_supervisor_reports_the_parser_error(tmp_path):
+    assert "Invalid user name" in checks.load_with_supervisor(
+        "[supervisord]\nlogfile=%s/x.log\n[program:a]\ncommand=x\nuser=no-such-user-xyz\n" % tmp_path)
+    spec = spec_of(data(), run_dir=str(tmp_path / "run"))
+    make_dirs(spec)
+    assert checks.load_with_supervisor(conf_of(spec)) is None
+
+
+def test_python_problem(tmp_path):
+    assert checks.python_problem(sys.executable, str(tmp_path), "m:app") is None
+    assert "does not exist" in checks.python_problem(str(tmp_path / "nope"), str(tmp_path), "m:app")
+    bare = tmp_path / "bare"
+    bare.write_text("#!/bin/sh\necho 'ModuleNotFoundError: no uvicorn' >&2\nexit 1\n")
+    bare.chmod(0o755)
+    problem = checks.python_problem(str(bare), str(tmp_path), "m:app")
+    assert "cannot import the worker (ModuleNotFoundError: no uvicorn)" in problem
+
+
+def test_run_checks_collects_results(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        d = data(app={"python": sys.executable, "directory": str(tmp_path)},
+                 server={"bind": f"tcp://127.0.0.1:{port}", "workers": 4},
+                 memory={"per_worker": "1GB", "budget": "3GB"})
+        spec = spec_of(d, base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
+        make_dirs(spec)
+        results = {r.what: r for r in checks.run_checks(spec, conf_of(spec), running=False, ram=16 * GB)}
+    assert results["supervisord accepts the generated conf"].ok
+    assert not results[f"bind tcp://127.0.0.1:{port} is free"].ok
+    assert results["memory capacity"].detail.startswith("4 workers x 1 GB = 4 GB > 3 GB budget")
+    assert results["app.python runs the worker"].ok
+
+
+def test_run_checks_when_running_skips_the_bind_probe(tmp_path):
+    spec = spec_of(data(app={"python": sys.executable, "directory": str(tmp_path)}), base_dir=str(tmp_path),
+                   run_dir=str(tmp_path / "run"))
+    make_dirs(spec)
+    results = checks.run_checks(spec, conf_of(spec), running=True, ram=16 * GB)
+    assert any("held by this deployment" in r.detail for r in results)
+    assert [r.what for r in results if not r.ok] == []
+
+
+@pytest.mark.parametrize("missing", ["directory"])
+def test_run_checks_reports_a_missing_app_directory(tmp_path, missing):
+    spec = spec_of(data(app={"python": sys.executable, "directory": str(tmp_path / "gone")}),
+                   base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
+    make_dirs(spec)
+    results = checks.run_checks(spec, conf_of(spec), running=True, ram=16 * GB)
+    assert [r.what for r in results if not r.ok] == ["app.directory"]
