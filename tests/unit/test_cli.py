@@ -1,0 +1,195 @@
+"""cli: thin click commands; user errors are one line on stderr and exit status 2, never a traceback."""
+
+import os
+import socket
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from supervisor_fastapi import __version__
+from supervisor_fastapi.cli import main
+from supervisor_fastapi.spec import load_spec
+
+from ._core_helpers import load, raw_sections
+
+SPEC = """[app]
+name = "shop"
+asgi = "main:app"
+python = "{python}"
+
+[server]
+bind = "tcp://127.0.0.1:{port}"
+workers = 2
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=True)
+    # A crash inside a command shows up as a non-SystemExit exception: never acceptable.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def write_spec(folder, **kw):
+    text = SPEC.format(python=sys.executable, port=kw.pop("port", free_port()))
+    (folder / "supervisor-fastapi.toml").write_text(text + kw.pop("extra", ""))
+
+
+def test_version():
+    assert __version__ in run("--version").output
+
+
+def test_init_writes_a_valid_starter_and_refuses_to_overwrite(folder):
+    r = run("init", "--name", "My Shop", "--asgi", "shop.main:app")
+    assert r.exit_code == 0 and "wrote" in r.output
+    spec = load_spec(cwd=str(folder))
+    assert spec.app.name == "my-shop" and spec.app.asgi == "shop.main:app"
+    before = (folder / "supervisor-fastapi.toml").read_text()
+    r = run("init", "--name", "other")
+    assert r.exit_code == 2 and "exists; pass --force to overwrite it" in r.output
+    assert (folder / "supervisor-fastapi.toml").read_text() == before
+    r = run("init", "--name", "other", "--force")
+    assert r.exit_code == 0 and load_spec(cwd=str(folder)).app.name == "other"
+
+
+def test_init_default_name_comes_from_the_folder(tmp_path, monkeypatch):
+    target = tmp_path / "9 Lives"
+    target.mkdir()
+    monkeypatch.chdir(target)
+    assert run("init").exit_code == 0
+    assert load_spec(cwd=str(target)).app.name == "app-9-lives"
+
+
+def test_init_with_a_bad_asgi_string_is_a_user_error(folder):
+    r = run("init", "--asgi", "not an import")
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "app.asgi" in r.output
+    assert not (folder / "supervisor-fastapi.toml").exists()
+
+
+def test_render_to_stdout(folder):
+    write_spec(folder)
+    r = run("render", "-o", "-")
+    assert r.exit_code == 0
+    assert "[fcgi-program:shop]" in r.output and "supervisor-fastapi render -o -" in r.output
+    assert not (folder / "supervisord.conf").exists()
+
+
+def test_render_default_path_loads_with_supervisor(folder):
+    write_spec(folder)
+    r = run("render")
+    conf = folder / "supervisord.conf"
+    assert r.exit_code == 0 and f"wrote {conf}" in r.output and "supervisorctl -c" in r.output
+    text = conf.read_text()
+    assert "run `supervisor-fastapi render`" in text
+    assert {g.name for g in load(text).process_group_configs} >= {"shop"}
+    assert os.path.isdir(folder / "run" / "logs")
+
+
+def test_render_fragment(folder):
+    write_spec(folder)
+    r = run("render", "--fragment", "-o", "shop.conf")
+    assert r.exit_code == 0 and "/etc/supervisor/conf.d/shop.conf" in r.output
+    sections = raw_sections((folder / "shop.conf").read_text())
+    assert "supervisord" not in sections and "fcgi-program:shop" in sections
+
+
+def test_render_with_config_option_from_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "deploy").mkdir()
+    write_spec(tmp_path / "deploy")
+    monkeypatch.chdir(tmp_path)
+    r = run("render", "-c", "deploy/supervisor-fastapi.toml")
+    assert r.exit_code == 0 and (tmp_path / "deploy" / "supervisord.conf").exists()
+    assert "render -c deploy/supervisor-fastapi.toml" in (tmp_path / "deploy" / "supervisord.conf").read_text()
+
+
+@pytest.mark.parametrize("command", [["render"], ["render", "-o", "-"], ["check"], ["up"], ["down"],
+                                     ["systemd-unit"]])
+@pytest.mark.parametrize("extra, message", [
+    ("[server.uvicorn]\nworkers = 4\n", "server.uvicorn.workers: is managed by supervisor-fastapi"),
+    ("[sever]\n", "sever: unknown key; did you mean 'server'?"),
+    ("[memory]\nper_worker = \"lots\"\n", "memory.per_worker"),
+    ("[[programs]]\nname = \"x\"\ncommand = \"a\\n[program:evil]\"\n", "programs[0].command: contains a line break"),
+    ("[app\n", "is not valid TOML"),
+])
+def test_user_errors_are_one_message_and_exit_2(folder, command, extra, message):
+    write_spec(folder, extra=extra)
+    r = run(*command)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("error: ") and message in r.output
+    assert str(folder / "supervisor-fastapi.toml") in r.output
+
+
+@pytest.mark.parametrize("command", [["render"], ["check"], ["up"], ["down"], ["systemd-unit"]])
+def test_missing_spec_is_a_user_error(folder, command):
+    r = run(*command)
+    assert r.exit_code == 2 and "run `supervisor-fastapi init` or pass -c PATH" in r.output
+    r = run(*command, "-c", "nope.toml")
+    assert r.exit_code == 2 and "nope.toml: no such spec file" in r.output
+
+
+def test_check_passes(folder):
+    write_spec(folder)
+    r = run("check")
+    assert r.exit_code == 0, r.output
+    assert "ok   supervisord accepts the generated conf" in r.output
+    assert "memory.per_worker not set" in r.output
+
+
+def test_check_fails_on_a_busy_port_and_on_capacity(folder):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        write_spec(folder, port=port, extra='[memory]\nper_worker = "1TB"\nbudget = "3TB"\n')
+        r = run("check")
+    assert r.exit_code == 1
+    assert f"FAIL bind tcp://127.0.0.1:{port} is free: 127.0.0.1:{port} is already in use" in r.output
+    assert "FAIL memory capacity: 2 workers x 1 TB = 2 TB" not in r.output  # 2 TB fits in 3 TB
+    write_spec(folder, extra='[server.uvicorn]\n[memory]\nper_worker = "2TB"\nbudget = "3TB"\n')
+    r = run("check")
+    assert r.exit_code == 1
+    assert "FAIL memory capacity: 2 workers x 2 TB = 4 TB > 3 TB budget (host has" in r.output
+
+
+def test_down_when_not_running(folder):
+    write_spec(folder)
+    r = run("down")
+    assert r.exit_code == 0 and r.output.strip() == "not running"
+
+
+def test_systemd_unit(folder):
+    write_spec(folder)
+    r = run("systemd-unit")
+    assert r.exit_code == 0
+    conf = folder / "supervisord.conf"
+    assert f"ExecStart={sys.executable} -m supervisor.supervisord -n -c {conf}" in r.output
+    for line in ("Restart=always", "WantedBy=multi-user.target", "KillMode=mixed", "[Install]",
+                 f"WorkingDirectory={folder}"):
+        assert line in r.output
+    assert "TimeoutStopSec=55" in r.output  # graceful 30 + margin 10 + 15
+
+
+def test_demo_without_fastapi_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    r = run("demo", "--smoke")
+    assert r.exit_code == 2 and "pip install 'supervisor-fastapi[demo]'" in r.output
+
+
+def test_help_lists_the_commands():
+    out = run("--help").output
+    for name in ("init", "render", "check", "up", "down", "demo", "systemd-unit"):
+        assert name in out
