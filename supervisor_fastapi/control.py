@@ -90,6 +90,14 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
             elif state in FAILED_STATES:
                 r.failed.append(name)
                 r.reasons[name] = f"migration is {state}"
+            elif state in ("STOPPED", "STOPPING") and info.get("start"):
+                # The listener stops a migration that runs past migrate.timeout; either way
+                # the workers will not start until it is run again.
+                r.failed.append(name)
+                r.reasons[name] = ("migration was stopped before it finished (it ran past migrate.timeout, "
+                                   "or was stopped by hand)")
+            elif state in ("STARTING", "RUNNING"):
+                r.pending.append(name)
             continue
         if info["group"] != app:
             continue

@@ -205,12 +205,14 @@ class Listener:
             log.exception("error handling %s (acknowledged anyway)", headers.get("eventname"))
 
     def _observe(self, event: Event) -> None:
-        if (isinstance(event, ProcessState) and event.state == "EXITED"
-                and event.name == self.machine.config.migrate_name and self.proxy is not None):
-            # The payload has no exit status; one quick RPC, for the gate detail and the alert.
+        if (isinstance(event, ProcessState) and event.name == self.machine.config.migrate_name
+                and self.proxy is not None):
+            # The payload has neither the exit status nor which run it belongs to; one quick
+            # RPC (a handful per migration run) tells both.
             try:
                 info = self.proxy.supervisor.getProcessInfo(event.namespec)
-                event = dataclasses.replace(event, exitstatus=info.get("exitstatus"))
+                event = dataclasses.replace(event, exitstatus=info.get("exitstatus"),
+                                            run_start=float(info.get("start") or 0))
             except Exception as exc:
                 log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)
         self._apply(self.machine.observe(event, self.clock()))

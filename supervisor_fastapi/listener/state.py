@@ -41,6 +41,9 @@ class ProcessState:
     expected: Optional[bool] = None
     pid: int = 0
     exitstatus: Optional[int] = None
+    # supervisord's start time of the run this event belongs to, when the edge looked it up:
+    # tells a new migration run from events of a run already handled at start-up.
+    run_start: Optional[float] = None
 
     @property
     def namespec(self) -> str:
@@ -185,6 +188,7 @@ class Gate:
     detail: str = ""
     started: Optional[float] = None  # when the running migration started
     stopping: bool = False  # we stopped it for running too long
+    handled_run: Optional[float] = None  # start time of the run whose outcome is decided
 
 
 # --- the machine --------------------------------------------------------------------------
@@ -359,6 +363,10 @@ class Machine:
     def _migration_event(self, ev: ProcessState, now: float, out: List[Action]) -> None:
         g = self.gate
         name = ev.name
+        if ev.run_start is not None and ev.run_start == g.handled_run:
+            return  # a replay of the run reconciled at start-up
+        if ev.state in ("EXITED", "FATAL"):
+            g.handled_run = ev.run_start
         if ev.state == "STARTING":
             g.state, g.detail, g.started, g.stopping = "waiting", "migration running", now, False
         elif ev.state == "EXITED" and ev.expected:
@@ -493,6 +501,8 @@ class Machine:
             g.state, g.detail = "waiting", "the migration program is not loaded in supervisord"
             return
         state = str(migrate["statename"])
+        if state not in ("STARTING", "RUNNING"):
+            g.handled_run = float(migrate.get("start") or 0)
         if state in ("STARTING", "RUNNING"):
             g.state, g.detail, g.started = "waiting", "migration running", float(migrate.get("start") or now)
             if saved_gate.get("state") == "failed" and self.migration and self.migration.kind == "migration_timeout":

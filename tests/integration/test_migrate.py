@@ -1,0 +1,108 @@
+"""The migration gate with a real supervisord: workers start only after `<app>_migrate` exits 0."""
+
+import json
+import sys
+import time
+
+import pytest
+
+from supervisor_fastapi.deploy import wait_ready
+from supervisor_fastapi.errors import UserError
+
+from ..helpers_alerts import WebhookReceiver
+from .conftest import wait_until
+
+MIGRATION = """\
+import os, sys, time
+flag = os.environ.get("MIGRATE_FAIL_WHILE", "")
+print("migrating: step 1 of 2", flush=True)
+time.sleep(float(os.environ.get("MIGRATE_SECONDS", "0")))
+if flag and os.path.exists(flag):
+    print("ERROR: relation \\"users\\" already exists", flush=True)
+    sys.exit(3)
+print("migrating: done", flush=True)
+"""
+
+
+def migration_script(tmp_path) -> str:
+    path = tmp_path / "migrate.py"
+    path.write_text(MIGRATION)
+    return f"{sys.executable} {path}"
+
+
+def state_file(d) -> dict:
+    try:
+        with open(d.layout.listener_state) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def info(d, name):
+    return next(i for i in d.infos() if i["name"] == name)
+
+
+def test_workers_start_only_after_the_migration_exits_0(deploy, tmp_path):
+    d = deploy({"migrate": {"command": migration_script(tmp_path), "env": {"MIGRATE_SECONDS": "2"}}},
+               wait=False)
+    wait_until(lambda: info(d, "web_migrate")["statename"] == "RUNNING", 15, "the migration to run")
+    # While it runs, no worker is even started.
+    assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"STOPPED"}
+    wait_ready(d.spec, d.layout, lambda m: None, 30)
+    m = info(d, "web_migrate")
+    assert m["statename"] == "EXITED" and m["exitstatus"] == 0
+    for w in ("web_00", "web_01"):
+        assert info(d, w)["start"] >= m["stop"], "a worker started before the migration ended"
+    assert d.get("/")[0] == 200
+    assert wait_until(lambda: state_file(d).get("gate", {}).get("state") == "open", 5, "gate open in state file")
+
+
+def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_again(deploy, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    with WebhookReceiver() as hook:
+        d = deploy({"migrate": {"command": migration_script(tmp_path), "env": {"MIGRATE_FAIL_WHILE": str(flag)}},
+                    "alerts": [{"type": "webhook", "url": hook.url}]}, wait=False)
+        alerts = wait_until(lambda: hook.alerts("migration_failed", "open"), 20, "the migration alert")
+        m = info(d, "web_migrate")
+        assert m["statename"] == "EXITED" and m["exitstatus"] == 3
+        at, alert = alerts[0]
+        assert at - m["stop"] < 2.0, f"alert {at - m['stop']:.2f} s after the migration exited"
+        assert "exited with status 3" in alert["text"]
+        assert alert["details"]["exitstatus"] == 3
+        assert 'relation "users" already exists' in alert["details"]["log_tail"]
+        # Workers stay out of RUNNING (they are never started).
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert not [i for i in d.infos() if i["group"] == "web" and i["statename"] != "STOPPED"]
+            time.sleep(0.2)
+        with pytest.raises(UserError, match="status 3"):
+            wait_ready(d.spec, d.layout, lambda m: None, 10)
+        assert "EXITED" in d.ctl("status", "web_migrate").stdout
+        st = state_file(d)
+        assert st["gate"]["state"] == "failed" and st["incidents"]["web_migrate"]["kind"] == "migration_failed"
+        assert len(hook.alerts("migration_failed", "open")) == 1
+        # Fix the cause and run it again: the gate opens and the workers start.
+        flag.unlink()
+        d.ctl("start", "web_migrate")
+        wait_ready(d.spec, d.layout, lambda m: None, 30)
+        wait_until(lambda: hook.alerts("migration_failed", "resolve"), 10, "the resolve alert")
+        assert wait_until(lambda: state_file(d).get("gate", {}).get("state") == "open", 5, "gate open")
+
+
+def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
+    with WebhookReceiver() as hook:
+        d = deploy({"migrate": {"command": migration_script(tmp_path), "timeout": 2,
+                                "env": {"MIGRATE_SECONDS": "120"}},
+                    "alerts": [{"type": "webhook", "url": hook.url}]}, wait=False)
+        wait_until(lambda: info(d, "web_migrate")["statename"] == "RUNNING", 15, "the migration to run")
+        started = info(d, "web_migrate")["start"]
+        alerts = wait_until(lambda: hook.alerts("migration_timeout", "open"), 15, "the timeout alert")
+        at, alert = alerts[0]
+        assert 2.0 <= at - started < 4.5, f"timeout alert {at - started:.2f} s after start"
+        assert "migrating: step 1 of 2" in alert["details"]["log_tail"]
+        wait_until(lambda: info(d, "web_migrate")["statename"] == "STOPPED", 15, "the migration to be stopped")
+        assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"STOPPED"}
+        with pytest.raises(UserError, match="stopped before it finished"):
+            wait_ready(d.spec, d.layout, lambda m: None, 10)
+        assert state_file(d)["incidents"]["web_migrate"]["kind"] == "migration_timeout"
