@@ -221,17 +221,83 @@ def daemon_sections(spec: Spec) -> List[ini.Section]:
     ]
 
 
-def build(spec: Spec, fragment: bool = False, listener_python: Optional[str] = None) -> List[ini.Section]:
-    """Every section of the generated conf, in a fixed order."""
+def plugin_sections(spec: Spec) -> List[ini.Section]:
+    """supervisor-fastapi's plugins: loaded by supervisord and supervisorctl, which must import this package.
+
+    ``[rpcinterface:fastapi]`` holds the fcgi socket open across restarts (rpcplugin.py);
+    ``[ctlplugin:fastapi]`` adds ``rolling_restart`` and ``fastapi_status`` to supervisorctl.
+    """
+    run_dir = ini.escape(Layout(spec.run_dir).run_dir)
+    return [
+        (f"rpcinterface:{RPC_NAMESPACE}", [
+            ("supervisor.rpcinterface_factory", "supervisor_fastapi.rpcplugin:make_rpcinterface"),
+            ("run_dir", run_dir),
+        ]),
+        (f"ctlplugin:{RPC_NAMESPACE}", [
+            ("supervisor.ctl_factory", "supervisor_fastapi.ctlplugin:make_ctlplugin"),
+            ("group", ini.escape(spec.app.name)),
+        ]),
+    ]
+
+
+def watchdog_argv(spec: Spec, python: str) -> Optional[List[str]]:
+    """The memory/heartbeat watchdog command, or None when neither limit is set."""
+    s, m = spec.server, spec.memory
+    if m.limit is None and not s.heartbeat_timeout:
+        return None
+    argv = [python, "-m", "supervisor_fastapi.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
+            "--state-dir", Layout(spec.run_dir).state_dir]
+    if m.limit is not None:
+        argv += ["--memory-limit", str(m.limit), "--check-interval", f"{m.check_interval:g}",
+                 "--limit-checks", str(m.limit_checks)]
+    if s.heartbeat_timeout:
+        argv += ["--heartbeat-timeout", f"{s.heartbeat_timeout:g}"]
+    return argv
+
+
+def watchdog_section(spec: Spec, python: str) -> Optional[ini.Section]:
+    argv = watchdog_argv(spec, python)
+    if argv is None:
+        return None
+    name = f"{spec.app.name}_watchdog"
+    opts: Options = [
+        ("command", ini.command(argv)),
+        ("priority", str(PRIORITY_PROGRAMS)),
+        ("autostart", "true"),
+        ("autorestart", "true"),
+        ("startsecs", "1"),
+        ("stopwaitsecs", "10"),
+        ("directory", ini.escape(spec.base_dir)),
+        ("redirect_stderr", "true"),
+        ("stdout_logfile", ini.escape(Layout(spec.run_dir).program_log(name))),
+        ("stdout_logfile_maxbytes", "10MB"),
+        ("stdout_logfile_backups", "5"),
+    ]
+    return f"program:{name}", opts
+
+
+def build(spec: Spec, fragment: bool = False, listener_python: Optional[str] = None,
+          with_plugins: Optional[bool] = None) -> List[ini.Section]:
+    """Every section of the generated conf, in a fixed order.
+
+    The plugin sections make supervisord and supervisorctl refuse to start when they cannot
+    import this package, so a ``fragment`` (for an OS-packaged supervisord) leaves them out
+    unless ``with_plugins`` says that Python has the package.
+    """
     import sys
 
     sections: List[ini.Section] = [] if fragment else daemon_sections(spec)
+    if with_plugins if with_plugins is not None else not fragment:
+        sections += plugin_sections(spec)
     sections.append(listener_section(spec, listener_python or sys.executable))
     migrate = migrate_section(spec)
     if migrate:
         sections.append(migrate)
     sections.append(web_section(spec))
     sections += [program_section(spec, p) for p in spec.programs]
+    watchdog = watchdog_section(spec, listener_python or sys.executable)
+    if watchdog:
+        sections.append(watchdog)
     return sections
 
 
@@ -242,6 +308,7 @@ def header(spec: Spec, command: str) -> List[str]:
     ]
 
 
-def render(spec: Spec, command: str, fragment: bool = False, listener_python: Optional[str] = None) -> str:
+def render(spec: Spec, command: str, fragment: bool = False, listener_python: Optional[str] = None,
+           with_plugins: Optional[bool] = None) -> str:
     """The conf text for ``spec``; ``command`` is how the user regenerates it (for the header)."""
-    return ini.render(build(spec, fragment, listener_python), header(spec, command))
+    return ini.render(build(spec, fragment, listener_python, with_plugins), header(spec, command))
