@@ -15,12 +15,12 @@ Value = Union[str, int, bool]
 
 # A comment starts at ';' or '#' preceded by whitespace (configparser's inline rule).
 _INLINE_COMMENT = re.compile(r"\s[;#]")
-_OPTION_NAME = re.compile(r"^[a-z][a-z0-9_.]*$")
-_SECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9_.]*\Z")
+_SECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*\Z")
 # Line breaks are checked first for a clearer message; the rest are refused as well, since
 # some (\x0b, \x0c, \x85, U+2028) split lines for str.splitlines and editors alike.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class UnsafeValue(ValueError):

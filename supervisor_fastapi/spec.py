@@ -23,11 +23,11 @@ else:  # pragma: no cover - exercised on the oldest supported Python in CI
 
 SPEC_FILENAME = "supervisor-fastapi.toml"
 PYPROJECT_TABLE = "supervisor-fastapi"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
-ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?(:[a-z_][a-z0-9_.-]*)?$", re.IGNORECASE)
-HOST_RE = re.compile(r"^[A-Za-z0-9.-]+$")
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*\Z")
+ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?(:[a-z_][a-z0-9_.-]*)?\Z", re.IGNORECASE)
+HOST_RE = re.compile(r"^[A-Za-z0-9.-]+\Z")
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # Names supervisor uses for its own environment; a spec overriding them would break the
 # listener's RPC connection or the worker's identity.
@@ -305,7 +305,7 @@ class _Table:
         pairs = []
         for name, value in table.items():
             where = f"{key}.{name}"
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", name):
                 self.fail(where, "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
             if name in RESERVED_ENV:
                 self.fail(where, "is set by supervisord itself and cannot be overridden")
@@ -483,7 +483,7 @@ def _server(t: _Table, base_dir: str, host: HostDefaults) -> Server:
     else:
         workers = t.number("workers", integer=True, minimum=1, maximum=512)
     graceful = float(t.number("graceful_timeout", 30.0, minimum=0, maximum=3600))
-    socket_mode = t.text("socket_mode", None, pattern=re.compile(r"^0?[0-7]{3}$"), what="an octal mode like \"0660\"")
+    socket_mode = t.text("socket_mode", None, pattern=re.compile(r"^0?[0-7]{3}\Z"), what="an octal mode like \"0660\"")
     socket_owner = t.text("socket_owner", None, pattern=USER_RE, what="user or user:group")
     if bind.kind == "tcp" and (socket_mode or socket_owner):
         t.fail("socket_mode" if socket_mode else "socket_owner", "only applies to unix:// binds")
@@ -635,7 +635,7 @@ def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
             t.fail("url", f"{url!r} is not an http:// or https:// URL")
         headers = t.get("headers", (dict,), {}, "a table of header = \"value\"")
         for h, v in headers.items():
-            if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+$", h) or ini.problem_with(v):
+            if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+\Z", h) or ini.problem_with(v):
                 t.fail(f"headers.{h}", "must be a header name with a one-line string value")
         return {"url": url, "timeout": float(t.number("timeout", 5.0, minimum=0.1, maximum=120)),
                 "headers": tuple(sorted(headers.items()))}
@@ -643,9 +643,9 @@ def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
         to = t.get("to", (str, list), what="an address or an array of addresses")
         to_list = [to] if isinstance(to, str) else to
         for addr in [t.text("from")] + list(to_list):
-            if not isinstance(addr, str) or not re.match(r"^[^@\s]+@[^@\s]+$", addr):
+            if not isinstance(addr, str) or not re.match(r"^[^@\s]+@[^@\s]+\Z", addr):
                 t.fail("to" if addr != t.data["from"] else "from", f"{addr!r} is not an email address")
-        env_re = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+        env_re = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
         opts = {"host": t.text("host", "127.0.0.1"), "port": t.number("port", 587, integer=True, minimum=1,
                                                                        maximum=65535),
                 "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],

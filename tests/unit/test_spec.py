@@ -83,6 +83,13 @@ def test_factory_flag():
     (data(app={"asgi": "main"}), "app.asgi", "import string"),
     (data(app={"asgi": "main:app; rm"}), "app.asgi", "import string"),
     (data(app={"user": "root:root"}), "app.user", "takes no group"),
+    # `$` matches before a trailing newline: patterns must anchor with \Z.
+    (data(app={"asgi": "main:app\n"}), "app.asgi", "import string"),
+    (data(app={"name": "web\n"}), "app.name", "is not a name"),
+    (data(app={"user": "root\n"}), "app.user", "user name"),
+    (data(app={"env": {"A\n": "x"}}), "app.env.A\n", "environment variable name"),
+    (data(server={"bind": "tcp://h\n:80"}), "server.bind", "host name"),
+    (data(server={"bind": "unix:///a.sock", "socket_mode": "0660\n"}), "server.socket_mode", "octal"),
     (data(app={"user": "a b"}), "app.user", "user name"),
     (data(app={"python": ""}), "app.python", "is empty"),
     (data(app={"python": "/x\n[program:evil]"}), "app.python", "line break"),
