@@ -155,3 +155,62 @@ def demo(workers: int, smoke: bool) -> None:
 
     run_demo(workers, smoke, progress)
 
+
+
+@main.command("alert-test")
+@config_option
+@user_errors
+def alert_test(config: Optional[str]) -> None:
+    """Send a test alert to every [[alerts]] channel and report each result (exit 1 if any failed)."""
+    from .listener.alerts import test_report
+
+    lines, ok = test_report(load_spec(config))
+    click.echo("\n".join(lines))
+    if not ok:
+        sys.exit(1)
+
+
+@main.command("restart")
+@config_option
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds each new worker may take to accept connections.")
+@user_errors
+def restart_cmd(config: Optional[str], timeout: float) -> None:
+    """Rolling restart: replace the web workers one at a time, each new one listening before the next stops."""
+    from . import ops
+
+    spec = load_spec(config)
+    result = ops.rolling_restart(ops.local_edges(_running_layout(spec)), spec.app.name, progress, timeout)
+    click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
+               + (f", skipped {len(result.skipped)}" if result.skipped else "")
+               + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@user_errors
+def status_cmd(config: Optional[str], as_json: bool) -> None:
+    """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
+    from . import ops
+
+    spec = load_spec(config)
+    layout = _running_layout(spec)
+    edges = ops.local_edges(layout)
+    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy))
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=2, default=str))
+    else:
+        click.echo(ops.format_status(status, time.time()))
+    if not status.ok:
+        sys.exit(1)
+
+
+def _running_layout(spec: Spec) -> Layout:
+    layout = Layout(spec.run_dir)
+    if not control.is_running(layout):
+        raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
+                        "start it with `supervisor-fastapi up`")
+    return layout

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..spec import Alert as AlertSpec
 from ..spec import Spec
@@ -258,6 +258,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._ids = 0
         self._threads: List[threading.Thread] = []
+        self._down: Set[str] = set()
 
     def start(self) -> "Dispatcher":
         self._threads.append(threading.Thread(target=self._enrich_loop, name="alert-enrich", daemon=True))
@@ -308,10 +309,15 @@ class Dispatcher:
             if item is None:
                 return
             ident, msg = item
-            error = deliver(channel, msg, self.retries, self.sleep, self.first_delay)
+            # While a channel is down, later alerts get one try each instead of the full
+            # retry schedule, so an alert storm cannot push the channel minutes behind.
+            retries = 0 if channel.name in self._down else self.retries
+            error = deliver(channel, msg, retries, self.sleep, self.first_delay)
             if error is None:
+                self._down.discard(channel.name)
                 self._done(ident, msg, channel.name, "sent")
             else:
+                self._down.add(channel.name)
                 self.journal.write(msg, channel.name, error)
                 self._done(ident, msg, channel.name, f"journaled: {error}")
 
@@ -372,3 +378,19 @@ def send_test(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Tuple
                        {"spec": spec.source}, spec.app.name, time.time())
     results = send_to_all(channels, msg)
     return [(c, results[c.name]) for c in channels]
+
+
+def test_report(spec: Spec) -> Tuple[List[str], bool]:
+    """Lines for `alert-test` and whether every channel took the test alert."""
+    results = send_test(spec)
+    lines = []
+    if not spec.alerts:
+        lines.append(f"no [[alerts]] in {spec.source}: alerts go to the default log file only")
+    for channel, error in results:
+        where = {"webhook": "url", "email": "to", "command": "command", "log": "path"}[channel.type]
+        target = getattr(channel, "url", None) or getattr(channel, "command", None) or getattr(channel, "path", None)
+        if channel.type == "email":
+            target = ", ".join(channel.opts["to"])  # type: ignore[attr-defined]
+        status = "sent" if error is None else f"FAILED: {error}"
+        lines.append(f"{channel.name} ({channel.type}, {where} {target}): {status}")
+    return lines, all(error is None for _, error in results)

@@ -23,7 +23,11 @@ from ..spec import Backoff, CrashLoop, Spec
 
 SPAWN_HISTORY = 3600.0  # the state file keeps one hour of spawn times per process
 EVENT_DEDUPE = 60.0  # the same remote event (kind, process) alerts at most once a minute
-MIGRATION_KILL_GRACE = 15.0  # after a timeout stop, re-check the migration this much later
+# A signal sent within milliseconds of a spawn can hit the child between fork and exec,
+# where supervisord's inherited handler swallows it: the stop is lost and the process
+# runs on (measured: a TERM 3 ms after spawn was ignored until stopwaitsecs). So a process
+# that must stay held is stopped this long after it started, not at once.
+STOP_SETTLE = 0.3
 REMOTE_TYPE = "supervisor-fastapi"  # REMOTE_COMMUNICATION type this listener acts on
 
 
@@ -171,6 +175,7 @@ class Proc:
     incident: Optional[Incident] = None
     expect_stop: bool = False  # we asked for a stop and have not seen STOPPED yet
     expect_start: bool = False  # we asked for a start and have not seen STARTING yet
+    stop_at: Optional[float] = None  # a held process that supervisord respawned: stop it then
 
     @property
     def namespec(self) -> str:
@@ -231,6 +236,8 @@ class Machine:
             inc = p.incident
             if inc is None:
                 continue
+            if p.stop_at is not None:
+                times.append(p.stop_at)
             if inc.next_retry is not None:
                 times.append(inc.next_retry)
             elif p.running_since is not None and p.state == "RUNNING":
@@ -312,13 +319,11 @@ class Machine:
                     p.incident.retries += 1
                 else:
                     # supervisord's own autorestart after a crash: keep holding.
-                    out.append(Stop(p.namespec))
-                    p.expect_stop = True
+                    p.stop_at = now + STOP_SETTLE
         elif ev.state == "RUNNING":
             p.running_since = now
-            if p.held:  # started behind our back between STARTING and now
-                out.append(Stop(p.namespec))
-                p.expect_stop = True
+            if p.held and p.stop_at is None:  # started behind our back between STARTING and now
+                p.stop_at = now + STOP_SETTLE
         elif ev.state == "EXITED":
             p.running_since = None
             if ev.expected is False:
@@ -351,8 +356,12 @@ class Machine:
                                  log_of=p.namespec))
         elif ev.state in ("STOPPED",):
             p.running_since = None
+            p.stop_at = None
             if p.expect_stop:
                 p.expect_stop = False
+                if p.incident is not None and p.incident.next_retry is None:
+                    # Our retry's start lost a race with this stop: retry now.
+                    p.incident.next_retry = now
             elif p.incident is not None:
                 self._resolve(p, now, "stopped by hand; incident closed", out)
         elif ev.state in ("BACKOFF", "STOPPING", "UNKNOWN"):
@@ -425,6 +434,11 @@ class Machine:
             inc = p.incident
             if inc is None:
                 continue
+            if p.stop_at is not None and now >= p.stop_at:
+                p.stop_at = None
+                if p.held and p.state in ("STARTING", "RUNNING", "BACKOFF"):
+                    out.append(Stop(p.namespec))
+                    p.expect_stop = True
             if inc.next_retry is not None and now >= inc.next_retry:
                 inc.next_retry = None
                 inc.retries += 1
