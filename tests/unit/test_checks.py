@@ -75,7 +75,7 @@ def test_unix_socket_states(tmp_path):
 
 def test_load_with_supervisor_reports_the_parser_error(tmp_path):
     assert "Invalid user name" in checks.load_with_supervisor(
-        "[supervisord]\nlogfile=%s/x.log\n[program:a]\ncommand=x\nuser=no-such-user-xyz\n" % tmp_path)
+        f"[supervisord]\nlogfile={tmp_path}/x.log\n[program:a]\ncommand=x\nuser=no-such-user-xyz\n")
     spec = spec_of(data(), run_dir=str(tmp_path / "run"))
     make_dirs(spec)
     assert checks.load_with_supervisor(conf_of(spec)) is None

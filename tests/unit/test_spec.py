@@ -6,7 +6,15 @@ import pytest
 
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.spec import (
-    Bind, Budget, HostDefaults, find_spec, format_size, load_spec, parse_bind, parse_size, parse_spec,
+    Bind,
+    Budget,
+    HostDefaults,
+    find_spec,
+    format_size,
+    load_spec,
+    parse_bind,
+    parse_size,
+    parse_spec,
 )
 
 from ._core_helpers import HOST, data, spec_of
@@ -251,7 +259,9 @@ def test_undecodable_spec_file_is_a_user_error(tmp_path):
 
 def test_spec_records_are_frozen():
     s = spec_of(data())
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.app.name = "x"  # type: ignore[misc]
 
 

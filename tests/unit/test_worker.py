@@ -8,7 +8,13 @@ import pytest
 
 from supervisor_fastapi import worker
 from supervisor_fastapi.worker import (
-    UVICORN_SETTINGS, StateFile, build_server, decode_settings, encode_setting, listening_socket, parse_args,
+    UVICORN_SETTINGS,
+    StateFile,
+    build_server,
+    decode_settings,
+    encode_setting,
+    listening_socket,
+    parse_args,
 )
 
 

@@ -1,0 +1,285 @@
+"""Fuzzed and hostile specs: a clear SpecError/UserError, or a conf that supervisor's own parser
+loads with exactly the sections and options the renderer built; never another exception, never an
+injected section or option, never a value cut short by an inline comment."""
+
+import dataclasses
+import os
+import random
+import shlex
+import tempfile
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from supervisor_fastapi.cli import main
+from supervisor_fastapi.errors import SpecError, UserError
+from supervisor_fastapi.render import build, worker_argv
+from supervisor_fastapi.spec import parse_spec
+from supervisor_fastapi.worker import UVICORN_SETTINGS
+
+from ._core_helpers import HOST, LISTENER_PYTHON, conf_of, load, make_dirs, program_configs, raw_sections
+
+SRC_DIR = "/srv/fuzz"
+SRC = SRC_DIR + "/supervisor-fastapi.toml"
+RUN_DIR = tempfile.mkdtemp(prefix="sf-fuzz-")
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "250")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+SPECIALS = ["\n[program:evil]\ncommand=/bin/evil\n", "\n", "\r", "\r\n", "\x00", " ;", " #", ";", "#", "%",
+            "%%", "%(here)s", "%(ENV_HOME)s", "%(process_num)02d", '"', "'", "\\", "\u2028", "\u2029", "\x85",
+            "\x0b", "\x0c", "\x1b", "\t", " ", "=", ",", ":", "[", "]", "é", "💥", "\u00a0", "${HOME}", "$(id)",
+            "`id`", "*", "\n  continued", "evil=1", "[supervisord]"]
+hostile = st.lists(st.one_of(st.sampled_from(SPECIALS), st.text(max_size=6)), max_size=6).map("".join)
+huge = st.one_of(st.integers(), st.sampled_from([0, -1, 1, 2, 10**6, 2**63, -(2**63), 10**30]))
+floats = st.floats(allow_nan=True, allow_infinity=True)
+scalar = st.one_of(hostile, huge, floats, st.booleans())
+anything = st.recursive(scalar, lambda ch: st.lists(ch, max_size=3) | st.dictionaries(hostile, ch, max_size=3),
+                        max_leaves=6)
+
+
+class Key:
+    """A key's strategies: ``good`` values (legal, but tricky: %, spaces, quotes, unicode) and ``bad`` ones."""
+
+    def __init__(self, good, bad=None):
+        self.good = good if isinstance(good, st.SearchStrategy) else st.sampled_from(good)
+        self.bad = bad if bad is not None else st.one_of(
+            hostile, anything, st.builds(lambda g, h: g + h if isinstance(g, str) else h, self.good, hostile),
+            st.builds(lambda h, g: h + g if isinstance(g, str) else h, hostile, self.good))
+
+
+TRICKY_TEXT = ["plain", "50%", "%(here)s", "a b", "a;b", "a#b", "it's", "é💥", "a,b=c d", "$HOME", "", "x\ty"]
+env_values = st.one_of(st.sampled_from([t for t in TRICKY_TEXT if "\\" not in t and "'" not in t]), huge,
+                       st.booleans(), st.floats(allow_nan=False, allow_infinity=False))
+names = Key(["web", "shop-api", "a_b", "x" * 40])
+commands = Key(["alembic upgrade head", "celery -A app worker", "echo 'a b' \"c\" 100% %(here)s", "/bin/true",
+                "sh -c 'exec x;y'", "run --opt=é"])
+paths = Key(["/srv/app", "src", "/opt/a b/x", "../x", "/srv/50%/x", "/srv/%(here)s", "/srv/a;b#c", "/srv/é"])
+envs = Key(st.dictionaries(st.sampled_from(["A", "DATABASE_URL", "_X", "lower"]), env_values, max_size=4),
+           st.one_of(st.dictionaries(st.one_of(st.sampled_from(["SUPERVISOR_ENABLED", "A"]), hostile),
+                                     st.one_of(hostile, anything), max_size=3), anything))
+numbers = Key(st.one_of(st.integers(0, 100), st.floats(0, 100)), st.one_of(huge, floats, anything))
+
+
+def _uvicorn_key(setting):
+    good = {"bool": st.booleans(), "int": st.integers(0, 1000), "float": st.floats(0, 100),
+            "str": st.sampled_from(setting.choices) if setting.choices else st.sampled_from(TRICKY_TEXT[:9]),
+            "list": st.lists(st.sampled_from(["127.0.0.1", "10.0.0.1", "*", "X-A: b%"]), max_size=3)}[setting.kind]
+    return Key(good)
+
+
+APP = {"name": names, "asgi": Key(["main:app", "pkg.mod:create()", "m:a.b"]), "factory": Key(st.booleans()),
+       "directory": paths, "python": Key(["/usr/bin/python3", "python3", "venv/bin/python", "/opt/my env/python"]),
+       "env": envs, "user": Key(["root"], st.one_of(hostile, st.sampled_from(["root:root", "no such"])))}
+SERVER = {"bind": Key(["tcp://127.0.0.1:8000", "tcp://0.0.0.0:80", "unix:///run/x.sock", "unix://rel.sock",
+                       "tcp://localhost:65535", "unix:///tmp/50%.sock", "unix:///tmp/a b.sock"],
+                      st.one_of(hostile, st.sampled_from(["tcp://*:80", "tcp://[::1]:80", "tcp://h:0", "unix://"]))),
+          "workers": Key(st.one_of(st.just("auto"), st.integers(1, 6)), st.one_of(huge, anything)),
+          "graceful_timeout": numbers, "backlog": Key(st.integers(1, 65535), st.one_of(huge, anything)),
+          "socket_mode": Key(["0660", "666"]), "socket_owner": Key(["root", "root:root"]),
+          "heartbeat_timeout": Key(st.integers(2, 100), st.one_of(floats, huge)),
+          "startsecs": Key(st.integers(0, 10), st.one_of(huge, anything))}
+UVICORN = {k: _uvicorn_key(s) for k, s in UVICORN_SETTINGS.items()}
+MEMORY = {"per_worker": Key(["1GB", "512MiB", "1.5G", 1024], st.sampled_from(["0", "-1GB", "1e400GB", 0, "x"])),
+          "budget": Key(["90%", "3GB", "100%", "0.5%"], st.sampled_from(["0%", "101%", "nan%", "inf%", "-3GB"])),
+          "limit": Key(["2GB"]), "check_interval": numbers, "limit_checks": Key(st.integers(1, 100), huge)}
+PROGRAM = {"name": names, "command": commands, "numprocs": Key(st.integers(1, 4), st.one_of(huge, anything)),
+           "env": envs, "directory": paths, "autostart": Key(st.booleans())}
+
+
+@st.composite
+def table(draw, keys, rnd, extra_keys=True):
+    """A table with a random subset of the known keys, a few of them bad, rarely an unknown key."""
+    out = {}
+    for key, strategy in keys.items():
+        if draw(st.booleans()):
+            out[key] = draw(strategy.bad if rnd.random() < 0.06 else strategy.good)
+    if extra_keys and rnd.random() < 0.03:
+        out[draw(hostile)] = draw(anything)
+    return out
+
+
+@st.composite
+def specs(draw):
+    # Hypothesis biases integers towards their bounds; a seeded Random keeps rare mutations rare.
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    d = {"app": {"name": "web", "asgi": "main:app"}}
+    d["app"].update(draw(table(APP, rnd)))
+    if draw(st.booleans()):
+        d["server"] = draw(table(SERVER, rnd))
+        if draw(st.booleans()):
+            d["server"]["uvicorn"] = draw(table(UVICORN, rnd))
+    if draw(st.booleans()):
+        d["memory"] = draw(table(MEMORY, rnd))
+    if draw(st.booleans()):
+        d["programs"] = draw(st.lists(table(PROGRAM, rnd), max_size=3))
+    if draw(st.booleans()):
+        migrate = {"command": commands, "timeout": Key(st.integers(1, 1000), floats), "env": envs}
+        d["migrate"] = draw(table(migrate, rnd))
+    if rnd.random() < 0.2:
+        d["supervisord"] = draw(table({"run_dir": paths, "log_level": Key(["info", "debug"])}, rnd))
+    if rnd.random() < 0.03:
+        d[draw(st.sampled_from(["crash_loop", "alerts", "listener", draw(hostile)]))] = draw(anything)
+    if rnd.random() < 0.03:  # drop a required key
+        d["app"].pop(draw(st.sampled_from(["name", "asgi"])), None)
+    return d
+
+
+def to_toml(d):
+    try:
+        return tomli_w.dumps(d)
+    except Exception:  # a value TOML cannot carry is not a spec anyone can write
+        assume(False)
+
+
+def assert_clear_error(exc):
+    text = str(exc)
+    assert text.startswith(f"{SRC}: ") and len(text) > len(SRC) + 6, text
+    if isinstance(exc, SpecError):
+        assert exc.problem and (exc.key == "" or text.startswith(f"{SRC}: {exc.key}: "))
+
+
+def parse_or_error(text):
+    try:
+        return parse_spec(text, SRC, SRC_DIR, HOST)
+    except UserError as exc:  # SpecError is a UserError
+        assert_clear_error(exc)
+        return None
+
+
+def assert_no_injection(spec, fragment=False):
+    """What supervisor's parser reads is exactly what the renderer built, value for value."""
+    text = conf_of(spec, fragment)
+    seen = raw_sections(text)
+    built = build(spec, fragment=fragment, listener_python=LISTENER_PYTHON)
+    assert list(seen) == [name for name, _ in built]
+    for name, options in built:
+        assert seen[name] == dict(options), name
+    assert "program:evil" not in seen
+    return text
+
+
+def assert_loads_with_supervisor(spec):
+    # Users and socket owners are host facts the spec cannot know; drop them for the load.
+    spec = dataclasses.replace(spec, app=dataclasses.replace(spec.app, user=None),
+                               server=dataclasses.replace(spec.server, socket_owner=None),
+                               supervisord=dataclasses.replace(spec.supervisord, run_dir=RUN_DIR))
+    make_dirs(spec)
+    options = load(conf_of(spec))
+    groups = program_configs(options)
+    web = groups[spec.app.name]
+    assert len(web) == spec.server.workers
+    assert shlex.split(web[0][1].command) == worker_argv(spec)
+    assert (web[0][1].environment or {}) == dict(spec.app.env)
+    assert web[0][1].directory == spec.app.directory
+    for p in spec.programs:
+        got = groups[f"{spec.app.name}_{p.name}"][0][1]
+        assert got.command == p.command
+        assert (got.environment or {}) == {**dict(spec.app.env), **dict(p.env)}
+    if spec.migrate:
+        assert groups[f"{spec.app.name}_migrate"][0][1].command == spec.migrate.command
+    # Every group supervisor sees was built by the renderer (assert_no_injection); these must be among them.
+    assert set(groups) >= set(spec.program_names()) | {f"{spec.app.name}_listener"}
+
+
+@FUZZ
+@given(specs())
+def test_structured_hostile_specs(d):
+    spec = parse_or_error(to_toml(d))
+    event("valid spec" if spec is not None else "refused")
+    if spec is not None:
+        assert_no_injection(spec)
+        assert_no_injection(spec, fragment=True)
+        assert_loads_with_supervisor(spec)
+
+
+@FUZZ
+@given(st.dictionaries(hostile, anything, max_size=4))
+def test_random_top_level_tables(d):
+    parse_or_error(to_toml(d))
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_random_text_is_never_a_crash(text):
+    parse_or_error(text)
+
+
+@FUZZ
+@given(key=st.sampled_from(["app.directory", "app.python", "app.env.X", "server.bind", "server.uvicorn.root_path",
+                            "server.uvicorn.log_config", "server.uvicorn.forwarded_allow_ips",
+                            "server.uvicorn.headers", "programs.command", "programs.env.Y", "migrate.command",
+                            "supervisord.run_dir"]),
+       value=hostile)
+def test_every_string_key_with_hostile_text(key, value):
+    d = {"app": {"name": "web", "asgi": "main:app"}}
+    parts = key.split(".")
+    if parts[0] == "programs":
+        item = {"name": "p", "command": "x"}
+        if parts[1] == "env":
+            item["env"] = {parts[2]: value}
+        else:
+            item[parts[1]] = value
+        d["programs"] = [item]
+    else:
+        node = d
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        if parts[0] == "migrate":
+            node.setdefault("command", "x")
+    spec = parse_or_error(to_toml(d))
+    if spec is None:
+        return
+    assert_no_injection(spec)
+    if key != "supervisord.run_dir":
+        assert_loads_with_supervisor(spec)
+
+
+@pytest.mark.parametrize("evil", [
+    "x\n[program:evil]\ncommand=/bin/sh -c id",
+    "x\r[program:evil]",
+    "x\u2028[program:evil]",
+    "x ;\n[program:evil]",
+    "/srv/x\x00",
+    "x ; injected=1",
+    "x # injected",
+])
+@pytest.mark.parametrize("where", ["app.directory", "app.python", "app.env", "server.bind", "server.uvicorn",
+                                   "programs", "migrate", "supervisord.run_dir"])
+def test_known_injections_are_refused_with_a_reason(evil, where):
+    d = {"app": {"name": "web", "asgi": "main:app"}}
+    if where == "app.env":
+        d["app"]["env"] = {"X": evil}
+    elif where == "server.bind":
+        d["server"] = {"bind": "unix:///tmp/" + evil}
+    elif where == "server.uvicorn":
+        d["server"] = {"uvicorn": {"root_path": evil}}
+    elif where == "programs":
+        d["programs"] = [{"name": "p", "command": "echo " + evil}]
+    elif where == "migrate":
+        d["migrate"] = {"command": "echo " + evil}
+    elif where == "supervisord.run_dir":
+        d["supervisord"] = {"run_dir": "/tmp/" + evil}
+    else:
+        d["app"][where.split(".")[1]] = "/srv/" + evil
+    with pytest.raises(SpecError) as info:
+        parse_spec(tomli_w.dumps(d), SRC, SRC_DIR, HOST)
+    assert_clear_error(info.value)
+    assert any(word in info.value.problem for word in ("line break", "control character", "comment"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(d=specs())
+def test_cli_render_never_shows_a_traceback(tmp_path_factory, d):
+    folder = tmp_path_factory.mktemp("cli")
+    d = {**d, "supervisord": {"run_dir": str(folder / "run")}}
+    (folder / "supervisor-fastapi.toml").write_text(to_toml(d), encoding="utf-8")
+    result = CliRunner().invoke(main, ["render", "-c", str(folder / "supervisor-fastapi.toml"), "-o", "-"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2), result.output
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert result.output.startswith("error: ")
