@@ -1,0 +1,436 @@
+"""Results -> docs/benchmarks.md (tables) and docs/img/*.png (plots)."""
+
+import os
+import statistics
+from typing import Any, Callable, Dict, List, Optional
+
+NAMES = {
+    "docs": "Uvicorn docs recipe (`[fcgi-program]` + `uvicorn --fd 0`)",
+    "sf": "**supervisor-fastapi**",
+    "uvicorn": "`uvicorn --workers N`",
+    "gunicorn": "gunicorn + `uvicorn_worker.UvicornWorker`",
+}
+SHORT = {"docs": "docs recipe\n(--fd 0)", "sf": "supervisor-\nfastapi", "uvicorn": "uvicorn\n--workers",
+         "gunicorn": "gunicorn +\nUvicornWorker"}
+COLORS = {"docs": "#999999", "sf": "#1f77b4", "uvicorn": "#ff7f0e", "gunicorn": "#2ca02c"}
+
+
+def median(values: List[float]) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def get(rec: Dict[str, Any], path: str) -> Any:
+    cur: Any = rec
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+class Summary:
+    """Per contender: the values of each metric over the rounds, and their median."""
+
+    def __init__(self, results: Dict[str, Any]) -> None:
+        self.results = results
+        self.keys: List[str] = results["contenders"]
+        self.runs = results["runs"]
+
+    def values(self, key: str, path: str) -> List[Any]:
+        return [get(r, path) for r in self.runs if r["key"] == key and get(r, path) is not None]
+
+    def med(self, key: str, path: str) -> Optional[float]:
+        return median(self.values(key, path))
+
+    def spread(self, key: str, path: str) -> Optional[tuple]:
+        v = self.values(key, path)
+        return (min(v), max(v)) if v else None
+
+    def ratio(self, path: str, other: str) -> Optional[float]:
+        a, b = self.med("sf", path), self.med(other, path)
+        return a / b if a is not None and b else None
+
+    def round_ratios(self, path: str, other: str) -> List[float]:
+        """sf / other within each round (both measured minutes apart)."""
+        out = []
+        for r in range(self.results["rounds"]):
+            a = [get(x, path) for x in self.runs if x["key"] == "sf" and x["round"] == r]
+            b = [get(x, path) for x in self.runs if x["key"] == other and x["round"] == r]
+            if a and b and a[0] is not None and b[0]:
+                out.append(a[0] / b[0])
+        return out
+
+
+def f_rps(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def f_ms(v: Optional[float]) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
+
+
+def f_s(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.2f} s"
+
+
+def f_mb(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v / 1e6:.0f} MB"
+
+
+def f_ratio(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def f_int(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def table(header: List[str], rows: List[List[str]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def headline(s: Summary) -> List[str]:
+    rows = []
+    for k in s.keys:
+        rows.append([
+            NAMES[k],
+            f_rps(s.med(k, "c64.rps")),
+            "1.00x (itself)" if k == "sf" else f_ratio(s.ratio("c64.rps", k)),
+            f_ms(s.med(k, "c1.latency_ms.50")),
+            f_rps(s.med(k, "c1.rps")),
+            f_int(s.med(k, "restart_close.load.failed")),
+            f_int(s.med(k, "restart_keepalive.load.failed")),
+            f_s(s.med(k, "kill9.answer_s")),
+            f_mb(s.med(k, "memory.rss")),
+        ])
+    return table(["", "req/s, 64 conns", "supervisor-fastapi ÷ this", "p50, 1 keep-alive conn", "req/s, 1 conn",
+                  "failed during restart (conn per request)", "failed during restart (keep-alive)",
+                  "kill -9 → new worker answers", "RSS at rest"], rows)
+
+
+def throughput_tables(s: Summary) -> List[str]:
+    lines: List[str] = []
+    for conns in (1, 64):
+        rows = []
+        for k in s.keys:
+            p = f"c{conns}"
+            per_round = ", ".join(f_rps(v) for v in s.values(k, f"{p}.rps"))
+            rows.append([NAMES[k], f_rps(s.med(k, f"{p}.rps")), per_round,
+                         "—" if k == "sf" else f_ratio(s.ratio(f"{p}.rps", k)),
+                         "—" if k == "sf" else ", ".join(f_ratio(v) for v in s.round_ratios(f"{p}.rps", k)),
+                         f_ms(s.med(k, f"{p}.latency_ms.50")), f_ms(s.med(k, f"{p}.latency_ms.90")),
+                         f_ms(s.med(k, f"{p}.latency_ms.99")), f_int(s.med(k, f"{p}.failed"))])
+        lines += [f"### {conns} keep-alive connection{'s' if conns > 1 else ''}", ""]
+        lines += table(["", "req/s (median)", "req/s per round", "supervisor-fastapi ÷ this",
+                        "ratio per round", "p50", "p90", "p99", "failed"], rows)
+        lines.append("")
+    return lines
+
+
+def restart_table(s: Summary, plan: Dict[str, Any]) -> List[str]:
+    rows = []
+    for k in s.keys:
+        method = next((r.get("restart_method") for r in s.runs if r["key"] == k and r.get("restart_method")), "n/a")
+        for name, client in (("restart_close", "connection per request"), ("restart_keepalive", "keep-alive")):
+            if not s.values(k, f"{name}.load.requests"):
+                continue
+            failed = s.values(k, f"{name}.load.failed")
+            total = [a + b for a, b in zip(s.values(k, f"{name}.load.requests"), failed)]
+            errs = [r[name]["load"]["errors"] for r in s.runs if r["key"] == k and name in r]
+            kinds = {e: median([x[e] for x in errs]) for e in ("connect", "read", "write", "timeout", "status")}
+            kinds_text = ", ".join(f"{e} {v:g}" for e, v in kinds.items() if v) or "none"
+            incomplete = sum(1 for r in s.runs if r["key"] == k and name in r and not r[name]["within_load"])
+            rows.append([NAMES[k], f"`{method}`" if not method.startswith("supervisorctl restart web:web_NN")
+                         else method, client, f_int(median(failed)), ", ".join(f_int(v) for v in failed),
+                         f_int(median(total)), kinds_text, f_s(s.med(k, f"{name}.load.failure_window_s")),
+                         f_ms(s.med(k, f"{name}.load.latency_max_ms")),
+                         f_s(s.med(k, f"{name}.restart_s"))
+                         + (f" ({incomplete} not done within the load)" if incomplete else "")])
+    return table(["", "restart method", "clients", "failed (median)", "failed per round", "requests sent (median)",
+                  "failure kinds (median)", "first to last failure", "slowest answered request",
+                  "restart took"], rows)
+
+
+def recovery_memory_table(s: Summary) -> List[str]:
+    rows = []
+    for k in s.keys:
+        rows.append([NAMES[k], f_s(s.med(k, "kill9.spawn_s")), f_s(s.med(k, "kill9.answer_s")),
+                     f_mb(s.med(k, "memory.rss")), f_mb(s.med(k, "memory.pss")),
+                     f_int(s.med(k, "memory.processes")), f_s(s.med(k, "ready_s"))])
+    return table(["", "kill -9 → new worker process", "kill -9 → new worker answers", "RSS at rest (sum)",
+                  "PSS at rest (sum)", "processes", "start → all workers answer"], rows)
+
+
+def done_means(s: Summary) -> List[str]:
+    """The issues' Done-means figures, read off this run (reported, never asserted)."""
+    lines = []
+    r = s.ratio("c64.rps", "uvicorn")
+    if r is not None:
+        lines.append(f"- Throughput, 64 connections, supervisor-fastapi ÷ `uvicorn --workers`: **{r:.2f}x** "
+                     f"(target ≥ 0.95x: {'met' if r >= 0.95 else 'NOT met'}; per round: "
+                     f"{', '.join(f_ratio(v) for v in s.round_ratios('c64.rps', 'uvicorn'))}).")
+    p50 = s.med("sf", "c1.latency_ms.50")
+    if p50 is not None:
+        docs = s.med("docs", "c1.latency_ms.50")
+        lines.append(f"- p50 on one keep-alive connection: supervisor-fastapi **{f_ms(p50)}** "
+                     f"(target < 2 ms: {'met' if p50 < 2 else 'NOT met'})"
+                     + (f"; docs recipe {f_ms(docs)}." if docs is not None else "."))
+    failed = s.values("sf", "restart_close.load.failed")
+    if failed:
+        lines.append(f"- Failed requests across supervisor-fastapi's restart, connection-per-request clients: "
+                     f"**{', '.join(f_int(v) for v in failed)}** per round (target 0: "
+                     f"{'met' if max(failed) == 0 else 'NOT met'}).")
+    ka = s.values("sf", "restart_keepalive.load.failed")
+    if ka:
+        lines.append(f"- The same with keep-alive clients: {', '.join(f_int(v) for v in ka)} per round "
+                     "(the HTTP keep-alive race: a request sent just as the server closes an idle connection).")
+    return lines
+
+
+# --- plots ------------------------------------------------------------------------------
+
+def _bars(ax: Any, s: Summary, path: str, scale: Callable[[float], float], fmt: Callable[[float], str],
+          title: str, ylabel: str, log: bool = False) -> None:
+    keys = [k for k in s.keys if s.med(k, path) is not None]
+    meds = [scale(s.med(k, path)) for k in keys]
+    lows = [m - scale(s.spread(k, path)[0]) for k, m in zip(keys, meds)]
+    highs = [scale(s.spread(k, path)[1]) - m for k, m in zip(keys, meds)]
+    xs = range(len(keys))
+    ax.bar(xs, meds, color=[COLORS[k] for k in keys], yerr=[lows, highs], capsize=4)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([SHORT[k] for k in keys], fontsize=9)
+    ax.set_title(title, fontsize=11)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    top = max(meds) if meds else 1
+    for x, m in zip(xs, meds):
+        ax.annotate(fmt(m), (x, m), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=9,
+                    fontweight="bold")
+    if not log:
+        ax.set_ylim(0, top * 1.18 if top > 0 else 1)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plots(s: Summary, img: str) -> List[str]:
+    """Write the PNGs; returns their file names (empty if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    os.makedirs(img, exist_ok=True)
+    w = s.results["workers"]
+    stamp = f"{w} workers each; median of {s.results['rounds']} rounds, bars = min..max; {s.results['info']['date']}"
+    made = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    _bars(axes[0], s, "c64.rps", float, lambda v: f"{v:,.0f}", "Throughput, 64 keep-alive connections",
+          "requests/s (higher is better)")
+    _bars(axes[1], s, "c1.rps", float, lambda v: f"{v:,.0f}", "Throughput, 1 keep-alive connection",
+          "requests/s (higher is better)")
+    fig.suptitle(f"Same FastAPI app, {stamp}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(img, "bench-throughput.png"), dpi=110)
+    plt.close(fig)
+    made.append("bench-throughput.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, conns in zip(axes, (1, 64)):
+        keys = [k for k in s.keys if s.med(k, f"c{conns}.latency_ms.50") is not None]
+        width = 0.27
+        for i, (pct, shade) in enumerate((("50", 1.0), ("90", 0.65), ("99", 0.35))):
+            vals = [s.med(k, f"c{conns}.latency_ms.{pct}") for k in keys]
+            xs = [x + (i - 1) * width for x in range(len(keys))]
+            ax.bar(xs, vals, width, color=[COLORS[k] for k in keys], alpha=shade, label=f"p{pct}")
+            for x, v in zip(xs, vals):
+                ax.annotate(f"{v:.2g}", (x, v), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(list(range(len(keys))))
+        ax.set_xticklabels([SHORT[k] for k in keys], fontsize=9)
+        ax.set_ylabel("latency, ms, log scale (lower is better)")
+        ax.set_title(f"Latency percentiles, {conns} keep-alive connection{'s' if conns > 1 else ''}", fontsize=11)
+        ax.legend(fontsize=8, title="bars left to right", title_fontsize=8)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    fig.suptitle(f"Same FastAPI app, {stamp}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(img, "bench-latency.png"), dpi=110)
+    plt.close(fig)
+    made.append("bench-latency.png")
+
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    keys = s.keys
+    width = 0.38
+    for i, (name, label, hatch) in enumerate((("restart_close", "connection per request", ""),
+                                              ("restart_keepalive", "keep-alive", "//"))):
+        vals = [s.med(k, f"{name}.load.failed") for k in keys]
+        xs = [x + (i - 0.5) * width for x in range(len(keys))]
+        shown = [(x, v, k) for x, v, k in zip(xs, vals, keys) if v is not None]
+        if not shown:
+            continue
+        ax.bar([x for x, _, _ in shown], [max(v, 0) for _, v, _ in shown], width,
+               color=[COLORS[k] for _, _, k in shown], hatch=hatch, edgecolor="black", label=label)
+        for x, v, _ in shown:
+            ax.annotate(f"{v:,.0f}", (x, max(v, 0)), textcoords="offset points", xytext=(0, 2), ha="center",
+                        fontsize=9, fontweight="bold")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(list(range(len(keys))))
+    ax.set_xticklabels([SHORT[k] for k in keys], fontsize=9)
+    ax.set_ylabel("failed requests (symlog; lower is better)")
+    ax.set_title("Failed requests during each contender's own restart, under load", fontsize=11)
+    ax.legend(fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(stamp, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(img, "bench-restart.png"), dpi=110)
+    plt.close(fig)
+    made.append("bench-restart.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    _bars(axes[0], s, "kill9.answer_s", float, lambda v: f"{v:.2f} s",
+          "kill -9 of one worker → a new worker answers", "seconds (lower is better)")
+    _bars(axes[1], s, "memory.rss", lambda v: v / 1e6, lambda v: f"{v:.0f} MB",
+          "Memory at rest: RSS summed over the process tree", "MB (lower is better)")
+    fig.suptitle(stamp, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(img, "bench-recovery-memory.png"), dpi=110)
+    plt.close(fig)
+    made.append("bench-recovery-memory.png")
+    return made
+
+
+# --- the document -----------------------------------------------------------------------
+
+def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
+    s = Summary(results)
+    made = plots(s, img)
+    info = results["info"]
+    plan = results["plan"]
+    rel_img = os.path.relpath(img, os.path.dirname(os.path.abspath(md)))
+    rel_raw = os.path.relpath(raw, os.path.dirname(os.path.abspath(md)))
+    pk = info["packages"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by bench/run.py; do not edit by hand: rerun it. -->",
+        "",
+        f"supervisor-fastapi side by side with the usual ways to run a FastAPI app, each serving the same app "
+        f"(`bench/app.py`: `/` returns a small JSON document) with **{results['workers']} workers** on "
+        f"127.0.0.1, measured in one run.",
+        "The claims are the **ratios** between contenders measured in the same run: absolute numbers depend on "
+        "the machine and on what else runs on it.",
+    ]
+    if results["smoke"]:
+        lines += ["", "> **Smoke run**: very short durations, one round. These numbers mean nothing; "
+                      "they only show that every step ran."]
+    lines += ["", "## Headline", ""] + headline(s) + [""]
+    lines += [f"Median over {results['rounds']} round(s). \"supervisor-fastapi ÷ this\" is this package's "
+              "throughput divided by the contender's (above 1 means this package is faster). "
+              "A failed request is any request that got no 2xx/3xx answer: refused or reset connection, "
+              "read/write error, timeout, or error status.", ""]
+    dm = done_means(s)
+    if dm:
+        lines += ["Figures the project's issues ask for (read off this run, not asserted by the script):", ""] + dm + [""]
+    errors = [r for r in s.runs if not r["ok"]]
+    if errors:
+        lines += ["**Failures in this run:**", ""]
+        lines += [f"- round {r['round'] + 1}, {NAMES[r['key']]}: `{r['error'].splitlines()[0]}`" for r in errors]
+        lines.append("")
+    if made:
+        lines += ["![throughput](%s/bench-throughput.png)" % rel_img, "",
+                  "![latency](%s/bench-latency.png)" % rel_img, "",
+                  "![restart](%s/bench-restart.png)" % rel_img, "",
+                  "![recovery and memory](%s/bench-recovery-memory.png)" % rel_img, ""]
+    lines += ["## Machine and versions", "",
+              f"- Date: {info['date']}; commit `{info['commit']}`",
+              f"- CPU: {info['cpu']}, {info['cores']} cores; RAM {info['ram_gb']} GB; {info['os']}",
+              f"- Load average when the run started: {', '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}",
+              f"- Python {info['python']}; uvicorn {pk['uvicorn']}; supervisor {pk['supervisor']}; "
+              f"gunicorn {pk['gunicorn']}; uvicorn-worker {pk['uvicorn-worker']}; fastapi {pk['fastapi']}; "
+              f"starlette {pk['starlette']}; uvloop {pk['uvloop']}; httptools {pk['httptools']}; "
+              f"supervisor-fastapi {pk['supervisor-fastapi']}",
+              f"- Event loop and HTTP parser, same for every contender: {info['stack']}",
+              f"- Access log: {'on' if results['access_log'] else 'off'} for every contender",
+              f"- Load generator: {info['load_generator']}"
+              + ("" if "wrk" in info["load_generator"] else
+                 " — **wrk was not installed**; this Python generator saturates a CPU of its own, so throughput "
+                 "figures are lower bounds"),
+              f"- Whole run took {results['elapsed_s'] / 60:.1f} min", ""]
+    lines += ["## Reproduce", "", "```sh",
+              "sudo apt-get install -y wrk           # Debian/Ubuntu; without it a slower Python generator is used",
+              "pip install -e '.[bench]'             # fastapi, gunicorn, uvicorn-worker, uvloop, httptools, "
+              "psutil, matplotlib",
+              results["command"].rstrip() if not results["smoke"] else "python bench/run.py",
+              "```", "",
+              "Options: `--workers N`, `--rounds R`, `--duration S` (each throughput run), `--restart-duration S`, "
+              "`--contenders docs,sf,uvicorn,gunicorn`, `--stack asyncio-h11` (force the pure-Python loop and "
+              "parser on every contender), `--access-log`, `--load python`. `python bench/run.py --smoke` runs "
+              "every step briefly (about a minute) and writes to a temporary folder; CI runs it. "
+              "Exit status is non-zero when a contender fails to start or a step fails; no performance "
+              "threshold is asserted. Raw figures of the run below: "
+              f"[`{os.path.basename(raw)}`]({rel_raw}).", ""]
+    lines += ["## The contenders", "",
+              "| | how it runs | restart method measured |", "|---|---|---|"]
+    methods = {k: next((r.get("restart_method") for r in s.runs if r["key"] == k and r.get("restart_method")),
+                       "n/a") for k in s.keys}
+    how = {
+        "docs": "supervisord with the `[fcgi-program:uvicorn]` section from the Uvicorn docs (`socket=tcp://…`, "
+                "`command=uvicorn --fd 0 app:app`, `numprocs=N`), plus `[unix_http_server]`, `[supervisord]`, "
+                "`[rpcinterface:supervisor]`, `[supervisorctl]` so supervisorctl works, and `directory=` so the "
+                "app imports",
+        "sf": "a spec (`app.asgi`, `server.bind`, `server.workers`) rendered by `supervisor-fastapi render`, run "
+              "by `supervisord -n -c` the generated conf",
+        "uvicorn": "`uvicorn app:app --host 127.0.0.1 --port P --workers N`",
+        "gunicorn": "`gunicorn app:app -w N -k uvicorn_worker.UvicornWorker -b 127.0.0.1:P`",
+    }
+    for k in s.keys:
+        lines.append(f"| {NAMES[k]} | {how[k]} | {methods[k]} |")
+    lines += ["", "## Throughput and latency", "",
+              f"wrk (or the fallback) for {plan['duration']:g} s per measurement, after a {plan['warmup']:g} s "
+              "warm-up; 1 connection with 1 thread, 64 connections with 2 threads. "
+              "Every connection is keep-alive.", ""]
+    lines += throughput_tables(s)
+    lines += ["## Failed requests during a restart under load", "",
+              f"{plan['restart_connections']} clients each send {plan['restart_rate']:g} requests a second on a "
+              f"fixed schedule ({plan['restart_connections'] * plan['restart_rate']:,.0f} req/s in all) for "
+              f"{plan['restart_duration']:g} s; after {plan['restart_lead']:g} s the contender's own restart method "
+              "is run. Every scheduled request is counted once, answered or failed (bench/pyload.py `--rate`: "
+              "wrk retries a refused connection in a tight loop, so its error count would measure how fast it "
+              "loops). \"Connection per request\" clients send `Connection: close` and open a new connection "
+              "for each request; keep-alive clients reuse theirs and reconnect after an error or a "
+              "`Connection: close` answer. A request waiting in the listen backlog while no worker accepts is "
+              "not failed, it is slow: see the slowest answered request. \"Restart took\" runs from issuing "
+              "the restart until every old worker is gone and N new ones run.", ""]
+    lines += restart_table(s, plan) + [""]
+    lines += ["## Recovery from `kill -9` and memory", "",
+              "`kill -9` of one worker, then new connections every few ms until a worker that did not exist "
+              "before answers. Memory is the sum over the deployment's whole process tree (the manager: "
+              "supervisord, uvicorn's parent or gunicorn's arbiter, plus the workers), measured at rest after "
+              "the warm-up. RSS counts shared pages once per process; PSS shares them out.", ""]
+    lines += recovery_memory_table(s) + [""]
+    lines += listener_section(results.get("listener"))
+    os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
+    with open(md, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+
+
+def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
+    lines = ["## Event listener: acknowledgement latency and RSS", ""]
+    if not listener:
+        return lines + ["Not run (`--no-listener`).", ""]
+    if not listener.get("ran"):
+        return lines + [f"Not measured: {listener.get('note')}.", ""]
+    lines += [f"From `{' '.join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener['argv'][1:])}` "
+              f"(the listener's own benchmark), {'which succeeded' if listener['ok'] else '**which failed**'}:", ""]
+    data = listener.get("json")
+    if isinstance(data, dict) and data:
+        lines += table(["figure", "value"], [[str(k), str(v)] for k, v in data.items()]) + [""]
+    lines += ["```", listener.get("output", "").strip()[-4000:], "```", ""]
+    return lines

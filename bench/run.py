@@ -1,0 +1,177 @@
+"""Benchmark supervisor-fastapi side by side with the usual ways to run a FastAPI app.
+
+    python bench/run.py                      # full run: writes docs/benchmarks.md, docs/img/*.png
+    python bench/run.py --smoke              # a short run of every step (CI); writes to a temp folder
+
+Contenders, all serving bench/app.py with the same worker count on 127.0.0.1:
+  docs      the Uvicorn docs' Supervisor recipe ([fcgi-program] + uvicorn --fd 0)
+  sf        supervisor-fastapi (spec -> conf with `supervisor-fastapi render`, run by supervisord)
+  uvicorn   uvicorn --workers N
+  gunicorn  gunicorn -k uvicorn_worker.UvicornWorker -w N
+
+Each round starts every contender afresh, one after the other, in an order rotated from
+round to round (A B C D, B C D A, ...), so drift of the machine hits all alike; the report
+gives medians over the rounds and ratios measured within the same run.
+Needs the bench extra (pip install -e '.[bench]') and wrk (apt-get install -y wrk); without
+wrk a slower Python load generator is used and the output says so.
+Exit status: 0 when every contender started and every measurement ran, 1 otherwise.
+No performance threshold is ever asserted.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict
+
+import envinfo
+import load
+from contenders import CONTENDERS
+from measure import Plan, measure_contender
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LISTENER_ACK = os.path.join(HERE, "listener_ack.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args(argv: Any = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="one short round of every step (about a minute); output to a temp folder")
+    p.add_argument("--workers", type=int, default=2, help="workers per contender (default 2)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; smoke 1)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds of each throughput/latency run (default 10; smoke 1)")
+    p.add_argument("--restart-duration", type=float, default=None,
+                   help="seconds of load around each restart (default 15; smoke 4)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    p.add_argument("--stack", choices=("auto", "asyncio-h11"), default="auto",
+                   help="auto: uvicorn picks uvloop/httptools when installed (the bench extra installs them); "
+                        "asyncio-h11: force the pure-Python stack on every contender")
+    p.add_argument("--access-log", action="store_true",
+                   help="keep uvicorn's access log on (default off for every contender, as gunicorn's default)")
+    p.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
+                   help="load generator (auto: wrk when installed)")
+    p.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md; smoke: temp folder)")
+    p.add_argument("--img-dir", default=None, help="PNG folder (default docs/img; smoke: temp folder)")
+    p.add_argument("--json", default=None, help="raw results (default bench/results.json; smoke: temp folder)")
+    p.add_argument("--no-listener", action="store_true", help="skip bench/listener_ack.py")
+    return p.parse_args(argv)
+
+
+def make_plan(a: argparse.Namespace, tool: str) -> Plan:
+    if a.smoke:
+        return Plan(duration=a.duration or 1, warmup=1, rest=0.2, restart_duration=a.restart_duration or 3,
+                    restart_lead=1.0, restart_connections=8, restart_rate=50, keepalive_restart=False,
+                    tool=tool)
+    return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 15,
+                restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True,
+                tool=tool)
+
+
+def run_listener_ack(smoke: bool) -> Dict[str, Any]:
+    """bench/listener_ack.py (the listener's own benchmark), when it exists: its output as it printed it."""
+    if not os.path.exists(LISTENER_ACK):
+        return {"ran": False, "note": "bench/listener_ack.py does not exist in this checkout"}
+    argv = [sys.executable, LISTENER_ACK] + (["--smoke"] if smoke else [])
+    try:
+        proc = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=120 if smoke else 900, start_new_session=True)
+    except subprocess.TimeoutExpired as exc:
+        return {"ran": True, "ok": False, "argv": argv, "output": f"timed out after {exc.timeout} s"}
+    out: Dict[str, Any] = {"ran": True, "ok": proc.returncode == 0, "argv": argv, "output": proc.stdout}
+    for line in reversed(proc.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("BENCH_JSON "):
+            line = line[len("BENCH_JSON "):]
+        if line.startswith("{"):
+            try:
+                out["json"] = json.loads(line)
+                break
+            except ValueError:
+                continue
+    return out
+
+
+def main(argv: Any = None) -> int:
+    a = parse_args(argv)
+    keys = [k.strip() for k in a.contenders.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in CONTENDERS]
+    if unknown or not keys:
+        log(f"bench: unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+        return 2
+    tool = load.choose_tool(a.load)
+    if tool != "wrk":
+        log("bench: wrk not found, using the Python load generator bench/pyload.py (slower: its throughput "
+            "figures are lower bounds). Install wrk: apt-get install -y wrk")
+    plan = make_plan(a, tool)
+    rounds = a.rounds or (1 if a.smoke else 3)
+    if a.smoke:
+        out_dir = tempfile.mkdtemp(prefix="bench-smoke-")
+        md, img, raw = (a.out or os.path.join(out_dir, "benchmarks.md"), a.img_dir or os.path.join(out_dir, "img"),
+                        a.json or os.path.join(out_dir, "results.json"))
+    else:
+        md, img, raw = (a.out or os.path.join(REPO, "docs", "benchmarks.md"),
+                        a.img_dir or os.path.join(REPO, "docs", "img"), a.json or os.path.join(HERE, "results.json"))
+    info = envinfo.collect(tool, a.stack, REPO)
+    log(f"bench: {len(keys)} contenders x {rounds} round(s), {a.workers} workers each, load by {info['load_generator']}"
+        f"; {info['stack']}")
+    started = time.monotonic()
+    results: Dict[str, Any] = {
+        "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "smoke": a.smoke, "workers": a.workers, "rounds": rounds, "contenders": keys, "plan": plan.__dict__,
+        "access_log": a.access_log, "info": info, "runs": [],
+    }
+    folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit
+    for r in range(rounds):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        log(f"round {r + 1}/{rounds}: {' '.join(order)}")
+        for key in order:
+            c = CONTENDERS[key](a.workers, free_port(), os.path.join(folder, f"{r}-{key}"), a.stack, a.access_log)
+            log(f"  {key}: {c.label} on port {c.port}")
+            rec = measure_contender(c, plan, log)
+            rec["round"] = r
+            results["runs"].append(rec)
+    if not a.no_listener:
+        log("listener acknowledgement benchmark: " + ("bench/listener_ack.py" if os.path.exists(LISTENER_ACK)
+                                                     else "bench/listener_ack.py absent, skipped"))
+        results["listener"] = run_listener_ack(a.smoke)
+    results["elapsed_s"] = time.monotonic() - started
+    if all(x["ok"] for x in results["runs"]):
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        log(f"deployments' folders and logs kept in {folder}")
+    os.makedirs(os.path.dirname(os.path.abspath(raw)), exist_ok=True)
+    with open(raw, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    import report
+
+    report.write(results, md, img, raw)
+    log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
+    failed = [f"round {x['round'] + 1} {x['key']}: {x['error']}" for x in results["runs"] if not x["ok"]]
+    listener = results.get("listener", {})
+    if listener.get("ran") and not listener.get("ok"):
+        failed.append("bench/listener_ack.py failed:\n" + str(listener.get("output", ""))[-2000:])
+    for line in failed:
+        log(f"FAILED {line}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
