@@ -1,9 +1,11 @@
 """The `supervisor-fastapi` command: a thin click layer, each body one call into the core."""
 
 import functools
+import json
 import os
 import shlex
 import sys
+import time
 from typing import Any, Callable, Optional, TypeVar
 
 import click
@@ -11,7 +13,7 @@ import click
 from . import __version__, checks, control, deploy, systemd
 from .errors import UserError
 from .render import Layout, render
-from .spec import SPEC_FILENAME, load_spec
+from .spec import SPEC_FILENAME, Spec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,16 +79,25 @@ def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
               help="Where to write the conf (default: supervisord.conf beside the spec; - for stdout).")
 @click.option("--fragment", is_flag=True,
               help="Write a conf.d fragment (programs only) for an OS-packaged supervisord.")
+@click.option("--with-plugins", is_flag=True,
+              help="With --fragment: also add the rpcinterface/ctlplugin sections (socket hold, "
+                   "rolling_restart in supervisorctl); supervisord and supervisorctl then refuse to start "
+                   "unless their Python can import supervisor_fastapi.")
 @user_errors
-def render_cmd(config: Optional[str], output: Optional[str], fragment: bool) -> None:
+def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, with_plugins: bool) -> None:
     """Render the spec into a supervisord conf."""
     spec = load_spec(config)
-    command = regenerate_command(config, output, fragment)
+    command = regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
+    plugins = True if with_plugins else None
     if output == "-":
-        click.echo(render(spec, command, fragment=fragment), nl=False)
+        click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
         return
     path = output or deploy.default_conf_path(spec)
-    deploy.render_to(spec, path, command, fragment=fragment)
+    if plugins:
+        deploy.make_dirs(spec)
+        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True))
+    else:
+        deploy.render_to(spec, path, command, fragment=fragment)
     click.echo(f"wrote {path}", err=True)
     if fragment:
         click.echo(f"install: cp {path} /etc/supervisor/conf.d/{spec.app.name}.conf && supervisorctl update",
@@ -169,3 +180,48 @@ def alert_test(config: Optional[str]) -> None:
     if not ok:
         sys.exit(1)
 
+
+@main.command("restart")
+@config_option
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds each new worker may take to accept connections.")
+@user_errors
+def restart_cmd(config: Optional[str], timeout: float) -> None:
+    """Rolling restart: replace the web workers one at a time, each new one listening before the next stops."""
+    from . import ops
+
+    spec = load_spec(config)
+    result = ops.rolling_restart(ops.local_edges(_running_layout(spec)), spec.app.name, progress, timeout)
+    click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
+               + (f", skipped {len(result.skipped)}" if result.skipped else "")
+               + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@user_errors
+def status_cmd(config: Optional[str], as_json: bool) -> None:
+    """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
+    from . import ops
+
+    spec = load_spec(config)
+    layout = _running_layout(spec)
+    edges = ops.local_edges(layout)
+    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy))
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=2, default=str))
+    else:
+        click.echo(ops.format_status(status, time.time()))
+    if not status.ok:
+        sys.exit(1)
+
+
+def _running_layout(spec: Spec) -> Layout:
+    layout = Layout(spec.run_dir)
+    if not control.is_running(layout):
+        raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
+                        "start it with `supervisor-fastapi up`")
+    return layout

@@ -1,0 +1,432 @@
+"""Operations on a running deployment: the rolling restart and the status view.
+
+Both are written against a small ``Edges`` interface (process infos, worker state files,
+listener state, RSS, stop/start, alert), so the CLI (local files + XML-RPC), the
+supervisorctl plugin (XML-RPC only) and the unit tests (fakes) share one core.
+
+- ``rolling_restart`` replaces the web workers one at a time. A worker is replaced when
+  supervisord has the new process RUNNING *and* its state file names the new pid (the
+  worker writes it after uvicorn has started listening); only then does the next old
+  worker stop, so numprocs-1 workers serve throughout. A worker held stopped by the
+  listener's crash-loop guard is skipped (the listener owns its retries). If a new worker
+  does not come up, the roll stops there, the remaining old workers keep serving, and an
+  alert (``rolling_restart_failed``) goes out through the listener.
+- ``collect_status`` is a pure function from those inputs to rows and problems.
+"""
+
+import json
+import time
+import xmlrpc.client
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+ProcessInfo = Dict[str, Any]
+Progress = Callable[[str], None]
+
+FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
+HOUR = 3600.0
+
+
+class Edges:
+    """What the core needs from the outside world; subclasses talk to supervisord."""
+
+    def infos(self) -> List[ProcessInfo]:
+        raise NotImplementedError
+
+    def worker_states(self) -> Dict[str, Dict[str, Any]]:
+        raise NotImplementedError
+
+    def listener_state(self) -> Optional[Dict[str, Any]]:
+        raise NotImplementedError
+
+    def rss(self, pids: Sequence[int]) -> Dict[int, int]:
+        """Bytes by pid, for those it can read."""
+        raise NotImplementedError
+
+    def stop(self, namespec: str) -> None:
+        raise NotImplementedError
+
+    def start(self, namespec: str) -> None:
+        raise NotImplementedError
+
+    def alert(self, kind: str, process: str, summary: str, details: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class SupervisorEdges(Edges):
+    """Edges over an XML-RPC proxy; state files come from ``read_states``/``read_listener``."""
+
+    def __init__(self, proxy: Any, read_states: Callable[[], Dict[str, Dict[str, Any]]],
+                 read_listener: Callable[[], Optional[Dict[str, Any]]],
+                 read_rss: Callable[[Sequence[int]], Dict[int, int]]) -> None:
+        self.proxy = proxy
+        self._states, self._listener, self._rss = read_states, read_listener, read_rss
+
+    def infos(self) -> List[ProcessInfo]:
+        return list(self.proxy.supervisor.getAllProcessInfo())
+
+    def worker_states(self) -> Dict[str, Dict[str, Any]]:
+        return self._states()
+
+    def listener_state(self) -> Optional[Dict[str, Any]]:
+        return self._listener()
+
+    def rss(self, pids: Sequence[int]) -> Dict[int, int]:
+        return self._rss(pids)
+
+    def stop(self, namespec: str) -> None:
+        try:
+            self.proxy.supervisor.stopProcess(namespec, True)
+        except xmlrpc.client.Fault as exc:
+            if "NOT_RUNNING" not in exc.faultString:
+                raise
+
+    def start(self, namespec: str) -> None:
+        try:
+            self.proxy.supervisor.startProcess(namespec, False)
+        except xmlrpc.client.Fault as exc:
+            if "ALREADY_STARTED" not in exc.faultString:
+                raise
+
+    def alert(self, kind: str, process: str, summary: str, details: Dict[str, Any]) -> None:
+        send_alert(self.proxy, kind, process, summary, details)
+
+
+def send_alert(proxy: Any, kind: str, process: str, summary: str, details: Optional[Dict[str, Any]] = None) -> None:
+    """Alert through supervisord to the event listener; never raises (an alert must not break an operation)."""
+    try:
+        from .listener.notify import notify
+    except ImportError:  # pragma: no cover - the listener ships in the same package
+        def notify(proxy: Any, kind: str, process: str, summary: str, details: Any = None) -> None:
+            body = {"kind": kind, "process": process, "summary": summary, "details": dict(details or {})}
+            proxy.supervisor.sendRemoteCommEvent("supervisor-fastapi", json.dumps(body, default=str))
+    try:
+        notify(proxy, kind, process, summary, details)
+    except Exception:
+        pass
+
+
+# --- shared helpers ---------------------------------------------------------------------
+
+
+def namespec(info: ProcessInfo) -> str:
+    return info["name"] if info["name"] == info["group"] else f"{info['group']}:{info['name']}"
+
+
+def is_ready(info: ProcessInfo, states: Dict[str, Dict[str, Any]]) -> bool:
+    """RUNNING in supervisord and its own state file names that pid (uvicorn is listening)."""
+    pid = info["pid"]
+    return info["statename"] == "RUNNING" and bool(pid) and states.get(info["name"], {}).get("pid") == pid
+
+
+def lookup(table: Optional[Dict[str, Any]], info: ProcessInfo) -> Any:
+    """A listener-state entry keyed by process name or by group:name."""
+    if not table:
+        return None
+    return table.get(info["name"], table.get(namespec(info)))
+
+
+def open_incident(listener: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+    entry = lookup((listener or {}).get("incidents"), info)
+    return entry if isinstance(entry, dict) else None
+
+
+# --- rolling restart --------------------------------------------------------------------
+
+
+@dataclass
+class RollResult:
+    restarted: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    failed: Optional[str] = None
+    reason: str = ""
+    untouched: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+
+def _info(edges: Edges, name: str) -> Optional[ProcessInfo]:
+    return next((i for i in edges.infos() if namespec(i) == name), None)
+
+
+def wait_replaced(edges: Edges, spec_name: str, old_pid: int, timeout: float, clock: Callable[[], float],
+                  sleep: Callable[[float], None]) -> Optional[str]:
+    """None once ``spec_name`` runs a new, ready process; else why it did not come up."""
+    deadline = clock() + timeout
+    while True:
+        info = _info(edges, spec_name)
+        if info is None:
+            return "it is no longer configured in supervisord"
+        state = info["statename"]
+        if state == "FATAL":
+            return "FATAL: " + (info.get("spawnerr") or "it exited too quickly on every start attempt")
+        if state == "EXITED" and info["pid"] == 0:
+            return f"it exited with status {info.get('exitstatus')}"
+        if state == "STOPPED":
+            return "it was stopped while starting"
+        if info["pid"] and info["pid"] != old_pid and is_ready(info, edges.worker_states()):
+            return None
+        if clock() > deadline:
+            detail = f" (supervisord says {state})" if state != "RUNNING" else " (RUNNING but not listening yet)"
+            return f"not ready after {timeout:g} s{detail}"
+        sleep(0.1)
+
+
+def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float = 60.0,
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> RollResult:
+    """Replace the workers of ``group`` one at a time; see the module docstring."""
+    result = RollResult()
+    workers = sorted((i for i in edges.infos() if i["group"] == group), key=lambda i: i["name"])
+    if not workers:
+        result.failed, result.reason = group, f"supervisord has no program group {group!r}"
+        return result
+    listener = edges.listener_state()
+    names = [namespec(i) for i in workers]
+    for index, name in enumerate(names):
+        info = _info(edges, name)
+        if info is None:
+            result.skipped[name] = "no longer configured"
+            continue
+        incident = open_incident(listener, info)
+        if incident is not None and info["statename"] != "RUNNING":
+            result.skipped[name] = (f"held by the crash-loop guard ({incident.get('summary', incident.get('kind'))});"
+                                    " the listener retries it")
+            progress(f"{name}: skipped, {result.skipped[name]}")
+            continue
+        old_pid = info["pid"] if info["statename"] in ("RUNNING", "STARTING") else 0
+        t0 = clock()
+        progress(f"{name}: stopping pid {old_pid} (draining)" if old_pid else f"{name}: {info['statename']}, starting")
+        try:
+            if old_pid:
+                edges.stop(name)
+            edges.start(name)
+            why = wait_replaced(edges, name, old_pid, timeout, clock, sleep)
+        except (xmlrpc.client.Fault, OSError) as exc:
+            why = f"supervisord refused: {getattr(exc, 'faultString', exc)}"
+        if why is not None:
+            result.failed, result.reason = name, why
+            result.untouched = names[index + 1:]
+            summary = (f"rolling restart of {group} stopped at {name}: {why}; "
+                       f"{len(result.untouched)} old worker(s) left serving")
+            progress(summary)
+            edges.alert("rolling_restart_failed", name, summary,
+                        {"group": group, "restarted": result.restarted, "untouched": result.untouched,
+                         "reason": why})
+            return result
+        new = _info(edges, name) or {}
+        progress(f"{name}: pid {new.get('pid')} ready in {clock() - t0:.1f} s")
+        result.restarted.append(name)
+    return result
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    group: str
+    state: str
+    pid: int
+    uptime: Optional[float]
+    rss: Optional[int]
+    restarts_1h: int
+    ready: Optional[bool] = None
+    beat_age: Optional[float] = None
+    incident: Optional[Dict[str, Any]] = None
+    problem: str = ""
+
+
+@dataclass
+class Status:
+    rows: List[Row]
+    gate: Optional[Dict[str, Any]]
+    last_alert: Optional[Dict[str, Any]]
+    listener_data: bool
+    holds: Optional[List[Dict[str, Any]]] = None
+
+    @property
+    def down(self) -> List[str]:
+        return [r.name for r in self.rows if r.problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.down
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"ok": self.ok, "down": self.down, "processes": [asdict(r) for r in self.rows],
+                "gate": self.gate, "last_alert": self.last_alert, "listener_data": self.listener_data,
+                "socket_holds": self.holds}
+
+
+def _problem(info: ProcessInfo, web: bool, incident: Optional[Dict[str, Any]], ready: Optional[bool],
+             migrate: bool) -> str:
+    state = info["statename"]
+    if migrate:
+        if state == "EXITED" and info.get("exitstatus") != 0:
+            return f"migration exited with status {info.get('exitstatus')}"
+        return f"migration is {state}" if state in FAILED_STATES else ""
+    if incident is not None:
+        return f"open incident: {incident.get('summary') or incident.get('kind')}"
+    if state in FAILED_STATES or state in ("STOPPED", "EXITED"):
+        return state + (f": {info['spawnerr']}" if info.get("spawnerr") else "")
+    return ""
+
+
+def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
+                   listener: Optional[Dict[str, Any]], rss: Dict[int, int], now: float, app: str,
+                   holds: Optional[List[Dict[str, Any]]] = None) -> Status:
+    """Rows for every process of deployment ``app`` (its group and ``<app>_*``); pure."""
+    rows = []
+    for info in infos:
+        group = info["group"]
+        if group != app and not group.startswith(f"{app}_"):
+            continue
+        web = group == app
+        running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
+        spawns = lookup((listener or {}).get("spawns"), info) or []
+        restarts = len([t for t in spawns if isinstance(t, (int, float)) and t > now - HOUR])
+        incident = open_incident(listener, info)
+        ready = is_ready(info, states) if web else None
+        beat = states.get(info["name"], {}).get("beat") if web and ready else None
+        rows.append(Row(
+            name=namespec(info), group=group, state=info["statename"], pid=info["pid"] if running else 0,
+            uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
+            rss=rss.get(info["pid"]) if running else None, restarts_1h=restarts, ready=ready,
+            beat_age=round(max(0.0, now - beat), 1) if beat else None,
+            incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
+            if incident else None,
+            problem=_problem(info, web, incident, ready, group == f"{app}_migrate"),
+        ))
+    gate = (listener or {}).get("gate")
+    return Status(rows=rows, gate=gate if isinstance(gate, dict) else None,
+                  last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds)
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h}:{m:02d}:{s:02d}"
+
+
+def _size(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    from .spec import format_size
+
+    return format_size(n)
+
+
+def _when(epoch: Any, now: float) -> str:
+    if not isinstance(epoch, (int, float)):
+        return "-"
+    delta = epoch - now
+    stamp = time.strftime("%H:%M:%S", time.localtime(epoch))
+    return f"{stamp} (in {delta:.0f} s)" if delta >= 0 else f"{stamp} ({-delta:.0f} s ago)"
+
+
+def format_status(status: Status, now: float) -> str:
+    """The human table printed by ``supervisor-fastapi status``."""
+    header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
+    lines = [header]
+    for r in status.rows:
+        notes = []
+        if r.ready is False and r.state == "RUNNING":
+            notes.append("not listening yet")
+        if r.beat_age is not None and r.beat_age > 5:
+            notes.append(f"last beat {r.beat_age:.0f} s ago")
+        if r.incident:
+            notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}; next retry "
+                         f"{_when(r.incident.get('next_retry'), now)}")
+        elif r.problem:
+            notes.append(r.problem)
+        lines.append((r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
+                      "; ".join(notes)))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else "")
+           for row in lines]
+    out = [line.rstrip() for line in out]
+    if not status.listener_data:
+        out.append("listener: no state file yet (incidents and restart counts unknown)")
+    elif status.gate and status.gate.get("state") not in (None, "none"):
+        out.append(f"migration gate: {status.gate.get('state')}"
+                   + (f" ({status.gate.get('detail')})" if status.gate.get("detail") else ""))
+    alert = status.last_alert
+    if alert:
+        out.append(f"last alert: {_when(alert.get('at'), now)} {alert.get('kind')}: {alert.get('summary')}")
+    else:
+        out.append("last alert: none")
+    if status.holds is not None:
+        out.append("socket held open by the rpcinterface plugin: "
+                   + (", ".join(h["url"] for h in status.holds) or "none yet"))
+    out.append("ok" if status.ok else f"DOWN: {', '.join(status.down)}")
+    return "\n".join(out)
+
+
+# --- edges for a deployment on this host ------------------------------------------------
+
+
+def read_listener_state(path: str) -> Optional[Dict[str, Any]]:
+    """The listener's state file, or None when it has not written one yet."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def local_rss(pids: Sequence[int]) -> Dict[int, int]:
+    from .rpcplugin import read_rss
+
+    out = {}
+    for pid in pids:
+        value = read_rss(pid)
+        if value is not None:
+            out[pid] = value
+    return out
+
+
+def local_edges(layout: Any) -> SupervisorEdges:
+    """Edges for the deployment whose files are in ``layout`` (this host, its control socket)."""
+    from . import control
+
+    return SupervisorEdges(control.rpc(layout), lambda: control.worker_states(layout),
+                           lambda: read_listener_state(layout.listener_state), local_rss)
+
+
+def rpc_edges(proxy: Any) -> SupervisorEdges:
+    """Edges over XML-RPC only, via the ``fastapi.`` plugin methods (for supervisorctl)."""
+
+    def rss(pids: Sequence[int]) -> Dict[int, int]:
+        table = proxy.fastapi.getRSS()
+        return {int(pid): int(kb) * 1024 for pid, kb in table.items()}
+
+    def listener() -> Optional[Dict[str, Any]]:
+        return proxy.fastapi.getListenerState() or None
+
+    return SupervisorEdges(proxy, lambda: dict(proxy.fastapi.getWorkerStates()), listener, rss)
+
+
+def status_of(edges: Edges, app: str, holds: Optional[List[Dict[str, Any]]] = None,
+              now: Optional[float] = None) -> Status:
+    """Gather everything ``collect_status`` needs through ``edges``."""
+    infos = edges.infos()
+    pids = [i["pid"] for i in infos if i["pid"]]
+    return collect_status(infos, edges.worker_states(), edges.listener_state(), edges.rss(pids),
+                          time.time() if now is None else now, app, holds)
+
+
+def socket_holds(proxy: Any) -> Optional[List[Dict[str, Any]]]:
+    """The plugin's held sockets, or None when supervisord runs without the plugin."""
+    try:
+        return list(proxy.fastapi.getSocketHolds())
+    except (xmlrpc.client.Fault, OSError):
+        return None
