@@ -269,7 +269,7 @@ def watchdog_section(spec: Spec, python: str) -> Optional[ini.Section]:
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),
         ("redirect_stderr", "true"),
-        ("stdout_logfile", ini.escape(Layout(spec.run_dir).program_log(name))),
+        ("stdout_logfile", ini.logfile(Layout(spec.run_dir).program_log(name))),
         ("stdout_logfile_maxbytes", "10MB"),
         ("stdout_logfile_backups", "5"),
     ]

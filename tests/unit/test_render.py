@@ -149,7 +149,7 @@ def test_percent_everywhere_survives_supervisors_expansion(tmp_path):
     run_dir = str(tmp_path / "r%un")
     d = data(app={"directory": "/srv/%(here)s", "env": {"P": "100%"}},
              programs=[{"name": "p", "command": "echo %(ENV_HOME)s 100%"}],
-             server={"bind": "unix:///tmp/a%b.sock"})
+             server={"bind": "unix:///tmp/a%b.sock"}, memory={"limit": "1GB"})
     spec = spec_of(d, run_dir=run_dir)
     make_dirs(spec)
     options = load(conf_of(spec))
@@ -160,6 +160,7 @@ def test_percent_everywhere_survives_supervisors_expansion(tmp_path):
     assert groups["web_p"][0][1].command == "echo %(ENV_HOME)s 100%"
     assert groups["web_p"][0][1].stdout_logfile == f"{run_dir}/logs/web_p.log"
     assert groups["web_listener"][0][1].stderr_logfile == f"{run_dir}/logs/web_listener.log"
+    assert groups["web_watchdog"][0][1].stdout_logfile == f"{run_dir}/logs/web_watchdog.log"
     assert options.logfile == f"{run_dir}/supervisord.log"
     assert [g for g in options.process_group_configs if g.name == "web"][0].socket_config.url == \
         "unix:///tmp/a%b.sock"
