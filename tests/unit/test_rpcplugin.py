@@ -1,0 +1,86 @@
+"""The socket hold's bookkeeping: adopt instead of re-bind, release what no group uses."""
+
+import socket
+
+from supervisor_fastapi.rpcplugin import SocketHolds, _small_int
+
+
+class Cfg:
+    def __init__(self, url):
+        self.url = url
+        self.chmods = 0
+
+    def _chmod(self):
+        self.chmods += 1
+
+
+def listening():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    return s
+
+
+def test_first_bind_binds_and_holds_then_adopts():
+    binds = []
+
+    def original(cfg):
+        binds.append(cfg.url)
+        return listening()
+
+    clock = [0.0]
+    holds = SocketHolds(release_after=10, clock=lambda: clock[0])
+    a = holds.bind(Cfg("tcp://x:1"), original)
+    port = a.getsockname()[1]
+    a.close()  # supervisord closes its copy when the last worker exits...
+    cfg = Cfg("tcp://x:1")
+    b = holds.bind(cfg, original)  # ...and the next spawn adopts the held socket
+    assert binds == ["tcp://x:1"] and b.getsockname()[1] == port and cfg.chmods == 1
+    # The kernel socket kept listening while nobody else held it: a client connects.
+    b.close()
+    c = socket.create_connection(("127.0.0.1", port), timeout=2)
+    c.close()
+    for s in holds.held.values():
+        s.close()
+
+
+def test_unused_socket_is_released_after_the_grace_period_only():
+    clock = [0.0]
+    holds = SocketHolds(release_after=10, clock=lambda: clock[0])
+    holds.bind(Cfg("tcp://x:1"), lambda cfg: listening()).close()
+    assert holds.reconcile(["tcp://x:1"]) == []
+    assert holds.reconcile([]) == []  # removed: the grace period starts
+    clock[0] = 5
+    assert holds.reconcile([]) == []
+    clock[0] = 10
+    held = holds.held["tcp://x:1"]
+    assert holds.reconcile([]) == ["tcp://x:1"] and held.fileno() == -1 and not holds.held
+
+
+def test_readded_group_cancels_the_release():
+    clock = [0.0]
+    holds = SocketHolds(release_after=10, clock=lambda: clock[0])
+    holds.bind(Cfg("tcp://x:1"), lambda cfg: listening()).close()
+    holds.reconcile([])
+    clock[0] = 3
+    holds.bind(Cfg("tcp://x:1"), lambda cfg: listening()).close()  # `update` adds it back
+    clock[0] = 30
+    assert holds.reconcile(["tcp://x:1"]) == []
+    holds.held["tcp://x:1"].close()
+
+
+def test_a_descriptor_closed_behind_our_back_is_forgotten_not_closed():
+    holds = SocketHolds()
+    holds.bind(Cfg("tcp://x:1"), lambda cfg: listening()).close()
+    import os
+
+    os.close(holds.held["tcp://x:1"].fileno())  # what supervisord's cleanup_fds would do
+    fresh = []
+    s = holds.bind(Cfg("tcp://x:1"), lambda cfg: fresh.append(1) or listening())
+    assert fresh == [1]
+    s.close()
+    holds.held["tcp://x:1"].close()
+
+
+def test_big_numbers_fit_xmlrpc():
+    assert _small_int("5") == 5 and isinstance(_small_int(str(2**40)), float)
