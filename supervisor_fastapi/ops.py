@@ -287,8 +287,12 @@ def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any
             continue
         web = group == app
         running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
-        spawns = lookup((listener or {}).get("spawns"), info) or []
-        restarts = len([t for t in spawns if isinstance(t, (int, float)) and t > now - HOUR])
+        spawns = [t for t in lookup((listener or {}).get("spawns"), info) or [] if isinstance(t, (int, float))]
+        # The listener keeps the spawns of the last hour; the oldest one it has is taken as
+        # the first start, which is not a restart (so a single restart after more than an
+        # hour of uptime counts as 0; the listener state has no older history to tell).
+        recent = [t for t in spawns if t > now - HOUR]
+        restarts = len(recent) if len(recent) < len(spawns) else max(0, len(recent) - 1)
         incident = open_incident(listener, info)
         ready = is_ready(info, states) if web else None
         beat = states.get(info["name"], {}).get("beat") if web and ready else None

@@ -261,15 +261,14 @@ class FastAPINamespaceRPCInterface:
                 data["beat"] = os.stat(path).st_mtime
             except OSError:
                 continue
-            out[name] = data
+            out[name] = xmlrpc_safe(data)
         return out
 
     def getListenerState(self) -> Dict[str, Any]:
         """The event listener's state file, {} when there is none yet."""
         if not self.run_dir:
             return {}
-        data = read_json(os.path.join(self.run_dir, "listener-state.json")) or {}
-        return json.loads(json.dumps(data), parse_int=_small_int)
+        return xmlrpc_safe(read_json(os.path.join(self.run_dir, "listener-state.json")) or {})
 
     def getRSS(self) -> Dict[str, int]:
         """RSS in KiB of every running process, by pid (as a string)."""
@@ -283,9 +282,15 @@ class FastAPINamespaceRPCInterface:
         return out
 
 
-def _small_int(text: str) -> Any:
-    value = int(text)
-    return value if -(2**31) <= value < 2**31 else float(value)
+def xmlrpc_safe(value: Any) -> Any:
+    """JSON data XML-RPC can carry: no None (keys with null are dropped), no int beyond 32 bits."""
+    if isinstance(value, dict):
+        return {str(k): xmlrpc_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [xmlrpc_safe(v) for v in value if v is not None]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+        return float(value)
+    return value
 
 
 def make_rpcinterface(supervisord: Any, **config: str) -> FastAPINamespaceRPCInterface:

@@ -133,7 +133,7 @@ INFOS = [
 LISTENER = {"gate": {"state": "open", "detail": ""},
             "incidents": {"web_01": {"kind": "crash_loop", "opened": 4500.0, "next_retry": 4660.0, "delay": 60,
                                      "summary": "web_01 crashed 3 times in 60 s"}},
-            "spawns": {"web_01": [100.0, 4000.0, 4400.0, 4500.0], "web_00": [1000.0]},
+            "spawns": {"web_01": [100.0, 4000.0, 4400.0, 4500.0], "web_00": [4000.0]},
             "last_alert": {"at": 4500.0, "kind": "crash_loop", "summary": "web_01 crashed 3 times in 60 s",
                            "results": {"log": "ok"}}}
 
@@ -145,7 +145,7 @@ def test_status_rows_cover_every_program_of_the_app_only():
     assert list(rows) == ["web:web_00", "web:web_01", "web_listener", "web_migrate"]
     web0 = rows["web:web_00"]
     assert (web0.state, web0.pid, web0.uptime, web0.rss, web0.ready, web0.restarts_1h) == \
-        ("RUNNING", 10, 3600, 60 * 1024 * 1024, True, 0)
+        ("RUNNING", 10, 3600, 60 * 1024 * 1024, True, 0)  # its one spawn is the first start
     web1 = rows["web:web_01"]
     assert web1.restarts_1h == 3 and web1.incident["next_retry"] == 4660.0 and web1.problem
     assert rows["web_migrate"].problem == ""  # a one-shot that exited 0 is fine

@@ -2,7 +2,7 @@
 
 import socket
 
-from supervisor_fastapi.rpcplugin import SocketHolds, _small_int
+from supervisor_fastapi.rpcplugin import SocketHolds, xmlrpc_safe
 
 
 class Cfg:
@@ -82,5 +82,11 @@ def test_a_descriptor_closed_behind_our_back_is_forgotten_not_closed():
     holds.held["tcp://x:1"].close()
 
 
-def test_big_numbers_fit_xmlrpc():
-    assert _small_int("5") == 5 and isinstance(_small_int(str(2**40)), float)
+def test_listener_state_fits_xmlrpc():
+    import xmlrpc.client
+
+    data = {"last_alert": None, "incidents": {"web_00": {"next_retry": None, "opened": 1.5, "delay": 2**40}},
+            "spawns": {"web_00": [1, 2]}}
+    safe = xmlrpc_safe(data)
+    assert safe == {"incidents": {"web_00": {"opened": 1.5, "delay": float(2**40)}}, "spawns": {"web_00": [1, 2]}}
+    xmlrpc.client.dumps((safe,))
