@@ -270,3 +270,33 @@ def test_parsing_is_pure(tmp_path):
     before = os.listdir(tmp_path)
     s = spec_of(data(app={"directory": "."}), base_dir=str(tmp_path))
     assert s.app.directory == str(tmp_path) and os.listdir(tmp_path) == before
+
+
+def _known_keys(d):
+    """The keys a table accepts, read from the loader's own 'unknown key' message."""
+    with pytest.raises(SpecError) as info:
+        spec_of(d)
+    return str(info.value).split("known keys: ")[1].split(", ")
+
+
+def test_docs_spec_md_lists_every_key():
+    from supervisor_fastapi.spec import UVICORN_OWNED
+
+    doc_path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "spec.md")
+    with open(doc_path, encoding="utf-8") as f:
+        doc = f.read()
+    z = "zzqqxxjj"
+    tables = {
+        "app": data(app={z: 1}), "server": data(server={z: 1}), "memory": data(memory={z: 1}),
+        "programs[]": data(programs=[{"name": "a", "command": "x", z: 1}]),
+        "migrate": data(migrate={"command": "x", z: 1}), "supervisord": data(supervisord={z: 1}),
+        "crash_loop": data(crash_loop={z: 1}), "listener": data(listener={z: 1}),
+    }
+    missing = [f"{t}.{k}" for t, d in tables.items() for k in _known_keys(d) if f"`{t}.{k}" not in doc]
+    for kind in ("webhook", "email", "command", "log"):
+        missing += [f"alerts[].{k}" for k in _known_keys(data(alerts=[{"type": kind, z: 1}]))
+                    if f"`alerts[].{k}`" not in doc]
+    for k in _known_keys(data(server={"uvicorn": {z: 1}})):
+        if (f"`server.uvicorn.{k}`" if k not in UVICORN_OWNED else f"`{k}`") not in doc:
+            missing.append(f"server.uvicorn.{k}")
+    assert not missing, f"docs/spec.md does not document: {', '.join(missing)}"
