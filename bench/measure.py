@@ -4,7 +4,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from contenders import Contender
 from load import Load, run_load
@@ -23,6 +23,7 @@ class Plan:
     restart_connections: int
     restart_rate: float  # requests per second per connection, on a fixed schedule
     keepalive_restart: bool
+    extra_restarts: bool  # also the restart methods a contender offers besides its own (Contender.extra_restarts)
     tool: str  # "wrk" | "python"
 
 
@@ -45,15 +46,16 @@ def measure_kill(c: Contender, timeout: float = 30.0) -> Dict[str, Any]:
     return out
 
 
-def measure_restart(c: Contender, plan: Plan, close: bool) -> Dict[str, Any]:
-    """The contender's own restart under load; failed requests and how long the restart took."""
+def measure_restart(c: Contender, plan: Plan, close: bool, action: Optional[Callable[[], None]] = None,
+                    method: Optional[str] = None) -> Dict[str, Any]:
+    """A restart under load (the contender's own method unless ``action`` is given); failed requests and duration."""
     old = set(c.worker_pids())
     load = Load(plan.tool, c.port, plan.restart_connections, plan.restart_duration, close=close,
                 timeout=10.0, rate=plan.restart_rate).start()
     try:
         time.sleep(plan.restart_lead)
         t0 = time.monotonic()
-        c.restart()
+        (action or c.restart)()
         command_s = time.monotonic() - t0
         seen: set = set()
         # Done when every old worker is gone and each new one has answered: gunicorn, for one,
@@ -65,7 +67,7 @@ def measure_restart(c: Contender, plan: Plan, close: bool) -> Dict[str, Any]:
     finally:
         load.kill()
     c.wait_ready(60)
-    return {"ok": ok, "method": c.restart_method, "client": "connection-per-request" if close else "keep-alive",
+    return {"ok": ok, "method": method or c.restart_method, "client": "connection-per-request" if close else "keep-alive",
             "command_s": command_s, "restart_s": restart_s,
             "within_load": plan.restart_lead + restart_s <= plan.restart_duration,
             "load": result.as_dict()}
@@ -103,6 +105,12 @@ def measure_contender(c: Contender, plan: Plan, log: Any) -> Dict[str, Any]:
             log(f"    {step}: {r2['load']['failed']} failed of {r2['load']['requests'] + r2['load']['failed']}"
                 f" ({r2['load']['errors']}), restart took {r2['restart_s']:.2f} s"
                 + ("" if r2["ok"] else " (NOT COMPLETED)"))
+        for method, action in (c.extra_restarts() if plan.extra_restarts else {}).items():
+            step = f"restart by {method}"
+            r3 = measure_restart(c, plan, True, action, method)
+            rec.setdefault("extra_restarts", {})[method] = r3
+            log(f"    {step} (connection-per-request): {r3['load']['failed']} failed of "
+                f"{r3['load']['requests'] + r3['load']['failed']}, restart took {r3['restart_s']:.2f} s")
         rec["ok"] = True
     except Exception as exc:  # noqa: BLE001 - one contender's failure is reported, the run goes on
         rec["error"] = f"{step}: {type(exc).__name__}: {exc}"

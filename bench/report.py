@@ -131,20 +131,34 @@ def throughput_tables(s: Summary) -> List[str]:
     return lines
 
 
-def restart_table(s: Summary, plan: Dict[str, Any]) -> List[str]:
+def restart_rows(s: Summary) -> List[Dict[str, Any]]:
+    """One entry per (contender, restart method): label, colour, and the result path per client kind."""
     rows = []
     for k in s.keys:
         method = next((r.get("restart_method") for r in s.runs if r["key"] == k and r.get("restart_method")), "n/a")
-        for name, client in (("restart_close", "connection per request"), ("restart_keepalive", "keep-alive")):
-            if not s.values(k, f"{name}.load.requests"):
+        rows.append({"key": k, "name": NAMES[k], "short": SHORT[k], "method": method,
+                     "close": "restart_close", "keepalive": "restart_keepalive"})
+        extra = sorted({m for r in s.runs if r["key"] == k for m in r.get("extra_restarts", {})})
+        for m in extra:
+            rows.append({"key": k, "name": NAMES[k], "short": f"{SHORT[k]}\n({m.replace('supervisorctl ', '')})",
+                         "method": m, "close": f"extra_restarts.{m}", "keepalive": None})
+    return rows
+
+
+def restart_table(s: Summary, plan: Dict[str, Any]) -> List[str]:
+    rows = []
+    for row in restart_rows(s):
+        k, method = row["key"], row["method"]
+        for name, client in ((row["close"], "connection per request"), (row["keepalive"], "keep-alive")):
+            if not name or not s.values(k, f"{name}.load.requests"):
                 continue
             failed = s.values(k, f"{name}.load.failed")
             total = [a + b for a, b in zip(s.values(k, f"{name}.load.requests"), failed)]
-            errs = [r[name]["load"]["errors"] for r in s.runs if r["key"] == k and name in r]
+            errs = s.values(k, f"{name}.load.errors")
             kinds = {e: median([x[e] for x in errs]) for e in ("connect", "read", "write", "timeout", "status")}
             kinds_text = ", ".join(f"{e} {v:g}" for e, v in kinds.items() if v) or "none"
-            incomplete = sum(1 for r in s.runs if r["key"] == k and name in r and not r[name]["within_load"])
-            rows.append([NAMES[k], f"`{method}`" if not method.startswith("supervisorctl restart web:web_NN")
+            incomplete = sum(1 for w in s.values(k, f"{name}.within_load") if not w)
+            rows.append([row["name"], f"`{method}`" if not method.startswith("supervisorctl restart web:web_NN")
                          else method, client, f_int(median(failed)), ", ".join(f_int(v) for v in failed),
                          f_int(median(total)), kinds_text, f_s(s.med(k, f"{name}.load.failure_window_s")),
                          f_ms(s.med(k, f"{name}.load.latency_max_ms")),
@@ -264,14 +278,16 @@ def plots(s: Summary, img: str) -> List[str]:
     plt.close(fig)
     made.append("bench-latency.png")
 
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    keys = s.keys
+    rows = restart_rows(s)
+    fig, ax = plt.subplots(figsize=(max(10, 2.1 * len(rows)), 4.8))
     width = 0.38
-    for i, (name, label, hatch) in enumerate((("restart_close", "connection per request", ""),
-                                              ("restart_keepalive", "keep-alive", "//"))):
-        vals = [s.med(k, f"{name}.load.failed") for k in keys]
-        xs = [x + (i - 0.5) * width for x in range(len(keys))]
-        shown = [(x, v, k) for x, v, k in zip(xs, vals, keys) if v is not None]
+    for i, (field, label, hatch) in enumerate((("close", "connection per request", ""),
+                                               ("keepalive", "keep-alive", "//"))):
+        shown = []
+        for x, row in enumerate(rows):
+            v = s.med(row["key"], f"{row[field]}.load.failed") if row[field] else None
+            if v is not None:
+                shown.append((x + (i - 0.5) * width, v, row["key"]))
         if not shown:
             continue
         ax.bar([x for x, _, _ in shown], [max(v, 0) for _, v, _ in shown], width,
@@ -279,10 +295,11 @@ def plots(s: Summary, img: str) -> List[str]:
         for x, v, _ in shown:
             ax.annotate(f"{v:,.0f}", (x, max(v, 0)), textcoords="offset points", xytext=(0, 2), ha="center",
                         fontsize=9, fontweight="bold")
+    keys = [row["short"] for row in rows]
     ax.set_yscale("symlog", linthresh=1)
     ax.set_ylim(bottom=0)
     ax.set_xticks(list(range(len(keys))))
-    ax.set_xticklabels([SHORT[k] for k in keys], fontsize=9)
+    ax.set_xticklabels(keys, fontsize=9)
     ax.set_ylabel("failed requests (symlog; lower is better)")
     ax.set_title("Failed requests during each contender's own restart, under load", fontsize=11)
     ax.legend(fontsize=9)
@@ -427,10 +444,15 @@ def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
         return lines + ["Not run (`--no-listener`).", ""]
     if not listener.get("ran"):
         return lines + [f"Not measured: {listener.get('note')}.", ""]
-    lines += [f"From `{' '.join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener['argv'][1:])}` "
-              f"(the listener's own benchmark), {'which succeeded' if listener['ok'] else '**which failed**'}:", ""]
-    data = listener.get("json")
-    if isinstance(data, dict) and data:
-        lines += table(["figure", "value"], [[str(k), str(v)] for k, v in data.items()]) + [""]
-    lines += ["```", listener.get("output", "").strip()[-4000:], "```", ""]
+    args = " ".join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener["argv"][1:])
+    lines += [f"Printed by `python {args}`, the listener's own benchmark (it drives the real listener over "
+              "supervisord's event protocol with every alert channel unreachable), run as part of this run"
+              + (f"; its own floor check said {listener['verdict']}." if listener.get("verdict") else "."), ""]
+    out = listener.get("output", "").strip()
+    if listener.get("ok"):
+        body = [line.replace("### ", "### ", 1) for line in out.splitlines()
+                if not line.startswith(("PASS", "FAIL"))]
+        lines += body + [""]
+    else:
+        lines += ["**It failed:**", "", "```", out[-4000:], "```", ""]
     return lines

@@ -78,15 +78,19 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
 def make_plan(a: argparse.Namespace, tool: str) -> Plan:
     if a.smoke:
         return Plan(duration=a.duration or 1, warmup=1, rest=0.2, restart_duration=a.restart_duration or 3,
-                    restart_lead=1.0, restart_connections=8, restart_rate=50, keepalive_restart=False,
+                    restart_lead=1.0, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
                     tool=tool)
     return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 15,
-                restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True,
+                restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True, extra_restarts=True,
                 tool=tool)
 
 
 def run_listener_ack(smoke: bool) -> Dict[str, Any]:
-    """bench/listener_ack.py (the listener's own benchmark), when it exists: its output as it printed it."""
+    """bench/listener_ack.py (the listener's own benchmark), when it exists, run as it is.
+
+    It prints a markdown table and exits 1 when its own floor is not met; that floor is a
+    performance threshold, so only a run that produced no table counts as a failure here.
+    """
     if not os.path.exists(LISTENER_ACK):
         return {"ran": False, "note": "bench/listener_ack.py does not exist in this checkout"}
     argv = [sys.executable, LISTENER_ACK] + (["--smoke"] if smoke else [])
@@ -95,18 +99,11 @@ def run_listener_ack(smoke: bool) -> Dict[str, Any]:
                               timeout=120 if smoke else 900, start_new_session=True)
     except subprocess.TimeoutExpired as exc:
         return {"ran": True, "ok": False, "argv": argv, "output": f"timed out after {exc.timeout} s"}
-    out: Dict[str, Any] = {"ran": True, "ok": proc.returncode == 0, "argv": argv, "output": proc.stdout}
-    for line in reversed(proc.stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("BENCH_JSON "):
-            line = line[len("BENCH_JSON "):]
-        if line.startswith("{"):
-            try:
-                out["json"] = json.loads(line)
-                break
-            except ValueError:
-                continue
-    return out
+    produced = any(line.startswith("|") for line in proc.stdout.splitlines())
+    verdict = next((line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith(("PASS", "FAIL"))),
+                   None)
+    return {"ran": True, "ok": produced, "returncode": proc.returncode, "verdict": verdict, "argv": argv,
+            "output": proc.stdout}
 
 
 def main(argv: Any = None) -> int:
