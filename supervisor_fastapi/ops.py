@@ -94,12 +94,8 @@ class SupervisorEdges(Edges):
 
 def send_alert(proxy: Any, kind: str, process: str, summary: str, details: Optional[Dict[str, Any]] = None) -> None:
     """Alert through supervisord to the event listener; never raises (an alert must not break an operation)."""
-    try:
-        from .listener.notify import notify
-    except ImportError:  # pragma: no cover - the listener ships in the same package
-        def notify(proxy: Any, kind: str, process: str, summary: str, details: Any = None) -> None:
-            body = {"kind": kind, "process": process, "summary": summary, "details": dict(details or {})}
-            proxy.supervisor.sendRemoteCommEvent("supervisor-fastapi", json.dumps(body, default=str))
+    from .listener.notify import notify
+
     try:
         notify(proxy, kind, process, summary, details)
     except Exception:

@@ -170,7 +170,7 @@ def install_bind_hook(holds: SocketHolds) -> None:
             return HOLDS.bind(self, _original)
 
         create_and_bind.supervisor_fastapi_original = original  # type: ignore[attr-defined]
-        cls.create_and_bind = create_and_bind  # type: ignore[method-assign]
+        cls.create_and_bind = create_and_bind
 
 
 def fcgi_urls(supervisord: Any) -> List[str]:

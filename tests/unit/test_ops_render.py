@@ -1,0 +1,46 @@
+"""The plugin and watchdog sections: when they are rendered, and that supervisor loads them."""
+
+from supervisor_fastapi.render import render
+from supervisor_fastapi.spec import parse_spec
+
+BASE = ('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=2\n{server}'
+        '[supervisord]\nrun_dir="{run_dir}"\n{memory}')
+
+
+def spec(server="", memory="", run_dir="/tmp/r"):
+    return parse_spec(BASE.format(server=server, memory=memory, run_dir=run_dir), "/x/s.toml", "/x")
+
+
+def test_standalone_conf_loads_both_plugins():
+    text = render(spec(), "x")
+    assert "[rpcinterface:fastapi]\nsupervisor.rpcinterface_factory=supervisor_fastapi.rpcplugin:make_rpcinterface" \
+        in text
+    assert "run_dir=/tmp/r\n" in text
+    assert "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.ctlplugin:make_ctlplugin\ngroup=web" in text
+
+
+def test_fragment_leaves_plugins_out_unless_asked():
+    assert "rpcinterface:fastapi" not in render(spec(), "x", fragment=True)
+    assert "ctlplugin:fastapi" not in render(spec(), "x", fragment=True)
+    text = render(spec(), "x", fragment=True, with_plugins=True)
+    assert "[rpcinterface:fastapi]" in text and "[ctlplugin:fastapi]" in text
+    assert "[supervisord]" not in text
+
+
+def test_watchdog_only_when_a_limit_is_set():
+    assert "web_watchdog" not in render(spec(), "x")
+    text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x", listener_python="/py")
+    assert ("command=/py -m supervisor_fastapi.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
+            "--memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
+    text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True, listener_python="/py")
+    assert "[program:web_watchdog]" in text and "--heartbeat-timeout 15\n" in text
+
+
+def test_supervisor_loads_the_conf_with_plugins_and_watchdog(tmp_path):
+    from supervisor_fastapi import checks
+    from supervisor_fastapi.deploy import make_dirs
+
+    s = spec(server="heartbeat_timeout=15\n", memory='[memory]\nlimit="1GB"\n', run_dir=str(tmp_path / "r"))
+    make_dirs(s)
+    text = render(s, "x")
+    assert checks.load_with_supervisor(text) is None
