@@ -1,10 +1,13 @@
-"""One contender's slot in a round: start it, measure everything, stop it."""
+"""The measurements: throughput and latency (all contenders up, runs alternated), then, on a
+fresh deployment per contender and round, kill -9 recovery and restarts under load."""
 
 import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
+
+import psutil
 
 from contenders import Contender
 from load import Load, run_load
@@ -17,7 +20,7 @@ class Plan:
 
     duration: float  # seconds of each throughput/latency run
     warmup: float
-    rest: float  # idle seconds after the warm-up before memory is measured
+    rest: float  # idle seconds before memory is measured
     restart_duration: float  # seconds of load around each restart
     restart_lead: float  # seconds of load before the restart is issued
     restart_connections: int
@@ -73,27 +76,99 @@ def measure_restart(c: Contender, plan: Plan, close: bool, action: Optional[Call
             "load": result.as_dict()}
 
 
-def measure_contender(c: Contender, plan: Plan, log: Any) -> Dict[str, Any]:
-    """Everything measured on one fresh deployment; ``error`` is set if anything failed."""
-    rec: Dict[str, Any] = {"key": c.key, "label": c.label, "ok": False, "error": None}
+def cpu_seconds(pids: List[int]) -> Dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def measure_throughput(c: Contender, plan: Plan, conns: int) -> Dict[str, Any]:
+    """One wrk run on keep-alive connections, with the CPU each worker and the manager used meanwhile."""
+    workers = c.worker_pids()
+    before, manager_before = cpu_seconds(workers), cpu_seconds([c.root])
+    r = run_load(plan.tool, c.port, conns, plan.duration, threads=1 if conns == 1 else 2)
+    after, manager_after = cpu_seconds(workers), cpu_seconds([c.root])
+    out = r.as_dict()
+    used = [after[p] - before[p] for p in workers if p in before and p in after]
+    out["worker_cpu_s"] = used
+    out["busiest_worker_share"] = max(used) / sum(used) if used and sum(used) > 0 else None
+    out["manager_cpu_s"] = sum(manager_after.values()) - sum(manager_before.values())
+    return out
+
+
+def serve_phase(contenders: List[Contender], plan: Plan, rounds: int, log: Callable[[str], None]
+                ) -> Dict[str, Dict[str, Any]]:
+    """Throughput, latency and memory with every contender up at once, runs alternated A B C D.
+
+    Idle deployments cost next to no CPU, so keeping them all up lets each round measure
+    every contender within a minute or two; the order rotates from round to round. Returns,
+    per contender key, ``error`` (or None) and ``rounds``: one record per round.
+    """
+    out: Dict[str, Dict[str, Any]] = {c.key: {"error": None, "rounds": []} for c in contenders}
+    up: List[Contender] = []
+    try:
+        for c in contenders:
+            try:
+                c.start()
+            except Exception as exc:  # noqa: BLE001 - reported, the others go on
+                out[c.key]["error"] = f"start: {type(exc).__name__}: {exc}"
+        for c in contenders:
+            if out[c.key]["error"]:
+                continue
+            try:
+                c.wait_ready(90)
+                run_load(plan.tool, c.port, 16, plan.warmup, threads=2)
+                up.append(c)
+                log(f"  {c.key}: up on port {c.port}, workers {c.worker_pids()}, warmed up")
+            except Exception as exc:  # noqa: BLE001
+                out[c.key]["error"] = f"start: {type(exc).__name__}: {exc}"
+                log(f"  {c.key}: FAILED to start: {out[c.key]['error']}")
+        for r in range(rounds):
+            order = up[r % len(up):] + up[:r % len(up)] if up else []
+            log(f"  round {r + 1}/{rounds}: {' '.join(c.key for c in order)}")
+            for c in order:
+                if out[c.key]["error"]:
+                    continue
+                rec: Dict[str, Any] = {"round": r}
+                try:
+                    for conns in (1, 64):
+                        rec[f"c{conns}"] = x = measure_throughput(c, plan, conns)
+                        share = x["busiest_worker_share"]
+                        log(f"    {c.key:>8} {conns:>2} conn: {x['rps']:8.0f} req/s  p50 {x['latency_ms']['50']:7.2f} ms"
+                            f"  p99 {x['latency_ms']['99']:7.2f} ms  failed {x['failed']}"
+                            + (f"  busiest worker {share:.0%} of worker CPU" if share else ""))
+                except Exception as exc:  # noqa: BLE001
+                    out[c.key]["error"] = f"round {r + 1} load: {type(exc).__name__}: {exc}"
+                    log(f"    {c.key}: FAILED: {out[c.key]['error']}")
+                out[c.key]["rounds"].append(rec)
+            time.sleep(plan.rest)  # every deployment idle: memory at rest
+            for c in order:
+                rss, pss, n = memory_of(c.root)
+                for rec in out[c.key]["rounds"][-1:]:
+                    rec["memory"] = {"rss": rss, "pss": pss, "processes": n}
+    finally:
+        for c in contenders:
+            try:
+                c.stop()
+            except Exception as exc:  # noqa: BLE001
+                log(f"  {c.key}: stop failed: {exc}")
+    return out
+
+
+def resilience_slot(c: Contender, plan: Plan, log: Callable[[str], None]) -> Dict[str, Any]:
+    """On a fresh deployment: time to start, kill -9 recovery, restarts under load; ``error`` if a step failed."""
+    rec: Dict[str, Any] = {"error": None}
     step = "start"
     try:
         c.start()
-        rec["ready_s"] = c.wait_ready(60)
+        rec["ready_s"] = c.wait_ready(90)
         rec["restart_method"] = c.restart_method
-        log(f"    ready in {rec['ready_s']:.2f} s, workers {c.worker_pids()}")
-        step = "warm-up"
-        run_load(plan.tool, c.port, 16, plan.warmup, threads=2)
-        time.sleep(plan.rest)
-        step = "memory"
-        rss, pss, n = memory_of(c.root)
-        rec["memory"] = {"rss": rss, "pss": pss, "processes": n}
-        for conns in (1, 64):
-            step = f"load with {conns} connection(s)"
-            r = run_load(plan.tool, c.port, conns, plan.duration, threads=1 if conns == 1 else 2)
-            rec[f"c{conns}"] = r.as_dict()
-            log(f"    {conns:>2} conn: {r.rps:8.0f} req/s  p50 {r.latency_ms['50']:7.2f} ms  "
-                f"p99 {r.latency_ms['99']:7.2f} ms  failed {r.failed}")
+        log(f"    {c.key}: ready in {rec['ready_s']:.2f} s, workers {c.worker_pids()}")
         step = "kill -9"
         rec["kill9"] = measure_kill(c)
         log(f"    kill -9: new worker answering after {fmt_s(rec['kill9']['answer_s'])}")
@@ -111,7 +186,6 @@ def measure_contender(c: Contender, plan: Plan, log: Any) -> Dict[str, Any]:
             rec.setdefault("extra_restarts", {})[method] = r3
             log(f"    {step} (connection-per-request): {r3['load']['failed']} failed of "
                 f"{r3['load']['requests'] + r3['load']['failed']}, restart took {r3['restart_s']:.2f} s")
-        rec["ok"] = True
     except Exception as exc:  # noqa: BLE001 - one contender's failure is reported, the run goes on
         rec["error"] = f"{step}: {type(exc).__name__}: {exc}"
         log(f"    FAILED at {rec['error']}")

@@ -84,6 +84,10 @@ def f_ratio(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def f_pct(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def f_int(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:,.0f}"
 
@@ -123,10 +127,11 @@ def throughput_tables(s: Summary) -> List[str]:
                          "—" if k == "sf" else f_ratio(s.ratio(f"{p}.rps", k)),
                          "—" if k == "sf" else ", ".join(f_ratio(v) for v in s.round_ratios(f"{p}.rps", k)),
                          f_ms(s.med(k, f"{p}.latency_ms.50")), f_ms(s.med(k, f"{p}.latency_ms.90")),
-                         f_ms(s.med(k, f"{p}.latency_ms.99")), f_int(s.med(k, f"{p}.failed"))])
+                         f_ms(s.med(k, f"{p}.latency_ms.99")), f_int(s.med(k, f"{p}.failed")),
+                         f_pct(s.med(k, f"{p}.busiest_worker_share"))])
         lines += [f"### {conns} keep-alive connection{'s' if conns > 1 else ''}", ""]
         lines += table(["", "req/s (median)", "req/s per round", "supervisor-fastapi ÷ this",
-                        "ratio per round", "p50", "p90", "p99", "failed"], rows)
+                        "ratio per round", "p50", "p90", "p99", "failed", "busiest worker"], rows)
         lines.append("")
     return lines
 
@@ -410,9 +415,13 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
     for k in s.keys:
         lines.append(f"| {NAMES[k]} | {how[k]} | {methods[k]} |")
     lines += ["", "## Throughput and latency", "",
-              f"wrk (or the fallback) for {plan['duration']:g} s per measurement, after a {plan['warmup']:g} s "
-              "warm-up; 1 connection with 1 thread, 64 connections with 2 threads. "
-              "Every connection is keep-alive.", ""]
+              "Every contender is up at once (idle ones cost next to no CPU); each round runs wrk against "
+              "one after the other, in an order rotated from round to round, so the ratios compare runs "
+              f"minutes apart at most. {plan['duration']:g} s per run after a {plan['warmup']:g} s warm-up; "
+              "1 connection with 1 wrk thread, 64 connections with 2. Every connection is keep-alive. "
+              "\"Busiest worker\" is that worker's share of all worker CPU time during the 64-connection run "
+              "(50% is an even split over 2 workers): the kernel hands each new connection to whichever "
+              "worker accepts first, so keep-alive connections can be spread unevenly.", ""]
     lines += throughput_tables(s)
     lines += ["## Failed requests during a restart under load", "",
               f"{plan['restart_connections']} clients each send {plan['restart_rate']:g} requests a second on a "
@@ -428,9 +437,11 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
     lines += restart_table(s, plan) + [""]
     lines += ["## Recovery from `kill -9` and memory", "",
               "`kill -9` of one worker, then new connections every few ms until a worker that did not exist "
-              "before answers. Memory is the sum over the deployment's whole process tree (the manager: "
-              "supervisord, uvicorn's parent or gunicorn's arbiter, plus the workers), measured at rest after "
-              "the warm-up. RSS counts shared pages once per process; PSS shares them out.", ""]
+              "before answers, on a fresh deployment. Memory is the sum over the deployment's whole process "
+              "tree (the manager: supervisord, uvicorn's parent or gunicorn's arbiter, plus the workers, plus, "
+              "for supervisor-fastapi, its event listener), measured with every deployment idle after each "
+              "round of load. RSS counts shared pages once per process; PSS shares them out. \"Start\" is "
+              "from launching the manager until every worker has answered a request.", ""]
     lines += recovery_memory_table(s) + [""]
     lines += listener_section(results.get("listener"))
     os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)

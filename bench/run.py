@@ -9,9 +9,11 @@ Contenders, all serving bench/app.py with the same worker count on 127.0.0.1:
   uvicorn   uvicorn --workers N
   gunicorn  gunicorn -k uvicorn_worker.UvicornWorker -w N
 
-Each round starts every contender afresh, one after the other, in an order rotated from
-round to round (A B C D, B C D A, ...), so drift of the machine hits all alike; the report
-gives medians over the rounds and ratios measured within the same run.
+Throughput and latency are measured with every contender up at once, one wrk run after the
+other in an order rotated from round to round (A B C D, B C D A, ...), so drift of the
+machine hits all alike. Restarts and kill -9 then run on a fresh deployment per contender
+and round, in the same rotation. The report gives medians over the rounds and the ratios
+measured within the same run.
 Needs the bench extra (pip install -e '.[bench]') and wrk (apt-get install -y wrk); without
 wrk a slower Python load generator is used and the output says so.
 Exit status: 0 when every contender started and every measurement ran, 1 otherwise.
@@ -32,7 +34,7 @@ from typing import Any, Dict
 import envinfo
 import load
 from contenders import CONTENDERS
-from measure import Plan, measure_contender
+from measure import Plan, resilience_slot, serve_phase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -78,7 +80,7 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
 def make_plan(a: argparse.Namespace, tool: str) -> Plan:
     if a.smoke:
         return Plan(duration=a.duration or 1, warmup=1, rest=0.2, restart_duration=a.restart_duration or 3,
-                    restart_lead=1.0, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
+                    restart_lead=0.5, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
                     tool=tool)
     return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 15,
                 restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True, extra_restarts=True,
@@ -136,14 +138,23 @@ def main(argv: Any = None) -> int:
         "access_log": a.access_log, "info": info, "runs": [],
     }
     folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit
+    log("throughput, latency and memory: every contender up at once, runs alternated")
+    serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, f"serve-{k}"), a.stack, a.access_log)
+               for k in keys]
+    served = serve_phase(serving, plan, rounds, log)
+    log("restarts and kill -9: a fresh deployment per contender and round")
     for r in range(rounds):
         order = keys[r % len(keys):] + keys[:r % len(keys)]
-        log(f"round {r + 1}/{rounds}: {' '.join(order)}")
+        log(f"  round {r + 1}/{rounds}: {' '.join(order)}")
         for key in order:
             c = CONTENDERS[key](a.workers, free_port(), os.path.join(folder, f"{r}-{key}"), a.stack, a.access_log)
-            log(f"  {key}: {c.label} on port {c.port}")
-            rec = measure_contender(c, plan, log)
-            rec["round"] = r
+            rec = {"key": key, "label": c.label, "round": r}
+            done = served[key]["rounds"][r] if r < len(served[key]["rounds"]) else {}
+            rec.update({k: v for k, v in done.items() if k != "round"})
+            rec.update(resilience_slot(c, plan, log))
+            errors = [e for e in (served[key]["error"], rec["error"]) if e]
+            rec["error"] = "; ".join(errors) or None
+            rec["ok"] = not errors
             results["runs"].append(rec)
     if not a.no_listener:
         log("listener acknowledgement benchmark: " + ("bench/listener_ack.py" if os.path.exists(LISTENER_ACK)
