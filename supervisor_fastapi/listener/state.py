@@ -251,7 +251,8 @@ class Machine:
 
     def snapshot(self, now: float) -> Dict[str, Any]:
         """The state file body (without ``last_alert``, which the sender side knows)."""
-        incidents = {name: p.incident.to_json() for name, p in sorted(self.procs.items()) if p.incident}
+        incidents = {name: dict(p.incident.to_json(), group=p.group) for name, p in sorted(self.procs.items())
+                     if p.incident}
         if self.migration is not None:
             incidents[self.config.migrate_name] = self.migration.to_json()
         spawns = {}
@@ -502,6 +503,18 @@ class Machine:
             if p.held and state in ("STARTING", "RUNNING", "BACKOFF"):
                 out.append(Stop(p.namespec))
                 p.expect_stop = True
+        if not ev.infos:
+            # supervisord did not answer: keep what the previous run knew rather than forget it.
+            for name, data in saved_incidents.items():
+                group = str(data.get("group") or self.config.app) if isinstance(data, dict) else ""
+                if name in self.procs or name == self.config.migrate_name or not self._watched(group):
+                    continue
+                p = self._proc(name, group)
+                p.spawns = [float(t) for t in saved_spawns.get(name, []) if float(t) > now - SPAWN_HISTORY]
+                try:
+                    p.incident = Incident.from_json(data)
+                except (KeyError, TypeError, ValueError):
+                    p.incident = None
         if self.config.migrate_timeout is None:
             self.gate = Gate("none")
             return
@@ -512,7 +525,10 @@ class Machine:
                 self.migration = None
         g = self.gate
         if migrate is None:
-            g.state, g.detail = "waiting", "the migration program is not loaded in supervisord"
+            if not ev.infos and saved_gate.get("state") in ("waiting", "open", "failed"):
+                g.state, g.detail = str(saved_gate["state"]), str(saved_gate.get("detail", ""))
+            else:
+                g.state, g.detail = "waiting", "the migration program is not loaded in supervisord"
             return
         state = str(migrate["statename"])
         if state not in ("STARTING", "RUNNING"):
