@@ -29,6 +29,7 @@ from .state import Action, Alert, Config, Event, Machine, ProcessState, Reconcil
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
 SAVE_EVERY = 0.1  # coalesce state-file writes to at most ten a second
+SPEC_CHECK_EVERY = 2.0  # seconds between looks at the spec file's mtime
 TAIL_CHARS = 4000
 TAIL_LINES = 30
 
@@ -127,7 +128,7 @@ class Listener:
 
     def __init__(self, machine: Machine, app: str, state_path: str, rpc: RpcWorker, dispatcher: Dispatcher,
                  proxy: Any = None, stdin_fd: int = 0, stdout_fd: int = 1,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, changed: Optional[Callable[[], bool]] = None) -> None:
         self.machine, self.app, self.state_path = machine, app, state_path
         self.rpc, self.dispatcher, self.proxy = rpc, dispatcher, proxy
         self.stdin_fd, self.stdout_fd, self.clock = stdin_fd, stdout_fd, clock
@@ -138,6 +139,8 @@ class Listener:
         self._written = ""
         self._last_save = 0.0
         self._dirty = False
+        self.changed = changed
+        self._next_check = 0.0
         dispatcher.on_result = self._on_result
 
     # -- sender-thread side --
@@ -193,6 +196,13 @@ class Listener:
                     self._write(READY)
             self._tick()
             self._save()
+            if self.changed is not None and time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + SPEC_CHECK_EVERY
+                if self.changed():
+                    # supervisord restarts us (autorestart=true); the new process reads the
+                    # new spec and reconciles from the state file written on the way out.
+                    log.info("the spec changed: exiting so supervisord restarts the listener with it")
+                    return 0
 
     def handle(self, headers: Dict[str, str], payload: str) -> None:
         """One event: decode, decide, queue the actions. Never raises: the event is acked anyway."""
@@ -281,6 +291,35 @@ class Listener:
         self._save(force=True)
 
 
+def spec_watcher(path: str) -> Callable[[], bool]:
+    """True once the spec file changed and the new version loads (a broken edit keeps the old one)."""
+    from ..errors import UserError
+    from ..spec import load_spec
+
+    def stamp() -> Tuple[float, int]:
+        try:
+            st = os.stat(path)
+            return st.st_mtime, st.st_size
+        except OSError:
+            return 0.0, 0
+
+    seen = [stamp()]
+
+    def changed() -> bool:
+        now = stamp()
+        if now == seen[0]:
+            return False
+        seen[0] = now
+        try:
+            load_spec(path)
+        except UserError as exc:
+            log.error("the spec changed but does not load (%s); keeping the old one", exc)
+            return False
+        return True
+
+    return changed
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -309,7 +348,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             enrich=make_enricher(default_proxy)).start()
     rpc = RpcWorker(default_proxy).start()
     listener = Listener(Machine(Config.from_spec(spec)), spec.app.name, layout.listener_state, rpc, dispatcher,
-                        proxy=default_proxy())
+                        proxy=default_proxy(), changed=spec_watcher(spec.source))
     # The sender and RPC threads must not keep the event loop waiting for the GIL for the
     # default 5 ms switch interval: acknowledgements are the latency that matters.
     sys.setswitchinterval(0.0005)

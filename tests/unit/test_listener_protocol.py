@@ -149,3 +149,18 @@ def test_a_saved_hold_survives_a_restart_even_when_supervisord_does_not_answer(t
     r = run_listener(tmp_path, b"", machine=m, saved=saved)
     # No proxy here, so reconcile gets no process list: the incident is kept, nothing started.
     assert r["rpc"] == [] and r["state"]["incidents"]["web_00"]["next_retry"] == 4600.0
+
+
+def test_the_listener_notices_a_changed_spec_but_not_a_broken_one(tmp_path):
+    from supervisor_fastapi.listener.main import spec_watcher
+
+    path = tmp_path / "supervisor-fastapi.toml"
+    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n')
+    changed = spec_watcher(str(path))
+    assert changed() is False
+    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n[listener]\nsend_retries = 1\n')
+    os.utime(path, (1, 1))
+    assert changed() is True and changed() is False
+    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n[listener]\nsend_retrys = 1\n')
+    os.utime(path, (2, 2))
+    assert changed() is False
