@@ -118,11 +118,17 @@ class Config:
     migrate_timeout: Optional[float]  # None: no [migrate], workers autostart
     crash_loop: CrashLoop = CrashLoop()
     reminder_interval: float = 3600.0
+    # The supervisor groups this spec renders (web workers, [[programs]], the watchdog);
+    # None: any group named like the app. On a shared OS supervisord, other programs whose
+    # names merely start with "<app>_" are not ours to hold.
+    groups: Optional[Tuple[str, ...]] = None
 
     @classmethod
     def from_spec(cls, spec: Spec) -> "Config":
-        return cls(app=spec.app.name, migrate_timeout=spec.migrate.timeout if spec.migrate else None,
-                   crash_loop=spec.crash_loop, reminder_interval=spec.listener.reminder_interval)
+        app = spec.app.name
+        groups = (app,) + tuple(f"{app}_{p.name}" for p in spec.programs) + (f"{app}_watchdog",)
+        return cls(app=app, migrate_timeout=spec.migrate.timeout if spec.migrate else None,
+                   crash_loop=spec.crash_loop, reminder_interval=spec.listener.reminder_interval, groups=groups)
 
     @property
     def migrate_name(self) -> str:
@@ -268,6 +274,8 @@ class Machine:
 
     def _watched(self, group: str) -> bool:
         app = self.config.app
+        if self.config.groups is not None:
+            return group in self.config.groups
         return (group == app or group.startswith(app + "_")) and group not in (
             self.config.migrate_name, self.config.listener_group)
 

@@ -304,3 +304,15 @@ def test_next_deadline_is_the_earliest_timer():
     assert m.next_deadline() is None
     m.observe(mig("STARTING", "STOPPED"), 1.0)
     assert m.next_deadline() == 31.0
+
+
+def test_from_spec_watches_only_the_groups_the_spec_renders(tmp_path):
+    from supervisor_fastapi.spec import HostDefaults, parse_spec
+
+    spec = parse_spec('[app]\nname = "web"\nasgi = "m:app"\n[[programs]]\nname = "jobs"\ncommand = "python j.py"\n',
+                      str(tmp_path / "s.toml"), str(tmp_path), HostDefaults(python="python3", cpu_count=2))
+    m = Machine(Config.from_spec(spec))
+    for t in range(5):
+        m.observe(ps("EXITED", "web_legacy", "RUNNING", expected=False, group="web_legacy"), float(t))
+        m.observe(ps("EXITED", "web_jobs", "RUNNING", expected=False, group="web_jobs"), float(t))
+    assert "web_legacy" not in m.procs and m.procs["web_jobs"].incident is not None
