@@ -13,14 +13,16 @@ pause=0.0, unix_path=None)``:
 - ``mode="close"``: every request opens a new TCP connection (``Connection: close``).
 - ``mode="keepalive"``: each thread keeps one HTTP/1.1 connection and reuses it; after a
   response that says ``Connection: close`` (a draining worker) or after an error it opens
-  a new one. A failed request is counted and **not retried**, so the count is the raw
-  keep-alive race a client without retries would see.
+  a new one. Like urllib3, before reusing an idle connection it checks whether the server
+  has closed it meanwhile (readable with EOF) and reconnects if so (counted in
+  ``stale``). A failed request is counted and **not retried**, so ``failures`` is the raw
+  keep-alive race (server closes exactly while the client sends) a client sees.
 - ``pause``: seconds each thread sleeps between requests (0 = as fast as it can).
 - ``timeout``: per-request socket timeout; a request slower than this counts as failed.
 - ``unix_path``: talk to a unix socket instead of host:port.
 
 ``start()``/``stop() -> Result`` do the same as the ``with`` block. ``Result`` has
-``requests``, ``ok``, ``failures``, ``errors`` (Counter of error kind -> count),
+``requests``, ``ok``, ``failures``, ``stale``, ``errors`` (Counter of error kind -> count),
 ``pids`` (Counter of the ``pid`` field of JSON bodies, when the app returns one),
 ``max_latency``, ``duration`` and ``summary()``. Every thread stops within ``timeout``
 seconds of ``stop()``; ``stop()`` raises if one does not.
@@ -28,6 +30,7 @@ seconds of ``stop()``; ``stop()`` raises if one does not.
 
 import http.client
 import json
+import select
 import socket
 import threading
 import time
@@ -41,6 +44,7 @@ class Result:
     requests: int = 0
     ok: int = 0
     failures: int = 0
+    stale: int = 0
     errors: Counter = field(default_factory=Counter)
     pids: Counter = field(default_factory=Counter)
     max_latency: float = 0.0
@@ -49,8 +53,18 @@ class Result:
     def summary(self) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in self.errors.most_common()) or "none"
         rate = self.requests / self.duration if self.duration else 0.0
+        stale = f", {self.stale} idle connections found closed and reopened" if self.stale else ""
         return (f"{self.requests} requests in {self.duration:.1f} s ({rate:.0f}/s), {self.failures} failed "
-                f"[{errors}], max latency {self.max_latency * 1000:.0f} ms, {len(self.pids)} worker pids")
+                f"[{errors}]{stale}, max latency {self.max_latency * 1000:.0f} ms, {len(self.pids)} worker pids")
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle keep-alive socket is readable only when the server closed it (or misbehaved)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -103,6 +117,11 @@ class Load:
         conn: Optional[http.client.HTTPConnection] = None
         headers = {"Connection": "close"} if self.mode == "close" else {}
         while not self._stop.is_set():
+            if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+                conn.close()
+                conn = None
+                with self._lock:
+                    self.result.stale += 1
             if conn is None:
                 conn = self._connection()
             t0 = time.monotonic()
