@@ -148,9 +148,9 @@ def serve_phase(contenders: List[Contender], plan: Plan, rounds: int, log: Calla
                 out[c.key]["rounds"].append(rec)
             time.sleep(plan.rest)  # every deployment idle: memory at rest
             for c in order:
-                rss, pss, n = memory_of(c.root)
+                memory = memory_of(c.root, c.worker_pids())
                 for rec in out[c.key]["rounds"][-1:]:
-                    rec["memory"] = {"rss": rss, "pss": pss, "processes": n}
+                    rec["memory"] = memory
     finally:
         for c in contenders:
             try:

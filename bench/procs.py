@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import psutil
 
@@ -20,21 +20,25 @@ def tree(root: int) -> List[psutil.Process]:
         return []
 
 
-def memory_of(root: int) -> Tuple[int, int, int]:
-    """(total RSS, total PSS, process count) of the tree under root, in bytes.
+def memory_of(root: int, workers: Optional[List[int]] = None) -> Dict[str, int]:
+    """Memory of the tree under root, in bytes: total RSS and PSS, and RSS by role.
 
     RSS counts shared pages (interpreter, libraries) once per process; PSS splits them.
+    Roles: the manager (root), the workers, and anything else (e.g. an event listener).
     """
-    rss = pss = n = 0
+    workers_set = set(workers or [])
+    out = {"rss": 0, "pss": 0, "processes": 0, "rss_manager": 0, "rss_workers": 0, "rss_other": 0}
     for p in tree(root):
         try:
             full = p.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        rss += full.rss
-        pss += getattr(full, "pss", full.rss)
-        n += 1
-    return rss, pss, n
+        out["rss"] += full.rss
+        out["pss"] += getattr(full, "pss", full.rss)
+        out["processes"] += 1
+        role = "manager" if p.pid == root else "workers" if p.pid in workers_set else "other"
+        out[f"rss_{role}"] += full.rss
+    return out
 
 
 def session_members(sid: int) -> List[int]:

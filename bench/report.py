@@ -178,10 +178,12 @@ def recovery_memory_table(s: Summary) -> List[str]:
     rows = []
     for k in s.keys:
         rows.append([NAMES[k], f_s(s.med(k, "kill9.spawn_s")), f_s(s.med(k, "kill9.answer_s")),
-                     f_mb(s.med(k, "memory.rss")), f_mb(s.med(k, "memory.pss")),
-                     f_int(s.med(k, "memory.processes")), f_s(s.med(k, "ready_s"))])
+                     f_mb(s.med(k, "memory.rss")), f_mb(s.med(k, "memory.rss_manager")),
+                     f_mb(s.med(k, "memory.rss_workers")), f_mb(s.med(k, "memory.rss_other")),
+                     f_mb(s.med(k, "memory.pss")), f_int(s.med(k, "memory.processes")), f_s(s.med(k, "ready_s"))])
     return table(["", "kill -9 → new worker process", "kill -9 → new worker answers", "RSS at rest (sum)",
-                  "PSS at rest (sum)", "processes", "start → all workers answer"], rows)
+                  "of which manager", "of which workers", "of which other", "PSS at rest (sum)", "processes",
+                  "start → all workers answer"], rows)
 
 
 def done_means(s: Summary) -> List[str]:
@@ -306,7 +308,8 @@ def plots(s: Summary, img: str) -> List[str]:
     ax.set_xticks(list(range(len(keys))))
     ax.set_xticklabels(keys, fontsize=9)
     ax.set_ylabel("failed requests (symlog; lower is better)")
-    ax.set_title("Failed requests during each contender's own restart, under load", fontsize=11)
+    ax.set_title("Failed requests during a restart under load (each contender's own method, plus "
+                 "supervisorctl restart web:* on supervisor-fastapi)", fontsize=11)
     ax.legend(fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(stamp, fontsize=9)
@@ -452,7 +455,7 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
 def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
     lines = ["## Event listener: acknowledgement latency and RSS", ""]
     if not listener:
-        return lines + ["Not run (`--no-listener`).", ""]
+        return lines + ["Not run (`--phases` without `listener`).", ""]
     if not listener.get("ran"):
         return lines + [f"Not measured: {listener.get('note')}.", ""]
     args = " ".join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener["argv"][1:])

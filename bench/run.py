@@ -73,7 +73,9 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md; smoke: temp folder)")
     p.add_argument("--img-dir", default=None, help="PNG folder (default docs/img; smoke: temp folder)")
     p.add_argument("--json", default=None, help="raw results (default bench/results.json; smoke: temp folder)")
-    p.add_argument("--no-listener", action="store_true", help="skip bench/listener_ack.py")
+    p.add_argument("--phases", default="serve,resilience,listener",
+                   help="comma-separated subset of serve (throughput, latency, memory), resilience (kill -9, "
+                        "restarts), listener (bench/listener_ack.py)")
     return p.parse_args(argv)
 
 
@@ -115,6 +117,10 @@ def main(argv: Any = None) -> int:
     if unknown or not keys:
         log(f"bench: unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
         return 2
+    phases = {p.strip() for p in a.phases.split(",") if p.strip()}
+    if phases - {"serve", "resilience", "listener"}:
+        log(f"bench: unknown phase(s) {sorted(phases - {'serve', 'resilience', 'listener'})}")
+        return 2
     tool = load.choose_tool(a.load)
     if tool != "wrk":
         log("bench: wrk not found, using the Python load generator bench/pyload.py (slower: its throughput "
@@ -138,11 +144,14 @@ def main(argv: Any = None) -> int:
         "access_log": a.access_log, "info": info, "runs": [],
     }
     folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit
-    log("throughput, latency and memory: every contender up at once, runs alternated")
+    if "serve" in phases:
+        log("throughput, latency and memory: every contender up at once, runs alternated")
     serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, f"serve-{k}"), a.stack, a.access_log)
                for k in keys]
-    served = serve_phase(serving, plan, rounds, log)
-    log("restarts and kill -9: a fresh deployment per contender and round")
+    served = (serve_phase(serving, plan, rounds, log) if "serve" in phases
+              else {k: {"error": None, "rounds": []} for k in keys})
+    if "resilience" in phases:
+        log("restarts and kill -9: a fresh deployment per contender and round")
     for r in range(rounds):
         order = keys[r % len(keys):] + keys[:r % len(keys)]
         log(f"  round {r + 1}/{rounds}: {' '.join(order)}")
@@ -151,12 +160,12 @@ def main(argv: Any = None) -> int:
             rec = {"key": key, "label": c.label, "round": r}
             done = served[key]["rounds"][r] if r < len(served[key]["rounds"]) else {}
             rec.update({k: v for k, v in done.items() if k != "round"})
-            rec.update(resilience_slot(c, plan, log))
+            rec.update(resilience_slot(c, plan, log) if "resilience" in phases else {"error": None})
             errors = [e for e in (served[key]["error"], rec["error"]) if e]
             rec["error"] = "; ".join(errors) or None
             rec["ok"] = not errors
             results["runs"].append(rec)
-    if not a.no_listener:
+    if "listener" in phases:
         log("listener acknowledgement benchmark: " + ("bench/listener_ack.py" if os.path.exists(LISTENER_ACK)
                                                      else "bench/listener_ack.py absent, skipped"))
         results["listener"] = run_listener_ack(a.smoke)
