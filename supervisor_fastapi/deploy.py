@@ -31,8 +31,19 @@ def write_atomic(path: str, text: str) -> None:
 
 def make_dirs(spec: Spec) -> None:
     """run_dir and its log and state folders: supervisord refuses a conf whose log folder is missing."""
-    for d in Layout(spec.run_dir).dirs():
+    layout = Layout(spec.run_dir)
+    for d in layout.dirs():
         os.makedirs(d, exist_ok=True)
+    if spec.app.user and os.geteuid() == 0:
+        # Workers run as app.user and write their ready/heartbeat files in state_dir; a
+        # root-owned folder made every worker die at startup with PermissionError.
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(spec.app.user)
+        except KeyError:
+            return  # `check` and supervisord's parser report the unknown user
+        os.chown(layout.state_dir, entry.pw_uid, entry.pw_gid)
 
 
 def default_conf_path(spec: Spec) -> str:

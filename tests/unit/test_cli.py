@@ -193,3 +193,15 @@ def test_help_lists_the_commands():
     out = run("--help").output
     for name in ("init", "render", "check", "up", "down", "demo", "systemd-unit"):
         assert name in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_render_gives_the_state_folder_to_app_user(folder):
+    import pwd
+
+    write_spec(folder, extra="")
+    text = (folder / "supervisor-fastapi.toml").read_text().replace('[server]', 'user = "nobody"\n\n[server]')
+    (folder / "supervisor-fastapi.toml").write_text(text)
+    assert run("render").exit_code == 0
+    # Workers run as app.user and write their ready/heartbeat files there.
+    assert os.stat(folder / "run" / "workers").st_uid == pwd.getpwnam("nobody").pw_uid
