@@ -100,6 +100,24 @@ def test_proxy_headers_are_ignored_from_untrusted_peers(deploy):
     assert resp.getheader("server") == "uvicorn"  # the default stays on
 
 
+@pytest.mark.parametrize("allow, trusted", [("*", True), (["127.0.0.1"], False)])
+def test_proxy_headers_over_a_unix_socket_need_forwarded_allow_ips_star(deploy, allow, trusted):
+    # A unix-socket peer has no address, so only "*" lets uvicorn honour X-Forwarded-*;
+    # the socket's mode and owner are what restrict who can connect.
+    d = deploy(merge(CORE, {"server": {"bind": "unix://web.sock", "workers": 1, "socket_mode": "0660",
+                                       "uvicorn": {"proxy_headers": True, "forwarded_allow_ips": allow}}}))
+    assert oct(os.stat(d.spec.server.bind.path).st_mode & 0o777) == "0o660"
+    conn = UnixHTTPConnection(d.spec.server.bind.path)
+    try:
+        _, body = request(conn, "/", {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    finally:
+        conn.close()
+    if trusted:
+        assert body["scheme"] == "https" and body["client"][0] == "203.0.113.7"
+    else:
+        assert body["scheme"] == "http" and body["client"] is None
+
+
 def test_tcp_nodelay_is_set_on_accepted_connections(deploy):
     d = deploy(merge(CORE, {"server": {"workers": 1}}))
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
