@@ -14,9 +14,10 @@ configs: when it already holds a socket for that URL, supervisord gets a duplica
 socket the old one used) and across ``supervisorctl reload`` (supervisord rebuilds every
 group in the same process; this module, and the held sockets, survive).
 
-A socket no group uses any more (the program was removed, or its ``socket=`` changed) is
-released after ``release_after`` seconds, checked on supervisord's TICK_5; the grace
-period lets the add that follows the remove in an ``update`` adopt it.
+A socket no group serves any more (the program was removed, its ``socket=`` changed, or
+every process of the group is STOPPED/EXITED/FATAL, e.g. ``supervisorctl stop web:*``)
+is released after ``release_after`` seconds, checked on supervisord's TICK_5 and on group
+changes; the grace period lets the add that follows the remove in an ``update`` adopt it.
 
 The XML-RPC methods under ``fastapi.`` give supervisorctl plugins and remote tools what
 they cannot read from another host: worker state files, the listener state, RSS, holds.
@@ -174,11 +175,18 @@ def install_bind_hook(holds: SocketHolds) -> None:
 
 
 def fcgi_urls(supervisord: Any) -> List[str]:
-    """The socket URLs of the fcgi groups supervisord has now."""
+    """The socket URLs of fcgi groups that are meant to serve: some process is starting,
+    running, backing off or stopping. A group stopped by hand or FATAL everywhere lets its
+    socket go after the grace period, so clients are refused instead of left waiting."""
+    from supervisor.states import ProcessStates
+
+    active = (ProcessStates.STARTING, ProcessStates.RUNNING, ProcessStates.BACKOFF, ProcessStates.STOPPING)
     urls = []
     for group in list(getattr(supervisord, "process_groups", {}).values()):
         manager = getattr(group, "socket_manager", None)
-        if manager is not None:
+        if manager is None:
+            continue
+        if any(p.get_state() in active for p in group.processes.values()):
             urls.append(str(manager.config().url))
     return urls
 

@@ -90,3 +90,43 @@ def _safe(f, *a):
         return f(*a)
     except (OSError, xmlrpc.client.Fault):
         return None
+
+
+def test_a_group_stopped_by_hand_lets_its_socket_go_and_gets_it_back(deploy):
+    import socket
+    import time
+
+    d = deploy()
+    d.ctl("stop", "web:*")
+    t0 = time.monotonic()
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", d.port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    wait_until(refused, 30, "the socket of a stopped group to be released")
+    print(f"\nsocket released {time.monotonic() - t0:.1f} s after `stop web:*`")
+    assert d.rpc.fastapi.getSocketHolds() == []
+    d.ctl("start", "web:*")
+    status, _ = d.get("/")
+    assert status == 200
+    assert len(d.rpc.fastapi.getSocketHolds()) == 1
+
+
+def test_a_crash_of_every_worker_queues_instead_of_refusing(deploy):
+    d = deploy()
+    before = ready_pids(d)
+    with Load("127.0.0.1", d.port, mode="close", threads=4) as load:
+        load.wait_requests(50)
+        out = d.ctl("signal", "KILL", "web:*")
+        assert "signalled" in out.stdout, out.stdout
+        wait_until(lambda: (p := ready_pids(d)) and not (p & before), 30, "workers restarted after the crash")
+        n = load.result.requests
+        load.wait_requests(n + 50)
+    r = load.result
+    print(f"\nSIGKILL to every worker, connection-per-request: {r.summary()}")
+    # Requests a worker had accepted die with it (reset); none may be refused.
+    assert r.errors["ConnectionRefusedError"] == 0, r.summary()
