@@ -170,6 +170,23 @@ def wait_replaced(edges: Edges, spec_name: str, old_pid: int, timeout: float, cl
         sleep(0.1)
 
 
+def wait_others_settled(edges: Edges, group: str, name: str, timeout: float, clock: Callable[[], float],
+                        sleep: Callable[[float], None]) -> Optional[str]:
+    """Wait until no other worker of the group is starting, stopping or not yet listening
+    (a watchdog recycle, say), so stopping ``name`` leaves the rest serving; None when settled."""
+    deadline = clock() + timeout
+    while True:
+        states = edges.worker_states()
+        busy = [namespec(i) for i in edges.infos() if i["group"] == group and namespec(i) != name
+                and (i["statename"] in ("STARTING", "STOPPING") or (i["statename"] == "RUNNING"
+                                                                    and not is_ready(i, states)))]
+        if not busy:
+            return None
+        if clock() > deadline:
+            return ", ".join(busy)
+        sleep(0.1)
+
+
 def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float = 60.0,
                     clock: Callable[[], float] = time.monotonic,
                     sleep: Callable[[float], None] = time.sleep) -> RollResult:
@@ -193,15 +210,22 @@ def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float
             progress(f"{name}: skipped, {result.skipped[name]}")
             continue
         old_pid = info["pid"] if info["statename"] in ("RUNNING", "STARTING") else 0
+        busy = wait_others_settled(edges, group, name, timeout, clock, sleep) if old_pid else None
         t0 = clock()
-        progress(f"{name}: stopping pid {old_pid} (draining)" if old_pid else f"{name}: {info['statename']}, starting")
-        try:
-            if old_pid:
-                edges.stop(name)
-            edges.start(name)
-            why = wait_replaced(edges, name, old_pid, timeout, clock, sleep)
-        except (xmlrpc.client.Fault, OSError) as exc:
-            why = f"supervisord refused: {getattr(exc, 'faultString', exc)}"
+        why: Optional[str] = None
+        if busy:
+            why = (f"not stopped: {busy} still starting/stopping after {timeout:g} s "
+                   "(another restart or a memory recycle in progress?)")
+        else:
+            progress(f"{name}: stopping pid {old_pid} (draining)" if old_pid
+                     else f"{name}: {info['statename']}, starting")
+            try:
+                if old_pid:
+                    edges.stop(name)
+                edges.start(name)
+                why = wait_replaced(edges, name, old_pid, timeout, clock, sleep)
+            except (xmlrpc.client.Fault, OSError) as exc:
+                why = f"supervisord refused: {getattr(exc, 'faultString', exc)}"
         if why is not None:
             result.failed, result.reason = name, why
             result.untouched = names[index + 1:]

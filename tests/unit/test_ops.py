@@ -161,3 +161,19 @@ def test_status_without_listener_data_is_graceful():
     assert s.ok and s.rows[0].rss is None
     text = format_status(s, 4600.0)
     assert "no state file yet" in text and text.endswith("ok")
+
+
+def test_waits_for_another_worker_in_transition_before_stopping():
+    fake = FakeSupervisor(["web_00", "web_01"])
+    fake.procs["web_01"]["statename"] = "STARTING"  # a watchdog recycle under way
+    fake.pending["web_01"] = 3
+    fake.files.pop("web_01")
+    r, _ = roll(fake)
+    assert r.ok and fake.log[0][:2] == ("stop", "web_00") and fake.log[0][2] == 1
+
+
+def test_gives_up_when_another_worker_never_settles():
+    fake = FakeSupervisor(["web_00", "web_01"])
+    fake.procs["web_01"]["statename"] = "STOPPING"
+    r, _ = roll(fake)
+    assert not r.ok and "web:web_01 still starting/stopping" in r.reason and fake.log == []
