@@ -204,7 +204,7 @@ def default_log_path(spec: Spec) -> str:
 
 
 def deliver(channel: Channel, msg: Message, retries: int, sleep: Callable[[float], None] = time.sleep,
-            first_delay: float = 1.0) -> Optional[str]:
+            first_delay: float = 1.0, quiet: bool = False) -> Optional[str]:
     """Send with up to ``retries`` retries (1 s, 2 s, 4 s... apart); the last error, or None if sent."""
     error = ""
     for attempt in range(retries + 1):
@@ -215,8 +215,9 @@ def deliver(channel: Channel, msg: Message, retries: int, sleep: Callable[[float
             return None
         except Exception as exc:  # a channel bug must not kill its thread either
             error = str(exc) or type(exc).__name__
-            log.warning("alert %s via %s failed (attempt %d/%d): %s", msg.get("kind"), channel.name,
-                        attempt + 1, retries + 1, error)
+            if not quiet:
+                    log.warning("alert %s via %s failed (attempt %d/%d): %s", msg.get("kind"), channel.name,
+                            attempt + 1, retries + 1, error)
     return error
 
 
@@ -361,7 +362,7 @@ def send_to_all(channels: Sequence[Channel], msg: Message, retries: int = 0) -> 
     results: Dict[str, Optional[str]] = {}
 
     def one(c: Channel) -> None:
-        results[c.name] = deliver(c, msg, retries)
+        results[c.name] = deliver(c, msg, retries, quiet=True)  # the caller reports each result
 
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in channels]
     for t in threads:
