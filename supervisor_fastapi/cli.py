@@ -34,6 +34,13 @@ def user_errors(f: F) -> F:
         except UserError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            # A path the user gave (or the spec implies) that cannot be read or written:
+            # `-o /missing/dir/x.conf`, a run_dir under a read-only folder, ...
+            where = exc.filename2 or exc.filename
+            click.secho(f"error: {where}: {exc.strerror}" if where and exc.strerror else f"error: {exc}",
+                        fg="red", err=True)
+            sys.exit(UserError.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

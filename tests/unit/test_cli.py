@@ -205,3 +205,21 @@ def test_render_gives_the_state_folder_to_app_user(folder):
     assert run("render").exit_code == 0
     # Workers run as app.user and write their ready/heartbeat files there.
     assert os.stat(folder / "run" / "workers").st_uid == pwd.getpwnam("nobody").pw_uid
+
+
+@pytest.mark.parametrize("args, message", [
+    (["render", "-o", "/nonexistent-sf/dir/x.conf"], "/nonexistent-sf/dir/"),
+    (["render", "-o", "/tmp"], "error: /tmp: Is a directory"),
+    (["init", "-c", "/nonexistent-sf/dir/s.toml"], "error: /nonexistent-sf/dir/s.toml: No such file or directory"),
+])
+def test_unwritable_paths_are_user_errors_not_tracebacks(folder, args, message):
+    write_spec(folder)
+    r = run(*args)
+    assert r.exit_code == 2 and r.output.startswith("error: ") and message in r.output, r.output
+
+
+def test_run_dir_that_cannot_be_created_is_a_user_error(folder):
+    write_spec(folder, extra='[supervisord]\nrun_dir = "/proc/sf-cannot-exist"\n')
+    for command in (["render"], ["check"], ["up"]):
+        r = run(*command)
+        assert r.exit_code == 2 and "error: /proc/sf-cannot-exist" in r.output, r.output
