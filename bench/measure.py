@@ -98,6 +98,8 @@ def measure_throughput(c: Contender, plan: Plan, conns: int) -> Dict[str, Any]:
     out["worker_cpu_s"] = used
     out["busiest_worker_share"] = max(used) / sum(used) if used and sum(used) > 0 else None
     out["manager_cpu_s"] = sum(manager_after.values()) - sum(manager_before.values())
+    # CPU per request is less sensitive than req/s to what else the machine is running.
+    out["worker_cpu_us_per_request"] = sum(used) / r.requests * 1e6 if r.requests and used else None
     return out
 
 

@@ -84,6 +84,10 @@ def f_ratio(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def f_us(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.0f} µs"
+
+
 def f_pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.0%}"
 
@@ -128,10 +132,12 @@ def throughput_tables(s: Summary) -> List[str]:
                          "—" if k == "sf" else ", ".join(f_ratio(v) for v in s.round_ratios(f"{p}.rps", k)),
                          f_ms(s.med(k, f"{p}.latency_ms.50")), f_ms(s.med(k, f"{p}.latency_ms.90")),
                          f_ms(s.med(k, f"{p}.latency_ms.99")), f_int(s.med(k, f"{p}.failed")),
-                         f_pct(s.med(k, f"{p}.busiest_worker_share"))])
+                         f_pct(s.med(k, f"{p}.busiest_worker_share")),
+                         f_us(s.med(k, f"{p}.worker_cpu_us_per_request"))])
         lines += [f"### {conns} keep-alive connection{'s' if conns > 1 else ''}", ""]
         lines += table(["", "req/s (median)", "req/s per round", "supervisor-fastapi ÷ this",
-                        "ratio per round", "p50", "p90", "p99", "failed", "busiest worker"], rows)
+                        "ratio per round", "p50", "p90", "p99", "failed", "busiest worker",
+                        "worker CPU per request"], rows)
         lines.append("")
     return lines
 
@@ -424,7 +430,9 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "1 connection with 1 wrk thread, 64 connections with 2. Every connection is keep-alive. "
               "\"Busiest worker\" is that worker's share of all worker CPU time during the 64-connection run "
               "(50% is an even split over 2 workers): the kernel hands each new connection to whichever "
-              "worker accepts first, so keep-alive connections can be spread unevenly.", ""]
+              "worker accepts first, so keep-alive connections can be spread unevenly. \"Worker CPU per "
+              "request\" is the workers' CPU time (user + system) divided by the requests served: it is less "
+              "sensitive than req/s to whatever else the machine runs.", ""]
     lines += throughput_tables(s)
     lines += ["## Failed requests during a restart under load", "",
               f"{plan['restart_connections']} clients each send {plan['restart_rate']:g} requests a second on a "
