@@ -65,6 +65,13 @@ class RemoteEvent:
 
 
 @dataclass(frozen=True)
+class GroupRemoved:
+    """PROCESS_GROUP_REMOVED: `supervisorctl update` (or `up`) took a group out."""
+
+    group: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """A timer is due (or the loop woke up); nothing happened on the wire."""
 
@@ -77,7 +84,7 @@ class Reconcile:
     saved: Optional[Mapping[str, Any]] = None
 
 
-Event = Union[ProcessState, RemoteEvent, Tick, Reconcile]
+Event = Union[ProcessState, RemoteEvent, GroupRemoved, Tick, Reconcile]
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -232,6 +239,13 @@ class Machine:
             self._remote(event, now, out)
         elif isinstance(event, Reconcile):
             self._reconcile(event, now, out)
+        elif isinstance(event, GroupRemoved):
+            # Its processes are gone (a changed group comes back as new ones): so are their
+            # holds; an open incident is closed, not left dangling.
+            for p in [p for p in self.procs.values() if p.group == event.group]:
+                if p.incident is not None:
+                    self._resolve(p, now, "removed from supervisord; incident closed", out)
+                del self.procs[p.name]
         self._timers(now, out)
         return out
 

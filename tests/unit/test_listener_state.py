@@ -316,3 +316,16 @@ def test_from_spec_watches_only_the_groups_the_spec_renders(tmp_path):
         m.observe(ps("EXITED", "web_legacy", "RUNNING", expected=False, group="web_legacy"), float(t))
         m.observe(ps("EXITED", "web_jobs", "RUNNING", expected=False, group="web_jobs"), float(t))
     assert "web_legacy" not in m.procs and m.procs["web_jobs"].incident is not None
+
+
+def test_removing_a_group_closes_its_incidents_and_forgets_its_holds():
+    from supervisor_fastapi.listener.protocol import decode
+
+    m = machine()
+    replay(m, crash(0) + crash(2) + crash(4))
+    assert m.procs["web_00"].held
+    ev = decode({"eventname": "PROCESS_GROUP_REMOVED"}, "groupname:web\n")
+    out = m.observe(ev, 7.0)
+    assert [(a.event, a.summary) for a in out if isinstance(a, Alert)] == [
+        ("resolve", "web_00: removed from supervisord; incident closed")]
+    assert m.procs == {} and m.next_deadline() is None
