@@ -52,3 +52,33 @@ def test_rolling_restart_stops_at_a_worker_that_does_not_come_up(deploy, tmp_pat
     text = wait_until(lambda: os.path.exists(alerts) and "rolling_restart_failed" in open(alerts).read()
                       and open(alerts).read(), 20, "the rolling_restart_failed alert in the log channel")
     assert "web_00" in text
+
+
+def test_rolling_restart_with_one_worker_and_slow_requests_in_flight(deploy):
+    import threading
+
+    d = deploy({"server": {"workers": 1}})
+    results = []
+
+    def slow():
+        try:
+            results.append(d.get("/sleep?s=2", timeout=20)[0])
+        except OSError as exc:
+            results.append(type(exc).__name__)
+
+    with Load("127.0.0.1", d.port, mode="close", threads=4) as load:
+        load.wait_requests(50)
+        threads = [threading.Thread(target=slow) for _ in range(5)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: load.result.requests > 100, 10, "more load")
+        out = d.cli("restart")
+        for t in threads:
+            t.join(30)
+        n = load.result.requests
+        load.wait_requests(n + 50)
+    r = load.result
+    print(f"\nsupervisor-fastapi restart, 1 worker: {r.summary()}; slow requests in flight: {results}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert r.failures == 0, r.summary()
+    assert results == [200] * 5
