@@ -124,7 +124,8 @@ def serve_phase(contenders: List[Contender], plan: Plan, rounds: int, log: Calla
                 continue
             try:
                 c.wait_ready(90)
-                run_load(plan.tool, c.port, 16, plan.warmup, threads=2)
+                if plan.warmup:
+                    run_load(plan.tool, c.port, 16, plan.warmup, threads=2)
                 up.append(c)
                 log(f"  {c.key}: up on port {c.port}, workers {c.worker_pids()}, warmed up")
             except Exception as exc:  # noqa: BLE001

@@ -54,9 +54,9 @@ class Summary:
     def round_ratios(self, path: str, other: str) -> List[float]:
         """sf / other within each round (both measured minutes apart)."""
         out = []
-        for r in range(self.results["rounds"]):
-            a = [get(x, path) for x in self.runs if x["key"] == "sf" and x["round"] == r]
-            b = [get(x, path) for x in self.runs if x["key"] == other and x["round"] == r]
+        for r in range(max([x["round"] for x in self.runs] + [-1]) + 1):
+            a = [get(x, path) for x in self.runs if x["key"] == "sf" and x["round"] == r and get(x, path) is not None]
+            b = [get(x, path) for x in self.runs if x["key"] == other and x["round"] == r and get(x, path) is not None]
             if a and b and a[0] is not None and b[0]:
                 out.append(a[0] / b[0])
         return out
@@ -254,7 +254,8 @@ def plots(s: Summary, img: str) -> List[str]:
         return []
     os.makedirs(img, exist_ok=True)
     w = s.results["workers"]
-    stamp = f"{w} workers each; median of {s.results['rounds']} rounds, bars = min..max; {s.results['info']['date']}"
+    stamp = (f"{w} workers each; medians of {s.results['serve_rounds']} rounds (throughput, latency, memory) or "
+             f"{s.results['rounds']} rounds (restarts, kill -9); bars = min..max; {s.results['info']['date']}")
     made = []
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -316,7 +317,8 @@ def plots(s: Summary, img: str) -> List[str]:
     ax.set_ylabel("failed requests (symlog; lower is better)")
     ax.set_title("Failed requests during a restart under load (each contender's own method, plus "
                  "supervisorctl restart web:* on supervisor-fastapi)", fontsize=11)
-    ax.legend(fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(stamp, fontsize=9)
     fig.tight_layout()
@@ -362,7 +364,8 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
         lines += ["", "> **Smoke run**: very short durations, one round. These numbers mean nothing; "
                       "they only show that every step ran."]
     lines += ["", "## Headline", ""] + headline(s) + [""]
-    lines += [f"Median over {results['rounds']} round(s). \"supervisor-fastapi ÷ this\" is this package's "
+    lines += [f"Medians over {results['serve_rounds']} round(s) for throughput, latency and memory, "
+              f"{results['rounds']} round(s) for restarts and kill -9. \"supervisor-fastapi ÷ this\" is this package's "
               "throughput divided by the contender's (above 1 means this package is faster). "
               "A failed request is any request that got no 2xx/3xx answer: refused or reset connection, "
               "read/write error, timeout, or error status.", ""]
@@ -372,7 +375,8 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
     errors = [r for r in s.runs if not r["ok"]]
     if errors:
         lines += ["**Failures in this run:**", ""]
-        lines += [f"- round {r['round'] + 1}, {NAMES[r['key']]}: `{r['error'].splitlines()[0]}`" for r in errors]
+        lines += sorted({f"- {r['phase']} round {r['round'] + 1}, {NAMES[r['key']]}: `{r['error'].splitlines()[0]}`"
+                         for r in errors})
         lines.append("")
     if made:
         lines += ["![throughput](%s/bench-throughput.png)" % rel_img, "",
@@ -400,7 +404,8 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "psutil, matplotlib",
               results["command"].rstrip() if not results["smoke"] else "python bench/run.py",
               "```", "",
-              "Options: `--workers N`, `--rounds R`, `--duration S` (each throughput run), `--restart-duration S`, "
+              "Options: `--workers N`, `--serve-rounds R` (throughput rounds), `--rounds R` (restart rounds), "
+              "`--duration S` (each throughput run), `--restart-duration S`, `--phases serve,resilience,listener`, "
               "`--contenders docs,sf,uvicorn,gunicorn`, `--stack asyncio-h11` (force the pure-Python loop and "
               "parser on every contender), `--access-log`, `--load python`. `python bench/run.py --smoke` runs "
               "every step briefly (about a minute) and writes to a temporary folder; CI runs it. "

@@ -56,7 +56,10 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="one short round of every step (about a minute); output to a temp folder")
     p.add_argument("--workers", type=int, default=2, help="workers per contender (default 2)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; smoke 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of restarts and kill -9, each on fresh deployments (default 3; smoke 1)")
+    p.add_argument("--serve-rounds", type=int, default=None,
+                   help="rounds of alternated throughput/latency runs (default 6; smoke 1)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of each throughput/latency run (default 10; smoke 1)")
     p.add_argument("--restart-duration", type=float, default=None,
@@ -81,7 +84,7 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
 
 def make_plan(a: argparse.Namespace, tool: str) -> Plan:
     if a.smoke:
-        return Plan(duration=a.duration or 1, warmup=1, rest=0.2, restart_duration=a.restart_duration or 3,
+        return Plan(duration=a.duration or 1, warmup=0, rest=0.2, restart_duration=a.restart_duration or 2.5,
                     restart_lead=0.5, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
                     tool=tool)
     return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 15,
@@ -127,6 +130,7 @@ def main(argv: Any = None) -> int:
             "figures are lower bounds). Install wrk: apt-get install -y wrk")
     plan = make_plan(a, tool)
     rounds = a.rounds or (1 if a.smoke else 3)
+    serve_rounds = a.serve_rounds or (1 if a.smoke else 6)
     if a.smoke:
         out_dir = tempfile.mkdtemp(prefix="bench-smoke-")
         md, img, raw = (a.out or os.path.join(out_dir, "benchmarks.md"), a.img_dir or os.path.join(out_dir, "img"),
@@ -135,36 +139,40 @@ def main(argv: Any = None) -> int:
         md, img, raw = (a.out or os.path.join(REPO, "docs", "benchmarks.md"),
                         a.img_dir or os.path.join(REPO, "docs", "img"), a.json or os.path.join(HERE, "results.json"))
     info = envinfo.collect(tool, a.stack, REPO)
-    log(f"bench: {len(keys)} contenders x {rounds} round(s), {a.workers} workers each, load by {info['load_generator']}"
+    log(f"bench: {len(keys)} contenders, {a.workers} workers each, load by {info['load_generator']}"
         f"; {info['stack']}")
     started = time.monotonic()
     results: Dict[str, Any] = {
         "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "smoke": a.smoke, "workers": a.workers, "rounds": rounds, "contenders": keys, "plan": plan.__dict__,
+        "smoke": a.smoke, "workers": a.workers, "rounds": rounds, "serve_rounds": serve_rounds, "contenders": keys, "plan": plan.__dict__,
         "access_log": a.access_log, "info": info, "runs": [],
     }
     folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit
     if "serve" in phases:
-        log("throughput, latency and memory: every contender up at once, runs alternated")
-    serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, f"serve-{k}"), a.stack, a.access_log)
-               for k in keys]
-    served = (serve_phase(serving, plan, rounds, log) if "serve" in phases
-              else {k: {"error": None, "rounds": []} for k in keys})
+        log(f"throughput, latency and memory: every contender up at once, {serve_rounds} round(s) of alternated runs")
+        serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, f"serve-{k}"), a.stack,
+                                 a.access_log) for k in keys]
+        served = serve_phase(serving, plan, serve_rounds, log)
+        for key in keys:
+            for rec in served[key]["rounds"]:
+                rec.update(key=key, label=serving[keys.index(key)].label, phase="serve",
+                           error=served[key]["error"], ok=not served[key]["error"])
+                results["runs"].append(rec)
+            if served[key]["error"] and not served[key]["rounds"]:
+                results["runs"].append({"key": key, "label": serving[keys.index(key)].label, "phase": "serve",
+                                        "round": 0, "error": served[key]["error"], "ok": False})
     if "resilience" in phases:
-        log("restarts and kill -9: a fresh deployment per contender and round")
-    for r in range(rounds):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        log(f"  round {r + 1}/{rounds}: {' '.join(order)}")
-        for key in order:
-            c = CONTENDERS[key](a.workers, free_port(), os.path.join(folder, f"{r}-{key}"), a.stack, a.access_log)
-            rec = {"key": key, "label": c.label, "round": r}
-            done = served[key]["rounds"][r] if r < len(served[key]["rounds"]) else {}
-            rec.update({k: v for k, v in done.items() if k != "round"})
-            rec.update(resilience_slot(c, plan, log) if "resilience" in phases else {"error": None})
-            errors = [e for e in (served[key]["error"], rec["error"]) if e]
-            rec["error"] = "; ".join(errors) or None
-            rec["ok"] = not errors
-            results["runs"].append(rec)
+        log(f"restarts and kill -9: a fresh deployment per contender and round, {rounds} round(s)")
+        for r in range(rounds):
+            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            log(f"  round {r + 1}/{rounds}: {' '.join(order)}")
+            for key in order:
+                c = CONTENDERS[key](a.workers, free_port(), os.path.join(folder, f"{r}-{key}"), a.stack,
+                                    a.access_log)
+                rec = {"key": key, "label": c.label, "round": r, "phase": "resilience"}
+                rec.update(resilience_slot(c, plan, log))
+                rec["ok"] = not rec["error"]
+                results["runs"].append(rec)
     if "listener" in phases:
         log("listener acknowledgement benchmark: " + ("bench/listener_ack.py" if os.path.exists(LISTENER_ACK)
                                                      else "bench/listener_ack.py absent, skipped"))
@@ -181,7 +189,8 @@ def main(argv: Any = None) -> int:
 
     report.write(results, md, img, raw)
     log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
-    failed = [f"round {x['round'] + 1} {x['key']}: {x['error']}" for x in results["runs"] if not x["ok"]]
+    failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}: {x['error']}" for x in results["runs"]
+                     if not x["ok"]})
     listener = results.get("listener", {})
     if listener.get("ran") and not listener.get("ok"):
         failed.append("bench/listener_ack.py failed:\n" + str(listener.get("output", ""))[-2000:])
