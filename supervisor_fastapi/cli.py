@@ -188,17 +188,25 @@ def alert_test(config: Optional[str]) -> None:
         sys.exit(1)
 
 
+def serverurl_option(f: F) -> F:
+    return click.option("--serverurl", metavar="URL", default=None,
+                        help="supervisord to talk to, e.g. unix:///var/run/supervisor.sock for a conf.d fragment "
+                             "(default: this deployment's own control socket; credentials from "
+                             "SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD).")(f)
+
+
 @main.command("restart")
 @config_option
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds each new worker may take to accept connections.")
+@serverurl_option
 @user_errors
-def restart_cmd(config: Optional[str], timeout: float) -> None:
+def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str]) -> None:
     """Rolling restart: replace the web workers one at a time, each new one listening before the next stops."""
     from . import ops
 
     spec = load_spec(config)
-    result = ops.rolling_restart(ops.local_edges(_running_layout(spec)), spec.app.name, progress, timeout)
+    result = ops.rolling_restart(_ops_edges(spec, serverurl), spec.app.name, progress, timeout)
     click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
                + (f", skipped {len(result.skipped)}" if result.skipped else "")
                + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
@@ -209,14 +217,14 @@ def restart_cmd(config: Optional[str], timeout: float) -> None:
 @main.command("status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@serverurl_option
 @user_errors
-def status_cmd(config: Optional[str], as_json: bool) -> None:
+def status_cmd(config: Optional[str], as_json: bool, serverurl: Optional[str]) -> None:
     """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
     from . import ops
 
     spec = load_spec(config)
-    layout = _running_layout(spec)
-    edges = ops.local_edges(layout)
+    edges = _ops_edges(spec, serverurl)
     status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy))
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, default=str))
@@ -226,9 +234,11 @@ def status_cmd(config: Optional[str], as_json: bool) -> None:
         sys.exit(1)
 
 
-def _running_layout(spec: Spec) -> Layout:
+def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
+    from . import ops
+
     layout = Layout(spec.run_dir)
-    if not control.is_running(layout):
+    if serverurl is None and not control.is_running(layout):
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
-                        "start it with `supervisor-fastapi up`")
-    return layout
+                        "start it with `supervisor-fastapi up`, or pass --serverurl for a conf.d fragment")
+    return ops.local_edges(layout, serverurl)

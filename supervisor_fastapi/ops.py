@@ -418,11 +418,22 @@ def local_rss(pids: Sequence[int]) -> Dict[int, int]:
     return out
 
 
-def local_edges(layout: Any) -> SupervisorEdges:
-    """Edges for the deployment whose files are in ``layout`` (this host, its control socket)."""
+def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges:
+    """Edges for the deployment whose files are in ``layout``: this host, its control socket
+    or ``serverurl`` (an OS-packaged supervisord running a conf.d fragment)."""
+    import os
+
     from . import control
 
-    return SupervisorEdges(control.rpc(layout), lambda: control.worker_states(layout),
+    if serverurl:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(os.environ.get("SUPERVISOR_USERNAME", ""),
+                                        os.environ.get("SUPERVISOR_PASSWORD", ""), serverurl)
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    else:
+        proxy = control.rpc(layout)
+    return SupervisorEdges(proxy, lambda: control.worker_states(layout),
                            lambda: read_listener_state(layout.listener_state), local_rss)
 
 

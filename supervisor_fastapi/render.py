@@ -221,23 +221,26 @@ def daemon_sections(spec: Spec) -> List[ini.Section]:
     ]
 
 
-def plugin_sections(spec: Spec) -> List[ini.Section]:
+def plugin_sections(spec: Spec, fragment: bool = False) -> List[ini.Section]:
     """supervisor-fastapi's plugins: loaded by supervisord and supervisorctl, which must import this package.
 
     ``[rpcinterface:fastapi]`` holds the fcgi socket open across restarts (rpcplugin.py);
     ``[ctlplugin:fastapi]`` adds ``rolling_restart`` and ``fastapi_status`` to supervisorctl.
+    supervisorctl does not read ``[include]`` files, so a fragment carries only the first.
     """
     run_dir = ini.escape(Layout(spec.run_dir).run_dir)
-    return [
+    sections: List[ini.Section] = [
         (f"rpcinterface:{RPC_NAMESPACE}", [
             ("supervisor.rpcinterface_factory", "supervisor_fastapi.rpcplugin:make_rpcinterface"),
             ("run_dir", run_dir),
         ]),
-        (f"ctlplugin:{RPC_NAMESPACE}", [
+    ]
+    if not fragment:
+        sections.append((f"ctlplugin:{RPC_NAMESPACE}", [
             ("supervisor.ctl_factory", "supervisor_fastapi.ctlplugin:make_ctlplugin"),
             ("group", ini.escape(spec.app.name)),
-        ]),
-    ]
+        ]))
+    return sections
 
 
 def watchdog_argv(spec: Spec, python: str) -> Optional[List[str]]:
@@ -288,7 +291,7 @@ def build(spec: Spec, fragment: bool = False, listener_python: Optional[str] = N
 
     sections: List[ini.Section] = [] if fragment else daemon_sections(spec)
     if with_plugins if with_plugins is not None else not fragment:
-        sections += plugin_sections(spec)
+        sections += plugin_sections(spec, fragment)
     sections.append(listener_section(spec, listener_python or sys.executable))
     migrate = migrate_section(spec)
     if migrate:
