@@ -130,3 +130,21 @@ def test_a_crash_of_every_worker_queues_instead_of_refusing(deploy):
     print(f"\nSIGKILL to every worker, connection-per-request: {r.summary()}")
     # Requests a worker had accepted die with it (reset); none may be refused.
     assert r.errors["ConnectionRefusedError"] == 0, r.summary()
+
+
+def test_unix_socket_restart_group_refuses_nothing(deploy, tmp_path):
+    import os
+
+    path = str(tmp_path / "web.sock")
+    d = deploy({"server": {"bind": f"unix://{path}", "socket_mode": "0660"}})
+    before = ready_pids(d)
+    with Load(unix_path=path, mode="close", threads=4) as load:
+        load.wait_requests(50)
+        d.ctl("restart", "web:*")
+        wait_until(lambda: (p := ready_pids(d)) and not (p & before), 30, "new workers ready")
+        n = load.result.requests
+        load.wait_requests(n + 50)
+    r = load.result
+    print(f"\nrestart web:* on a unix socket: {r.summary()}")
+    assert r.failures == 0, r.summary()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o660"
