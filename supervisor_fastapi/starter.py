@@ -7,7 +7,9 @@ from typing import Any, Dict
 import tomli_w
 
 from .errors import UserError
-from .spec import HostDefaults, build_spec
+from .spec import Backoff, HostDefaults, build_spec
+
+_BACKOFF = Backoff()
 
 
 def starter(name: str, asgi: str) -> Dict[str, Any]:
@@ -17,7 +19,9 @@ def starter(name: str, asgi: str) -> Dict[str, Any]:
         "server": {"bind": "tcp://127.0.0.1:8000", "workers": "auto", "graceful_timeout": 30,
                    "uvicorn": {"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}},
         "memory": {"budget": "90%"},
-        "crash_loop": {"restarts": 3, "window": 60, "backoff_initial": 10, "backoff_max": 300},
+        # The loader's own defaults, written out so users see the knobs (a copy here went stale).
+        "crash_loop": {"restarts": _BACKOFF.restarts, "window": _BACKOFF.window,
+                       "backoff_initial": _BACKOFF.backoff_initial, "backoff_max": _BACKOFF.backoff_max},
         "alerts": [{"type": "log"}],
     }
 

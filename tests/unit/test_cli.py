@@ -223,3 +223,10 @@ def test_run_dir_that_cannot_be_created_is_a_user_error(folder):
     for command in (["render"], ["check"], ["up"]):
         r = run(*command)
         assert r.exit_code == 2 and "error: /proc/sf-cannot-exist" in r.output, r.output
+
+
+def test_init_writes_the_loaders_own_crash_loop_defaults(folder):
+    from supervisor_fastapi.spec import Backoff
+
+    assert run("init", "--name", "shop").exit_code == 0
+    assert load_spec(cwd=str(folder)).crash_loop.default == Backoff()
