@@ -161,6 +161,10 @@ def wait_replaced(edges: Edges, spec_name: str, old_pid: int, timeout: float, cl
         if state == "EXITED" and info["pid"] == 0:
             return f"it exited with status {info.get('exitstatus')}"
         if state == "STOPPED":
+            incident = open_incident(edges.listener_state(), info)
+            if incident is not None:
+                why = incident.get("summary") or incident.get("kind")
+                return f"it crashed and the crash-loop guard holds it: {why}"
             return "it was stopped while starting"
         if info["pid"] and info["pid"] != old_pid and is_ready(info, edges.worker_states()):
             return None
