@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_spec, make_message
 from .protocol import OK, READY, Parser, decode
-from .state import Action, Alert, Config, Event, Machine, ProcessState, Reconcile, Start, Stop, Tick
+from .state import Action, Alert, Config, Event, Machine, ProcessState, Reconcile, Start, StartFailed, Stop, Tick
 
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
@@ -48,6 +48,7 @@ class RpcWorker:
 
     def __init__(self, make_proxy: ProxyFactory) -> None:
         self.make_proxy = make_proxy
+        self.on_start_failed: Optional[Callable[[str, str], None]] = None
         self._q: queue.Queue[Optional[Action]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="rpc", daemon=True)
 
@@ -68,15 +69,20 @@ class RpcWorker:
             action = self._q.get()
             if action is None:
                 return
+            error = ""
             try:
                 proxy = proxy or self.make_proxy()
                 run_rpc(proxy, action)
             except xmlrpc.client.Fault as exc:
                 # ALREADY_STARTED / NOT_RUNNING are the normal outcome of a race with supervisord.
                 log.info("%s: %s", describe(action), exc.faultString)
+                error = "" if "ALREADY_STARTED" in exc.faultString else exc.faultString
             except Exception as exc:
                 log.warning("%s failed: %s", describe(action), exc)
                 proxy = None
+                error = str(exc) or type(exc).__name__
+            if error and isinstance(action, Start) and self.on_start_failed is not None:
+                self.on_start_failed(action.namespec, error)
 
 
 def run_rpc(proxy: Any, action: Action) -> None:
@@ -135,6 +141,7 @@ class Listener:
         self.parser = Parser()
         self.last_alert: Optional[Dict[str, Any]] = None
         self._results: queue.Queue[Tuple[Message, Dict[str, str]]] = queue.Queue()
+        self._failed_starts: queue.Queue[Tuple[str, str]] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         self._written = ""
         self._last_save = 0.0
@@ -142,11 +149,20 @@ class Listener:
         self.changed = changed
         self._next_check = 0.0
         dispatcher.on_result = self._on_result
+        if isinstance(rpc, RpcWorker):
+            rpc.on_start_failed = self._on_start_failed
 
     # -- sender-thread side --
 
+    def _on_start_failed(self, namespec: str, reason: str) -> None:
+        self._failed_starts.put((namespec, reason))
+        self._wake()
+
     def _on_result(self, msg: Message, results: Dict[str, str]) -> None:
         self._results.put((msg, results))
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -185,6 +201,7 @@ class Listener:
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
                 self._drain_results()
+                self._drain_failed_starts()
             if self.stdin_fd in readable:
                 data = os.read(self.stdin_fd, 65536)
                 if not data:
@@ -247,6 +264,17 @@ class Listener:
             else:
                 log.info("%s", describe(action))
                 self.rpc.submit(action)
+
+    def _drain_failed_starts(self) -> None:
+        while True:
+            try:
+                namespec, reason = self._failed_starts.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._observe(StartFailed(namespec, reason))
+            except Exception:
+                log.exception("error handling a failed start of %s", namespec)
 
     def _drain_results(self) -> None:
         while True:

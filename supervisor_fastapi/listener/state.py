@@ -28,6 +28,7 @@ EVENT_DEDUPE = 60.0  # the same remote event (kind, process) alerts at most once
 # runs on (measured: a TERM 3 ms after spawn was ignored until stopwaitsecs). So a process
 # that must stay held is stopped this long after it started, not at once.
 STOP_SETTLE = 0.3
+START_RETRY = 1.0  # a retry whose start failed (RPC error) is tried again this much later
 REMOTE_TYPE = "supervisor-fastapi"  # REMOTE_COMMUNICATION type this listener acts on
 
 
@@ -72,6 +73,14 @@ class GroupRemoved:
 
 
 @dataclass(frozen=True)
+class StartFailed:
+    """The edge could not start a process we asked for (an RPC fault or error)."""
+
+    namespec: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Tick:
     """A timer is due (or the loop woke up); nothing happened on the wire."""
 
@@ -84,7 +93,7 @@ class Reconcile:
     saved: Optional[Mapping[str, Any]] = None
 
 
-Event = Union[ProcessState, RemoteEvent, GroupRemoved, Tick, Reconcile]
+Event = Union[ProcessState, RemoteEvent, GroupRemoved, StartFailed, Tick, Reconcile]
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -239,6 +248,12 @@ class Machine:
             self._remote(event, now, out)
         elif isinstance(event, Reconcile):
             self._reconcile(event, now, out)
+        elif isinstance(event, StartFailed):
+            group, _, name = event.namespec.partition(":")
+            p = self.procs.get(name)
+            if p is not None and p.incident is not None and p.incident.next_retry is None \
+                    and p.state not in ("STARTING", "RUNNING"):
+                p.incident.next_retry = now + START_RETRY
         elif isinstance(event, GroupRemoved):
             # Its processes are gone (a changed group comes back as new ones): so are their
             # holds; an open incident is closed, not left dangling.
@@ -258,7 +273,7 @@ class Machine:
                 continue
             if p.stop_at is not None:
                 times.append(p.stop_at)
-            if inc.next_retry is not None:
+            if inc.next_retry is not None and not p.expect_stop:  # a pending stop defers the retry
                 times.append(inc.next_retry)
             elif p.running_since is not None and p.state == "RUNNING":
                 times.append(p.running_since + self._backoff(p).backoff_reset)
@@ -349,6 +364,7 @@ class Machine:
                 p.stop_at = now + STOP_SETTLE
         elif ev.state == "EXITED":
             p.running_since = None
+            p.expect_stop = False  # it ended on its own; a stop we sent found nothing to stop
             if ev.expected is False:
                 p.exits = [t for t in p.exits if t > now - b.window] + [now]
                 if p.incident is not None:
@@ -366,6 +382,7 @@ class Machine:
                                       "pid": ev.pid}, log_of=p.namespec))
         elif ev.state == "FATAL":
             p.running_since = None
+            p.expect_stop = False
             if p.incident is not None:
                 if not p.held and b.retry_fatal:
                     self._hold(p, now, out)
@@ -382,9 +399,6 @@ class Machine:
             p.stop_at = None
             if p.expect_stop:
                 p.expect_stop = False
-                if p.incident is not None and p.incident.next_retry is None:
-                    # Our retry's start lost a race with this stop: retry now.
-                    p.incident.next_retry = now
             elif p.incident is not None:
                 self._resolve(p, now, "stopped by hand; incident closed", out)
         elif ev.state in ("BACKOFF", "STOPPING", "UNKNOWN"):
@@ -462,7 +476,8 @@ class Machine:
                 if p.held and p.state in ("STARTING", "RUNNING", "BACKOFF"):
                     out.append(Stop(p.namespec))
                     p.expect_stop = True
-            if inc.next_retry is not None and now >= inc.next_retry:
+            # While our stop is under way a start would fail: the STOPPED event brings us back.
+            if inc.next_retry is not None and now >= inc.next_retry and not p.expect_stop:
                 inc.next_retry = None
                 inc.retries += 1
                 out.append(Start(p.namespec))

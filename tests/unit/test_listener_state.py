@@ -12,6 +12,7 @@ from supervisor_fastapi.listener.state import (
     Reconcile,
     RemoteEvent,
     Start,
+    StartFailed,
     Stop,
     Tick,
 )
@@ -152,13 +153,31 @@ def test_a_stop_by_hand_closes_the_incident_and_a_start_by_hand_counts_as_the_re
     assert m.procs["web_00"].incident is None
 
 
-def test_a_retry_start_that_lost_a_race_with_our_stop_is_retried_at_once():
+def test_a_retry_waits_for_our_pending_stop_instead_of_racing_it():
     m = machine()
     replay(m, crash(0) + crash(2) + crash(4) + [(6.0, ps("STARTING", frm="EXITED"))])
-    m.observe(Tick(), 6.3)  # our Stop goes out; the process is slow to die
-    out = m.observe(Tick(), 15.5)  # retry due while it is still STOPPING: the Start faults
-    assert [type(a).__name__ for a in out] == ["Start"]
-    assert [type(a).__name__ for a in m.observe(ps("STOPPED", frm="STOPPING"), 16.0)] == ["Start"]
+    assert [type(a).__name__ for a in m.observe(Tick(), 6.3)] == ["Stop"]  # the process is slow to die
+    assert m.observe(Tick(), 15.5) == [] and m.next_deadline() > 1000  # no start into a STOPPING process
+    m.observe(ps("STOPPING", frm="RUNNING"), 15.6)
+    assert m.observe(ps("STOPPED", frm="STOPPING"), 16.0) == [Start("web:web_00")]
+
+
+def test_a_failed_retry_start_is_tried_again():
+    m = machine()
+    replay(m, crash(0) + crash(2) + crash(4) + [(6.0, ps("STARTING", frm="EXITED")),
+                                                (6.4, ps("STOPPED", frm="STOPPING"))])
+    assert m.observe(Tick(), 15.5) == [Start("web:web_00")]
+    assert m.observe(StartFailed("web:web_00", "SPAWN_ERROR"), 15.6) == []
+    assert m.observe(Tick(), 16.6) == [Start("web:web_00")]
+
+
+def test_a_stop_that_found_the_process_already_exited_does_not_block_the_retry():
+    m = machine()
+    replay(m, crash(0) + crash(2) + crash(4) + [(6.0, ps("STARTING", frm="EXITED")), (6.3, Tick())])
+    # It crashed before our stop arrived (NOT_RUNNING): supervisord respawns, we hold again.
+    m.observe(ps("EXITED", frm="STARTING", expected=False), 6.5)
+    out = replay(m, [(6.6, ps("STARTING", frm="EXITED")), (7.0, ps("STOPPED", frm="STOPPING")), (40.0, Tick())])
+    assert [kind for _, kind, _ in rpcs(out)] == ["Stop", "Start"]
 
 
 def test_fatal_is_retried_on_the_same_schedule_or_only_reported():
