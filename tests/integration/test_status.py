@@ -42,3 +42,24 @@ def test_supervisorctl_plugin_commands(deploy):
     assert after and not (after & before)
     out = d.ctl("help", "rolling_restart")
     assert "one at a time" in out.stdout
+
+
+def test_status_shows_a_crash_loop_incident_with_its_next_retry(deploy, tmp_path):
+    flag = tmp_path / "broken"
+    flag.touch()
+    d = deploy({"server": {"workers": 2},
+                "app": {"env": {"CRASH_AFTER": "1.5", "CRASH_WHILE": str(flag)}},
+                "crash_loop": {"restarts": 2, "window": 60, "backoff_initial": 30, "backoff_max": 60, "jitter": 0}},
+               wait=False)
+
+    def incident_shown():
+        out = d.cli("status")
+        return out.returncode == 1 and "next retry" in out.stdout and out
+
+    out = wait_until(incident_shown, 60, "status to show the crash-loop incident")
+    print("\n" + out.stdout)
+    data = json.loads(d.cli("status", "--json").stdout)
+    held = [r for r in data["processes"] if r["incident"]]
+    assert held and held[0]["incident"]["kind"] == "crash_loop" and held[0]["incident"]["next_retry"]
+    assert held[0]["restarts_1h"] >= 1
+    assert data["last_alert"] and data["last_alert"]["kind"] == "crash_loop"
