@@ -9,7 +9,6 @@ stdout is the protocol channel; every log line goes to stderr.
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import queue
@@ -28,7 +27,7 @@ from .state import Action, Alert, Config, Event, Machine, ProcessState, Reconcil
 
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
-SAVE_EVERY = 0.1  # coalesce state-file writes to at most ten a second
+SAVE_EVERY = 0.25  # coalesce state-file writes to at most four a second
 SPEC_CHECK_EVERY = 2.0  # seconds between looks at the spec file's mtime
 TAIL_CHARS = 4000
 TAIL_LINES = 30
@@ -143,7 +142,6 @@ class Listener:
         self._results: queue.Queue[Tuple[Message, Dict[str, str]]] = queue.Queue()
         self._failed_starts: queue.Queue[Tuple[str, str]] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
-        self._written = ""
         self._last_save = 0.0
         self._dirty = False
         self.changed = changed
@@ -293,13 +291,9 @@ class Listener:
         state = self.machine.snapshot(now)
         state["last_alert"] = self.last_alert
         state["pid"] = os.getpid()
-        body = json.dumps({k: v for k, v in state.items() if k != "updated"}, sort_keys=True, default=str)
-        self._dirty = False
-        if body == self._written and not force:
-            return
+        self._dirty, self._last_save = False, now
         try:
             statefile.save(self.state_path, state)
-            self._written, self._last_save = body, now
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.state_path, exc)
 

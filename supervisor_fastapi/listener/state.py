@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..spec import Backoff, CrashLoop, Spec
 
-SPAWN_HISTORY = 3600.0  # the state file keeps one hour of spawn times per process
+SPAWN_HISTORY = 3600.0  # the state file keeps one hour of spawn times per process ...
+SPAWN_CAP = 1000  # ... but at most this many (supervisord alone manages ~1,500 an hour in a loop)
 EVENT_DEDUPE = 60.0  # the same remote event (kind, process) alerts at most once a minute
 # A signal sent within milliseconds of a spawn can hit the child between fork and exec,
 # where supervisord's inherited handler swallows it: the stop is lost and the process
@@ -346,7 +347,7 @@ class Machine:
         p.state = ev.state
         b = self._backoff(p)
         if ev.state == "STARTING":
-            p.spawns = [t for t in p.spawns if t > now - SPAWN_HISTORY] + [now]
+            p.spawns = [t for t in p.spawns[-SPAWN_CAP + 1:] if t > now - SPAWN_HISTORY] + [now]
             p.running_since = None
             ours, p.expect_start = p.expect_start, False
             if p.held:
