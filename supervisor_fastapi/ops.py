@@ -225,7 +225,12 @@ def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float
                      else f"{name}: {info['statename']}, starting")
             try:
                 if old_pid:
-                    edges.stop(name)
+                    try:
+                        edges.stop(name)
+                    except KeyboardInterrupt:
+                        # Interrupted mid-stop (Ctrl-C): never leave the worker stopped.
+                        edges.start(name)
+                        raise
                 edges.start(name)
                 why = wait_replaced(edges, name, old_pid, timeout, clock, sleep)
             except (xmlrpc.client.Fault, OSError) as exc:

@@ -18,6 +18,7 @@ loop that feeds it from supervisord and /proc and carries the actions out.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -238,8 +239,11 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
     from .render import Layout
     from .rpcplugin import read_rss
 
-    dog = Watchdog(config)
     layout = Layout(os.path.dirname(state_dir.rstrip("/")))
+    memo = os.path.join(layout.run_dir, f"{config.group}-watchdog-recycle.json")
+    # A recycle is stop, then start: if this process died in between, the worker would
+    # stay stopped (supervisord does not restart a stopped process). Resume it.
+    dog = Watchdog(config, recycle=load_recycle(memo, clock()))
     n = 0
     while iterations is None or n < iterations:
         n += 1
@@ -247,10 +251,35 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
             infos = proxy.supervisor.getAllProcessInfo()
             workers = read_workers(infos, worker_states(layout), config.group, read_rss)
             carry_out(proxy, dog.observe(workers, clock()), log)
+            save_recycle(memo, dog.recycle)
         except (xmlrpc.client.Fault, OSError) as exc:
             log(f"cannot reach supervisord: {getattr(exc, 'faultString', exc)}")
         # While a recycle is under way, follow it closely: the start should follow the stop at once.
         sleep(min(config.tick, 0.2) if dog.recycle is not None else config.tick)
+
+
+def load_recycle(path: str, now: float) -> Optional[Recycle]:
+    """The recycle a previous watchdog process left unfinished, if any."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return Recycle(str(data["name"]), int(data["old_pid"]), now)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_recycle(path: str, recycle: Optional[Recycle]) -> None:
+    try:
+        if recycle is None:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"name": recycle.name, "old_pid": recycle.old_pid}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str]:

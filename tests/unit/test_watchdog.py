@@ -94,3 +94,15 @@ def test_args_round_trip_through_the_rendered_command():
     assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0)
     assert state_dir == "/tmp/r/workers"
     assert Stop("a") != Start("a")
+
+
+def test_an_unfinished_recycle_is_resumed_by_the_next_watchdog(tmp_path):
+    from supervisor_fastapi.watchdog import Recycle, load_recycle, save_recycle
+
+    path = str(tmp_path / "memo.json")
+    save_recycle(path, Recycle("web:web_00", 10, 0.0))
+    dog = Watchdog(Config("web", 2, memory_limit=100 * MB), recycle=load_recycle(path, 50.0))
+    # The previous watchdog stopped web_00 and died before starting it.
+    assert dog.observe([w(0, 0, None, False, "STOPPED"), w(1, 11)], 51) == [Start("web:web_00")]
+    save_recycle(path, None)
+    assert load_recycle(path, 60.0) is None
