@@ -66,10 +66,11 @@ class Readiness:
     pending: List[str] = field(default_factory=list)
     failed: List[str] = field(default_factory=list)
     reasons: Dict[str, str] = field(default_factory=dict)
+    migrating: Optional[str] = None  # the migration program while it runs
 
     @property
     def done(self) -> bool:
-        return not self.pending
+        return not self.pending and self.migrating is None
 
 
 def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]]) -> Readiness:
@@ -97,7 +98,7 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
                 r.reasons[name] = ("migration was stopped before it finished (it ran past migrate.timeout, "
                                    "or was stopped by hand)")
             elif state in ("STARTING", "RUNNING"):
-                r.pending.append(name)
+                r.migrating = name
             continue
         if info["group"] != app:
             continue

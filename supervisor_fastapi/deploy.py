@@ -120,13 +120,15 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
                             f"--- fix the problem, then run `supervisor-fastapi up` again "
                             f"(supervisord is still running; `supervisor-fastapi down` stops it)")
         line = f"{len(r.ready)}/{len(r.ready) + len(r.pending)} workers ready"
+        if r.migrating:
+            line = f"{r.migrating} running; the workers start when it exits 0"
         if line != last:
             progress(line)
             last = line
         if r.done and r.ready:
             return r.ready
         if time.monotonic() > deadline:
-            raise UserError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(r.pending)}")
+            raise UserError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(r.pending or [r.migrating or ''])}")
         time.sleep(0.1)
 
 
