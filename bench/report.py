@@ -439,6 +439,7 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "request\" is the workers' CPU time (user + system) divided by the requests served: it is less "
               "sensitive than req/s to whatever else the machine runs.", ""]
     lines += throughput_tables(s)
+    lines += alt_stack_section(results)
     lines += ["## Failed requests during a restart under load", "",
               f"{plan['restart_connections']} clients each send {plan['restart_rate']:g} requests a second on a "
               f"fixed schedule ({plan['restart_connections'] * plan['restart_rate']:,.0f} req/s in all) for "
@@ -463,6 +464,27 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
     with open(md, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
+
+
+def alt_stack_section(results: Dict[str, Any]) -> List[str]:
+    """The same throughput/latency runs on the other event loop and HTTP parser, when they were made."""
+    alt = results.get("alt")
+    if not alt:
+        return []
+    s = Summary({"contenders": alt["contenders"], "runs": alt["runs"], "rounds": alt["serve_rounds"]})
+    lines = [f"### The same without uvloop and httptools (`--stack {alt['stack']}`)", "",
+             f"{alt['stack_text']}: what a plain `pip install uvicorn` (without `[standard]`) runs. "
+             f"{alt['serve_rounds']} round(s) of {alt['plan']['duration']:g} s runs, alternated the same way.", ""]
+    lines += [line.replace("### ", "#### ", 1) if line.startswith("### ") else line for line in throughput_tables(s)]
+    p50 = s.med("uvicorn", "c1.latency_ms.50")
+    if p50 is not None and p50 > 20:
+        lines += [f"`uvicorn --workers N` has a {f_ms(p50)} median here too: it binds the socket itself with "
+                  "`socket.socket(family=...)`, whose `proto` is 0, and asyncio sets TCP_NODELAY only on sockets "
+                  "whose `proto` is TCP, so Nagle's algorithm meets delayed ACKs on every keep-alive response. "
+                  "uvloop sets TCP_NODELAY regardless, which is why the uvloop figures above do not show it. "
+                  "The supervisor-fastapi worker opens fd 0 with `socket.socket(fileno=0)`, which reads the real "
+                  "family and protocol, and sets TCP_NODELAY on the listener itself.", ""]
+    return lines
 
 
 def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:

@@ -21,6 +21,7 @@ No performance threshold is ever asserted.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import envinfo
 import load
@@ -69,6 +70,9 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
     p.add_argument("--stack", choices=("auto", "asyncio-h11"), default="auto",
                    help="auto: uvicorn picks uvloop/httptools when installed (the bench extra installs them); "
                         "asyncio-h11: force the pure-Python stack on every contender")
+    p.add_argument("--alt-stack", choices=("none", "asyncio-h11"), default=None,
+                   help="also measure throughput and latency on this stack, with half the rounds and duration "
+                        "(default asyncio-h11; smoke: none)")
     p.add_argument("--access-log", action="store_true",
                    help="keep uvicorn's access log on (default off for every contender, as gunicorn's default)")
     p.add_argument("--load", choices=("auto", "wrk", "python"), default="auto",
@@ -113,6 +117,23 @@ def run_listener_ack(smoke: bool) -> Dict[str, Any]:
             "output": proc.stdout}
 
 
+def run_serve(keys: List[str], a: argparse.Namespace, stack: str, plan: Plan, rounds: int, folder: str
+              ) -> List[Dict[str, Any]]:
+    """The serve phase for these contenders on this stack: one record per contender and round."""
+    serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, k), stack, a.access_log) for k in keys]
+    served = serve_phase(serving, plan, rounds, log)
+    records: List[Dict[str, Any]] = []
+    for c in serving:
+        for rec in served[c.key]["rounds"]:
+            rec.update(key=c.key, label=c.label, phase="serve" if stack == a.stack else f"serve ({stack})",
+                       error=served[c.key]["error"], ok=not served[c.key]["error"])
+            records.append(rec)
+        if served[c.key]["error"] and not served[c.key]["rounds"]:
+            records.append({"key": c.key, "label": c.label, "phase": "serve", "round": 0,
+                            "error": served[c.key]["error"], "ok": False})
+    return records
+
+
 def main(argv: Any = None) -> int:
     a = parse_args(argv)
     keys = [k.strip() for k in a.contenders.split(",") if k.strip()]
@@ -120,6 +141,8 @@ def main(argv: Any = None) -> int:
     if unknown or not keys:
         log(f"bench: unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
         return 2
+    if a.alt_stack is None:
+        a.alt_stack = "none" if a.smoke else "asyncio-h11"
     phases = {p.strip() for p in a.phases.split(",") if p.strip()}
     if phases - {"serve", "resilience", "listener"}:
         log(f"bench: unknown phase(s) {sorted(phases - {'serve', 'resilience', 'listener'})}")
@@ -150,17 +173,14 @@ def main(argv: Any = None) -> int:
     folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit
     if "serve" in phases:
         log(f"throughput, latency and memory: every contender up at once, {serve_rounds} round(s) of alternated runs")
-        serving = [CONTENDERS[k](a.workers, free_port(), os.path.join(folder, f"serve-{k}"), a.stack,
-                                 a.access_log) for k in keys]
-        served = serve_phase(serving, plan, serve_rounds, log)
-        for key in keys:
-            for rec in served[key]["rounds"]:
-                rec.update(key=key, label=serving[keys.index(key)].label, phase="serve",
-                           error=served[key]["error"], ok=not served[key]["error"])
-                results["runs"].append(rec)
-            if served[key]["error"] and not served[key]["rounds"]:
-                results["runs"].append({"key": key, "label": serving[keys.index(key)].label, "phase": "serve",
-                                        "round": 0, "error": served[key]["error"], "ok": False})
+        results["runs"] += run_serve(keys, a, a.stack, plan, serve_rounds, os.path.join(folder, "serve"))
+    if "serve" in phases and a.alt_stack != "none" and a.alt_stack != a.stack:
+        alt_plan = dataclasses.replace(plan, duration=max(1.0, plan.duration / 2))
+        alt_rounds = max(1, serve_rounds // 2)
+        log(f"the same with --stack {a.alt_stack}: {alt_rounds} round(s) of {alt_plan.duration:g} s runs")
+        results["alt"] = {"stack": a.alt_stack, "stack_text": envinfo.stack_in_effect(a.alt_stack),
+                          "serve_rounds": alt_rounds, "plan": alt_plan.__dict__, "contenders": keys,
+                          "runs": run_serve(keys, a, a.alt_stack, alt_plan, alt_rounds, os.path.join(folder, "alt"))}
     if "resilience" in phases:
         log(f"restarts and kill -9: a fresh deployment per contender and round, {rounds} round(s)")
         for r in range(rounds):
@@ -178,7 +198,8 @@ def main(argv: Any = None) -> int:
                                                      else "bench/listener_ack.py absent, skipped"))
         results["listener"] = run_listener_ack(a.smoke)
     results["elapsed_s"] = time.monotonic() - started
-    if all(x["ok"] for x in results["runs"]):
+    every = results["runs"] + results.get("alt", {}).get("runs", [])
+    if all(x["ok"] for x in every):
         shutil.rmtree(folder, ignore_errors=True)
     else:
         log(f"deployments' folders and logs kept in {folder}")
@@ -189,8 +210,7 @@ def main(argv: Any = None) -> int:
 
     report.write(results, md, img, raw)
     log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
-    failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}: {x['error']}" for x in results["runs"]
-                     if not x["ok"]})
+    failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}: {x['error']}" for x in every if not x["ok"]})
     listener = results.get("listener", {})
     if listener.get("ran") and not listener.get("ok"):
         failed.append("bench/listener_ack.py failed:\n" + str(listener.get("output", ""))[-2000:])
