@@ -60,11 +60,11 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds of restarts and kill -9, each on fresh deployments (default 3; smoke 1)")
     p.add_argument("--serve-rounds", type=int, default=None,
-                   help="rounds of alternated throughput/latency runs (default 6; smoke 1)")
+                   help="rounds of alternated throughput/latency runs (default 5; smoke 1)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds of each throughput/latency run (default 10; smoke 1)")
     p.add_argument("--restart-duration", type=float, default=None,
-                   help="seconds of load around each restart (default 15; smoke 4)")
+                   help="seconds of load around each restart (default 12; smoke 2.5)")
     p.add_argument("--contenders", default=",".join(CONTENDERS),
                    help=f"comma-separated subset of {','.join(CONTENDERS)}")
     p.add_argument("--stack", choices=("auto", "asyncio-h11"), default="auto",
@@ -91,7 +91,7 @@ def make_plan(a: argparse.Namespace, tool: str) -> Plan:
         return Plan(duration=a.duration or 1, warmup=0, rest=0.2, restart_duration=a.restart_duration or 2.5,
                     restart_lead=0.5, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
                     tool=tool)
-    return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 15,
+    return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 12,
                 restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True, extra_restarts=True,
                 tool=tool)
 
@@ -153,7 +153,7 @@ def main(argv: Any = None) -> int:
             "figures are lower bounds). Install wrk: apt-get install -y wrk")
     plan = make_plan(a, tool)
     rounds = a.rounds or (1 if a.smoke else 3)
-    serve_rounds = a.serve_rounds or (1 if a.smoke else 6)
+    serve_rounds = a.serve_rounds or (1 if a.smoke else 5)
     if a.smoke:
         out_dir = tempfile.mkdtemp(prefix="bench-smoke-")
         md, img, raw = (a.out or os.path.join(out_dir, "benchmarks.md"), a.img_dir or os.path.join(out_dir, "img"),
