@@ -272,6 +272,26 @@ files = conf.d/*.conf
     assert "web:web_00" in out.stdout and "web:web_01" in out.stdout, out.stdout
 
 
+def test_fcgi_program_inside_a_group_fails_with_a_clear_message(deploy):
+    # The trap docs/supervisorctl.md warns about: inside [group:] supervisord passes a pipe as fd 0.
+    d = deploy(merge(CORE, {"server": {"workers": 1}}), start=False)
+    with open(d.conf_path, "a") as f:
+        f.write("\n[group:everything]\nprograms=web\n")
+    d.start(wait=False)
+    log = os.path.join(d.layout.log_dir, "web_00.log")
+
+    def message():
+        try:
+            with open(log) as f:
+                return "fd 0 is not a socket" in f.read()
+        except OSError:
+            return False
+
+    wait_until(message, 30, "the worker to explain that fd 0 is not a socket")
+    with open(log) as f:
+        assert "never inside [group:]" in f.read()
+
+
 def test_run_dir_with_percent_logs_to_the_literal_path(deploy):
     d = deploy(merge(CORE, {"server": {"workers": 1}, "supervisord": {"run_dir": "r%un"}}))
     assert d.layout.run_dir.endswith("/r%un")
