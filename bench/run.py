@@ -55,7 +55,8 @@ def log(message: str) -> None:
 def parse_args(argv: Any = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true",
-                   help="one short round of every step (about a minute); output to a temp folder")
+                   help="one short round of every step (about a minute); prints the headline and keeps no "
+                        "files unless --out/--img-dir/--json say where")
     p.add_argument("--workers", type=int, default=2, help="workers per contender (default 2)")
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds of restarts and kill -9, each on fresh deployments (default 3; smoke 1)")
@@ -209,7 +210,14 @@ def main(argv: Any = None) -> int:
     import report
 
     report.write(results, md, img, raw)
-    log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
+    if a.smoke and not (a.out or a.img_dir or a.json):
+        # CI runs this: show the headline in its log, leave nothing behind in the temp folder.
+        log("\n".join(report.headline(report.Summary(results))))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        log(f"smoke run done in {results['elapsed_s']:.0f} s (report, plots and raw figures were written, then "
+            "removed; pass --out/--img-dir/--json to keep them)")
+    else:
+        log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
     failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}: {x['error']}" for x in every if not x["ok"]})
     listener = results.get("listener", {})
     if listener.get("ran") and not listener.get("ok"):
