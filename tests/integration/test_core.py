@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -345,7 +346,8 @@ def test_demo_smoke():
     r = run_cli("demo", "--smoke", timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo: 2 workers serving http://127.0.0.1:" in r.stdout
-    assert "(2 distinct worker pids answered 12 requests)" in r.stdout
+    # The kernel decides which worker accepts; the demo asks until both answered (bounded).
+    assert re.search(r"\(2 distinct worker pids answered \d+ requests\)", r.stdout), r.stdout
     assert "stopping the demo" in r.stderr
 
 
