@@ -88,8 +88,10 @@ def worker_argv(spec: Spec) -> List[str]:
     return argv
 
 
-def listener_argv(spec: Spec, listener_python: str) -> List[str]:
-    return [listener_python, "-m", "supervisor_fastapi.listener", "--spec", spec.source]
+def listener_argv(spec: Spec) -> List[str]:
+    # app.python has this package (the worker needs it) and so supervisor: the conf then
+    # depends on the spec alone, not on which interpreter ran the CLI.
+    return [spec.app.python, "-m", "supervisor_fastapi.listener", "--spec", spec.source]
 
 
 def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: Optional[str] = None) -> Options:
@@ -175,11 +177,11 @@ def program_section(spec: Spec, p: Program) -> ini.Section:
     return f"program:{name}", opts + _common(spec, log, p.env, p.directory)
 
 
-def listener_section(spec: Spec, listener_python: str) -> ini.Section:
+def listener_section(spec: Spec) -> ini.Section:
     name = f"{spec.app.name}_listener"
     layout = Layout(spec.run_dir)
     opts: Options = [
-        ("command", ini.command(listener_argv(spec, listener_python))),
+        ("command", ini.command(listener_argv(spec))),
         ("events", "PROCESS_STATE,PROCESS_GROUP,REMOTE_COMMUNICATION"),
         # The default buffer of 10 overflows at startup and silently drops events.
         ("buffer_size", str(LISTENER_BUFFER)),
@@ -243,12 +245,12 @@ def plugin_sections(spec: Spec, fragment: bool = False) -> List[ini.Section]:
     return sections
 
 
-def watchdog_argv(spec: Spec, python: str) -> Optional[List[str]]:
+def watchdog_argv(spec: Spec) -> Optional[List[str]]:
     """The memory/heartbeat watchdog command, or None when neither limit is set."""
     s, m = spec.server, spec.memory
     if m.limit is None and not s.heartbeat_timeout:
         return None
-    argv = [python, "-m", "supervisor_fastapi.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
+    argv = [spec.app.python, "-m", "supervisor_fastapi.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
             "--state-dir", Layout(spec.run_dir).state_dir]
     if m.limit is not None:
         argv += ["--memory-limit", str(m.limit), "--check-interval", f"{m.check_interval:g}",
@@ -258,8 +260,8 @@ def watchdog_argv(spec: Spec, python: str) -> Optional[List[str]]:
     return argv
 
 
-def watchdog_section(spec: Spec, python: str) -> Optional[ini.Section]:
-    argv = watchdog_argv(spec, python)
+def watchdog_section(spec: Spec) -> Optional[ini.Section]:
+    argv = watchdog_argv(spec)
     if argv is None:
         return None
     name = f"{spec.app.name}_watchdog"
@@ -279,26 +281,23 @@ def watchdog_section(spec: Spec, python: str) -> Optional[ini.Section]:
     return f"program:{name}", opts
 
 
-def build(spec: Spec, fragment: bool = False, listener_python: Optional[str] = None,
-          with_plugins: Optional[bool] = None) -> List[ini.Section]:
+def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = None) -> List[ini.Section]:
     """Every section of the generated conf, in a fixed order.
 
     The plugin sections make supervisord and supervisorctl refuse to start when they cannot
     import this package, so a ``fragment`` (for an OS-packaged supervisord) leaves them out
     unless ``with_plugins`` says that Python has the package.
     """
-    import sys
-
     sections: List[ini.Section] = [] if fragment else daemon_sections(spec)
     if with_plugins if with_plugins is not None else not fragment:
         sections += plugin_sections(spec, fragment)
-    sections.append(listener_section(spec, listener_python or sys.executable))
+    sections.append(listener_section(spec))
     migrate = migrate_section(spec)
     if migrate:
         sections.append(migrate)
     sections.append(web_section(spec))
     sections += [program_section(spec, p) for p in spec.programs]
-    watchdog = watchdog_section(spec, listener_python or sys.executable)
+    watchdog = watchdog_section(spec)
     if watchdog:
         sections.append(watchdog)
     return sections
@@ -311,7 +310,6 @@ def header(spec: Spec, command: str) -> List[str]:
     ]
 
 
-def render(spec: Spec, command: str, fragment: bool = False, listener_python: Optional[str] = None,
-           with_plugins: Optional[bool] = None) -> str:
+def render(spec: Spec, command: str, fragment: bool = False, with_plugins: Optional[bool] = None) -> str:
     """The conf text for ``spec``; ``command`` is how the user regenerates it (for the header)."""
-    return ini.render(build(spec, fragment, listener_python, with_plugins), header(spec, command))
+    return ini.render(build(spec, fragment, with_plugins), header(spec, command))

@@ -11,7 +11,6 @@ from supervisor_fastapi.render import Layout, render
 from supervisor_fastapi.spec import HostDefaults, Spec, build_spec
 
 HOST = HostDefaults(python="/opt/app/bin/python", cpu_count=4)
-LISTENER_PYTHON = "/opt/tools/bin/python"
 
 
 def data(**tables: Any) -> Dict[str, Any]:
@@ -33,7 +32,7 @@ def spec_of(d: Dict[str, Any], base_dir: str = "/srv/app", run_dir: Optional[str
 
 
 def conf_of(spec: Spec, fragment: bool = False) -> str:
-    return render(spec, "supervisor-fastapi render", fragment=fragment, listener_python=LISTENER_PYTHON)
+    return render(spec, "supervisor-fastapi render", fragment=fragment)
 
 
 def make_dirs(spec: Spec) -> None:

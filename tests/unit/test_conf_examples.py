@@ -37,7 +37,7 @@ def rendered(example: str) -> str:
     source = DEPLOYED[example]
     table = PYPROJECT_TABLE if source.endswith("pyproject.toml") else None
     spec = parse_spec(text, source, os.path.dirname(source), NO_HOST, table)
-    return render(spec, "supervisor-fastapi render", listener_python=spec.app.python)
+    return render(spec, "supervisor-fastapi render")
 
 
 def regenerate() -> None:

@@ -20,7 +20,7 @@ from supervisor_fastapi.render import build, worker_argv
 from supervisor_fastapi.spec import parse_spec
 from supervisor_fastapi.worker import UVICORN_SETTINGS
 
-from ._core_helpers import HOST, LISTENER_PYTHON, conf_of, load, make_dirs, program_configs, raw_sections
+from ._core_helpers import HOST, conf_of, load, make_dirs, program_configs, raw_sections
 
 SRC_DIR = "/srv/fuzz"
 SRC = SRC_DIR + "/supervisor-fastapi.toml"
@@ -153,7 +153,7 @@ def assert_no_injection(spec, fragment=False):
     """What supervisor's parser reads is exactly what the renderer built, value for value."""
     text = conf_of(spec, fragment)
     seen = raw_sections(text)
-    built = build(spec, fragment=fragment, listener_python=LISTENER_PYTHON)
+    built = build(spec, fragment=fragment)
     assert list(seen) == [name for name, _ in built]
     for name, options in built:
         assert seen[name] == dict(options), name

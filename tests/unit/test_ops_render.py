@@ -1,14 +1,15 @@
 """The plugin and watchdog sections: when they are rendered, and that supervisor loads them."""
 
 from supervisor_fastapi.render import render
-from supervisor_fastapi.spec import parse_spec
+from supervisor_fastapi.spec import HostDefaults, parse_spec
 
 BASE = ('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=2\n{server}'
         '[supervisord]\nrun_dir="{run_dir}"\n{memory}')
 
 
 def spec(server="", memory="", run_dir="/tmp/r"):
-    return parse_spec(BASE.format(server=server, memory=memory, run_dir=run_dir), "/x/s.toml", "/x")
+    return parse_spec(BASE.format(server=server, memory=memory, run_dir=run_dir), "/x/s.toml", "/x",
+                      HostDefaults(python="/py", cpu_count=2))
 
 
 def test_standalone_conf_loads_both_plugins():
@@ -30,10 +31,10 @@ def test_fragment_leaves_plugins_out_unless_asked():
 
 def test_watchdog_only_when_a_limit_is_set():
     assert "web_watchdog" not in render(spec(), "x")
-    text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x", listener_python="/py")
+    text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x")
     assert ("command=/py -m supervisor_fastapi.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
             "--memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
-    text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True, listener_python="/py")
+    text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True)
     assert "[program:web_watchdog]" in text and "--heartbeat-timeout 15\n" in text
 
 

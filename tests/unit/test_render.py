@@ -9,7 +9,7 @@ from supervisor_fastapi import render as render_mod
 from supervisor_fastapi.render import LISTENER_BUFFER, STOP_MARGIN, Layout, build, worker_argv
 from supervisor_fastapi.worker import decode_settings, parse_args
 
-from ._core_helpers import LISTENER_PYTHON, conf_of, data, load, make_dirs, program_configs, raw_sections, spec_of
+from ._core_helpers import HOST, conf_of, data, load, make_dirs, program_configs, raw_sections, spec_of
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_every_listener_gets_a_big_event_buffer(run_dir):
     assert LISTENER_BUFFER >= 100
     pool = [g for g in load(text).process_group_configs if g.name == "web_listener"][0]
     assert pool.buffer_size >= 100
-    assert sections["eventlistener:web_listener"]["command"].startswith(LISTENER_PYTHON + " ")
+    assert sections["eventlistener:web_listener"]["command"].startswith(HOST.python + " ")
 
 
 def test_unix_bind_with_mode_and_owner(run_dir):
@@ -199,7 +199,7 @@ def test_fragment_loads_when_included_from_a_main_conf(tmp_path):
 def test_sections_supervisor_sees_are_exactly_the_sections_built(run_dir):
     d = data(programs=[{"name": "a", "command": "x"}], migrate={"command": "m"})
     spec, text, sections = loaded(d, run_dir)
-    built = build(spec, listener_python=LISTENER_PYTHON)
+    built = build(spec)
     assert list(sections) == [name for name, _ in built]
     for name, options in built:
         assert set(sections[name]) == {k for k, _ in options}

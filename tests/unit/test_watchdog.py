@@ -88,8 +88,8 @@ def test_args_round_trip_through_the_rendered_command():
     spec = parse_spec('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=3\n'
                       'heartbeat_timeout=10\n[memory]\nlimit="1.5GB"\ncheck_interval=5\n'
                       '[supervisord]\nrun_dir="/tmp/r"\n', "/x/s.toml", "/x")
-    argv = watchdog_argv(spec, "/py")
-    assert argv[:3] == ["/py", "-m", "supervisor_fastapi.watchdog"]
+    argv = watchdog_argv(spec)
+    assert argv is not None and argv[:3] == [spec.app.python, "-m", "supervisor_fastapi.watchdog"]
     config, state_dir = parse_args(argv[3:])
     assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0)
     assert state_dir == "/tmp/r/workers"
