@@ -128,7 +128,8 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
         if r.done and r.ready:
             return r.ready
         if time.monotonic() > deadline:
-            raise UserError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(r.pending or [r.migrating or ''])}")
+            waiting = r.pending or [r.migrating or "the workers"]
+            raise UserError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}")
         time.sleep(0.1)
 
 

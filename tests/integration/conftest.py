@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import tomli_w
 
-from supervisor_fastapi import control, deploy as deploy_mod
+from supervisor_fastapi import control
+from supervisor_fastapi import deploy as deploy_mod
 from supervisor_fastapi.render import Layout
 from supervisor_fastapi.spec import Spec, load_spec
 
@@ -87,7 +88,7 @@ class Deployment:
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run `supervisor-fastapi ARGS -c spec` as a user would."""
         return subprocess.run([sys.executable, "-m", "supervisor_fastapi", *args, "-c", self.spec_path],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout)
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """Run `supervisorctl -c conf ARGS`."""
@@ -134,10 +135,10 @@ class Deployment:
             pass
         supervisord_pid = control._read_pid(self.layout.pidfile)
         for pid in pids + ([supervisord_pid] if supervisord_pid else []):
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            for kill in (os.killpg, os.kill):  # the worker's process group, then the pid itself
                 try:
-                    kill()
-                except (ProcessLookupError, PermissionError, OSError):
+                    kill(pid, signal.SIGKILL)
+                except OSError:
                     pass
         self.started = False
 

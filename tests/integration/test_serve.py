@@ -1,6 +1,5 @@
 """The core promise: supervisord from a generated conf serves the app from N workers."""
 
-import pytest
 
 from .conftest import wait_until
 
