@@ -4,7 +4,6 @@ The decisions (is every worker ready? did something fail?) are pure functions ov
 ``getAllProcessInfo`` records and worker state files, so they are unit-tested with data.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from .errors import UserError
 from .render import Layout
 from .spec import Spec
+from .worker import read_state_files
 
 ProcessInfo = Dict[str, Any]
 FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
@@ -41,23 +41,7 @@ def is_running(layout: Layout) -> bool:
 
 def worker_states(layout: Layout) -> Dict[str, Dict[str, Any]]:
     """Ready/heartbeat files by process name: ``{"pid", "ready", "beat"}``."""
-    out: Dict[str, Dict[str, Any]] = {}
-    try:
-        names = os.listdir(layout.state_dir)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if name.endswith(".tmp"):
-            continue
-        path = os.path.join(layout.state_dir, name)
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            data["beat"] = os.stat(path).st_mtime
-        except (OSError, ValueError):
-            continue
-        out[name] = data
-    return out
+    return read_state_files(layout.state_dir)
 
 
 @dataclass

@@ -22,7 +22,8 @@ changes; the grace period lets the add that follows the remove in an ``update`` 
 The XML-RPC methods under ``fastapi.`` give supervisorctl plugins and remote tools what
 they cannot read from another host: worker state files, the listener state, RSS, holds.
 
-Only the standard library and supervisor are imported: this runs in supervisord's Python.
+Only the standard library, supervisor and this package's stdlib-only worker module are
+imported: this runs in supervisord's Python.
 """
 
 import fcntl
@@ -32,6 +33,8 @@ import resource
 import socket
 import time
 from typing import Any, Callable, Dict, List, Optional
+
+from .worker import read_state_files
 
 API_VERSION = "1"
 DEFAULT_RELEASE_AFTER = 10.0
@@ -252,25 +255,10 @@ class FastAPINamespaceRPCInterface:
 
     def getWorkerStates(self) -> Dict[str, Any]:
         """Worker ready/heartbeat files by process name: {pid, ready, beat}."""
-        out: Dict[str, Any] = {}
-        folder = os.path.join(self.run_dir, "workers") if self.run_dir else ""
-        try:
-            names = os.listdir(folder) if folder else []
-        except OSError:
-            names = []
-        for name in names:
-            if name.endswith(".tmp"):
-                continue
-            path = os.path.join(folder, name)
-            data = read_json(path)
-            if data is None:
-                continue
-            try:
-                data["beat"] = os.stat(path).st_mtime
-            except OSError:
-                continue
-            out[name] = xmlrpc_safe(data)
-        return out
+        if not self.run_dir:
+            return {}
+        states = read_state_files(os.path.join(self.run_dir, "workers"))
+        return {name: xmlrpc_safe(data) for name, data in states.items()}
 
     def getListenerState(self) -> Dict[str, Any]:
         """The event listener's state file, {} when there is none yet."""

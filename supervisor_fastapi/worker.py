@@ -141,6 +141,29 @@ class StateFile:
                 self.ready()
 
 
+def read_state_files(state_dir: str) -> Dict[str, Dict[str, Any]]:
+    """Every worker's StateFile by process name: ``{"pid", "ready", "beat"}`` (beat = mtime)."""
+    out: Dict[str, Dict[str, Any]] = {}
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return out
+    for name in names:
+        if name.endswith(".tmp"):
+            continue
+        path = os.path.join(state_dir, name)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if not isinstance(data, dict):
+                continue
+            data["beat"] = os.stat(path).st_mtime
+        except (OSError, ValueError):
+            continue
+        out[name] = data
+    return out
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m supervisor_fastapi.worker",
                                 description="Serve an ASGI app on the listening socket at fd 0.")
