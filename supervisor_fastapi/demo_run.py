@@ -62,7 +62,10 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
               f"supervisorctl -c {conf} status")
         if not smoke:
             print("demo: press Ctrl-C to stop")
-            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            # Ctrl-C or a TERM both tear the demo down. SIGINT too: a shell starts background
+            # jobs with SIGINT ignored, and Python keeps an inherited ignore.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.default_int_handler)
             try:
                 while True:
                     time.sleep(3600)
