@@ -408,7 +408,7 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "`--duration S` (each throughput run), `--restart-duration S`, `--phases serve,resilience,listener`, "
               "`--contenders docs,sf,uvicorn,gunicorn`, `--stack asyncio-h11` (force the pure-Python loop and "
               "parser on every contender), `--access-log`, `--load python`. `python bench/run.py --smoke` runs "
-              "every step briefly (about a minute) and writes to a temporary folder; CI runs it. "
+              "every step briefly (about a minute), prints the headline table and keeps no files; CI runs it. "
               "Exit status is non-zero when a contender fails to start or a step fails; no performance "
               "threshold is asserted. Raw figures of the run below: "
               f"[`{os.path.basename(raw)}`]({rel_raw}).", ""]
