@@ -33,9 +33,10 @@ class CloseWhileDraining:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+        # The hot path: no closure per request unless draining. A request already running
+        # when the drain starts is covered by shutdown() setting its cycle's keep_alive.
+        if not self.server.draining or scope["type"] != "http":
+            return await self.app(scope, receive, send)
 
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start" and self.server.draining:
