@@ -113,6 +113,14 @@ class Deployment:
     def state_of(self, name: str) -> str:
         return next(i["statename"] for i in self.infos() if i["name"] == name)
 
+    def listener_state(self) -> Dict[str, Any]:
+        """The event listener's state file, {} while it has written none."""
+        try:
+            with open(self.layout.listener_state) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def log(self, name: str) -> str:
         path = os.path.join(self.layout.log_dir, f"{name}.log")
         try:

@@ -34,22 +34,14 @@ def listener_log_times(d, pattern: str) -> List[float]:
     return out
 
 
-def state_file(d) -> dict:
-    try:
-        with open(d.layout.listener_state) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def incident(d, name="web_00") -> dict:
-    return state_file(d).get("incidents", {}).get(name) or {}
+    return d.listener_state().get("incidents", {}).get(name) or {}
 
 
 def dump(d) -> None:
     """Printed on failure (pytest shows captured output): what the listener saw and decided."""
     print("--- listener log ---\n" + d.log("web_listener")[-6000:])
-    print("--- state file ---\n" + json.dumps(state_file(d), indent=1))
+    print("--- state file ---\n" + json.dumps(d.listener_state(), indent=1))
     with open(d.layout.logfile, errors="replace") as f:
         print("--- supervisord.log ---\n" + f.read()[-6000:])
 
@@ -94,7 +86,7 @@ def test_crash_loop_opens_one_incident_backs_off_and_resolves_after_a_fix(deploy
         assert all(b >= a - 1.0 for a, b in zip(gaps, gaps[1:])), gaps
         assert d.state_of("web_00") == "RUNNING"
         assert incident(d) == {}
-        spawns = state_file(d)["spawns"]["web_00"]
+        spawns = d.listener_state()["spawns"]["web_00"]
         assert len(spawns) == len(log_events(d, r"spawned: 'web_00'")), "state file counts every spawn"
 
 

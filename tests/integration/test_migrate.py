@@ -1,6 +1,5 @@
 """The migration gate with a real supervisord: workers start only after `<app>_migrate` exits 0."""
 
-import json
 import sys
 import time
 
@@ -30,14 +29,6 @@ def migration_script(tmp_path) -> str:
     return f"{sys.executable} {path}"
 
 
-def state_file(d) -> dict:
-    try:
-        with open(d.layout.listener_state) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def info(d, name):
     return next(i for i in d.infos() if i["name"] == name)
 
@@ -54,7 +45,7 @@ def test_workers_start_only_after_the_migration_exits_0(deploy, tmp_path):
     for w in ("web_00", "web_01"):
         assert info(d, w)["start"] >= m["stop"], "a worker started before the migration ended"
     assert d.get("/")[0] == 200
-    assert wait_until(lambda: state_file(d).get("gate", {}).get("state") == "open", 5, "gate open in state file")
+    assert wait_until(lambda: d.listener_state().get("gate", {}).get("state") == "open", 5, "gate open in state file")
 
 
 def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_again(deploy, tmp_path):
@@ -79,7 +70,7 @@ def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_agai
         with pytest.raises(UserError, match="status 3"):
             wait_ready(d.spec, d.layout, lambda m: None, 10)
         assert "EXITED" in d.ctl("status", "web_migrate").stdout
-        st = state_file(d)
+        st = d.listener_state()
         assert st["gate"]["state"] == "failed" and st["incidents"]["web_migrate"]["kind"] == "migration_failed"
         assert len(hook.alerts("migration_failed", "open")) == 1
         # Fix the cause and run it again: the gate opens and the workers start.
@@ -87,7 +78,7 @@ def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_agai
         d.ctl("start", "web_migrate")
         wait_ready(d.spec, d.layout, lambda m: None, 30)
         wait_until(lambda: hook.alerts("migration_failed", "resolve"), 10, "the resolve alert")
-        assert wait_until(lambda: state_file(d).get("gate", {}).get("state") == "open", 5, "gate open")
+        assert wait_until(lambda: d.listener_state().get("gate", {}).get("state") == "open", 5, "gate open")
 
 
 def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
@@ -105,4 +96,4 @@ def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
         assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"STOPPED"}
         with pytest.raises(UserError, match="stopped before it finished"):
             wait_ready(d.spec, d.layout, lambda m: None, 10)
-        assert state_file(d)["incidents"]["web_migrate"]["kind"] == "migration_timeout"
+        assert d.listener_state()["incidents"]["web_migrate"]["kind"] == "migration_timeout"
