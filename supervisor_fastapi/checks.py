@@ -6,7 +6,7 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from .render import Layout
 from .spec import Bind, Memory, Spec, format_size
@@ -19,8 +19,11 @@ class Result:
     detail: str = ""
 
 
-def load_with_supervisor(conf_text: str) -> Optional[str]:
-    """Load conf text with supervisor's own parser; the error message, or None if it loads."""
+def supervisor_options(conf_text: str) -> Any:
+    """Conf text loaded by supervisor's own parser (``ServerOptions.process_config``).
+
+    Raises ValueError with supervisor's message when it does not load.
+    """
     from supervisor.options import ServerOptions
 
     fd, path = tempfile.mkstemp(suffix=".conf", prefix="supervisor-fastapi-check-")
@@ -29,14 +32,19 @@ def load_with_supervisor(conf_text: str) -> Optional[str]:
             f.write(conf_text)
         options = ServerOptions()
         options.configfile = path
-        try:
-            options.process_config(do_usage=False)
-        except ValueError as exc:
-            return str(exc)
-        return None
+        options.process_config(do_usage=False)
+        return options
     finally:
         os.unlink(path)
 
+
+def load_with_supervisor(conf_text: str) -> Optional[str]:
+    """Load conf text with supervisor's own parser; the error message, or None if it loads."""
+    try:
+        supervisor_options(conf_text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 def capacity_problem(workers: int, memory: Memory, total_ram: int) -> Optional[str]:
     """'4 workers x 1 GB = 4 GB > 3 GB budget ...' when the workers do not fit, else None."""

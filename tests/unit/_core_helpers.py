@@ -2,11 +2,11 @@
 supervisor's own parser as the judge of every conf a test generates."""
 
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from supervisor.options import ServerOptions, UnhosedConfigParser
 
+from supervisor_fastapi.checks import supervisor_options
 from supervisor_fastapi.render import Layout, render
 from supervisor_fastapi.spec import HostDefaults, Spec, build_spec
 
@@ -49,16 +49,7 @@ def raw_sections(text: str) -> Dict[str, Dict[str, str]]:
 
 def load(text: str) -> ServerOptions:
     """Load conf text with supervisor's ``process_config``; fails the test with its message."""
-    fd, path = tempfile.mkstemp(suffix=".conf", prefix="sf-unit-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        options = ServerOptions()
-        options.configfile = path
-        options.process_config(do_usage=False)
-        return options
-    finally:
-        os.unlink(path)
+    return supervisor_options(text)
 
 
 def expected_sections(spec: Spec, fragment: bool = False) -> List[str]:
