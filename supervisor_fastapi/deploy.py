@@ -3,11 +3,11 @@
 import os
 import tempfile
 import time
-import xmlrpc.client
 from typing import Any, Callable, List, Optional
 
 from . import checks, control
 from .errors import UserError
+from .ops import start_process
 from .render import Layout, render
 from .spec import Spec
 
@@ -71,7 +71,7 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
         progress("supervisord is running: applying the conf")
         apply_update(control.rpc(layout), progress)
         if spec.migrate:
-            _start(control.rpc(layout), f"{spec.app.name}_migrate")
+            start_process(control.rpc(layout), f"{spec.app.name}_migrate")
     else:
         problem = checks.bind_problem(spec.server.bind)
         if problem:
@@ -94,14 +94,6 @@ def apply_update(proxy: Any, progress: Progress) -> None:
     for verb, names in (("added", added), ("changed", changed), ("removed", removed)):
         if names:
             progress(f"{verb}: {', '.join(sorted(names))}")
-
-
-def _start(proxy: Any, name: str) -> None:
-    try:
-        proxy.supervisor.startProcess(name, False)
-    except xmlrpc.client.Fault as exc:
-        if "ALREADY_STARTED" not in exc.faultString:
-            raise
 
 
 def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -> List[str]:

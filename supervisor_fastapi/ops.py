@@ -27,6 +27,15 @@ FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 HOUR = 3600.0
 
 
+def start_process(proxy: Any, namespec: str) -> None:
+    """Ask supervisord to start ``namespec`` without waiting; already started is fine."""
+    try:
+        proxy.supervisor.startProcess(namespec, False)
+    except xmlrpc.client.Fault as exc:
+        if "ALREADY_STARTED" not in exc.faultString:
+            raise
+
+
 class Edges:
     """What the core needs from the outside world; subclasses talk to supervisord."""
 
@@ -82,11 +91,7 @@ class SupervisorEdges(Edges):
                 raise
 
     def start(self, namespec: str) -> None:
-        try:
-            self.proxy.supervisor.startProcess(namespec, False)
-        except xmlrpc.client.Fault as exc:
-            if "ALREADY_STARTED" not in exc.faultString:
-                raise
+        start_process(self.proxy, namespec)
 
     def alert(self, kind: str, process: str, summary: str, details: Dict[str, Any]) -> None:
         send_alert(self.proxy, kind, process, summary, details)
