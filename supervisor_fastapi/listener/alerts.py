@@ -6,6 +6,7 @@ dead webhook delays neither the event loop nor the other channels. What still ca
 delivered goes to the journal (JSON lines in run_dir); nothing is dropped silently.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -27,6 +28,10 @@ from ..spec import Spec
 
 log = logging.getLogger("supervisor_fastapi.listener")
 QUEUE_LIMIT = 1000  # per channel; beyond it alerts go straight to the journal
+# alerts.log and the journal rotate like supervisord's own logs (logfile_maxbytes/backups):
+# a dead channel writes a reminder every reminder_interval for as long as it stays dead.
+ROTATE_BYTES = 10 * 1024 * 1024
+ROTATE_KEEP = 5
 Message = Dict[str, Any]
 
 
@@ -169,14 +174,42 @@ class LogChannel(Channel):
             raise SendError(f"{self.path}: {exc}") from None
 
 
-def append_line(path: str, obj: Any) -> None:
-    """Append one JSON line (one write call, so concurrent appenders never interleave)."""
+def append_line(path: str, obj: Any, max_bytes: int = ROTATE_BYTES, keep: int = ROTATE_KEEP) -> None:
+    """Append one JSON line (one write call, so concurrent appenders never interleave); when the
+    file has reached ``max_bytes``, first rotate it to ``path.1`` (``path.1`` to ``path.2``, ...,
+    keeping ``keep``). An exclusive flock on the open file makes the size check and the rotation
+    one step, so the listener's threads and an ``alert-test`` in another process rotate once."""
     line = (json.dumps(obj, default=str, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    for _ in range(3):  # another appender may rotate between our open and our lock
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue  # rotated away after our open: write to the new file
+            if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            if st.st_size and st.st_size + len(line) > max_bytes:
+                rotate(path, keep)
+                continue
+            os.write(fd, line)
+            return
+        finally:
+            os.close(fd)  # also releases the lock
+    raise OSError(f"{path}: rotated under us three times in a row")
+
+
+def rotate(path: str, keep: int) -> None:
+    """``path`` becomes ``path.1``, ``path.1`` becomes ``path.2``...; the oldest beyond ``keep`` goes."""
+    for n in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{n}"):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    if keep > 0:
+        os.replace(path, f"{path}.1")
+    else:
+        os.unlink(path)
 
 
 def channels_from_spec(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Channel]:

@@ -18,6 +18,7 @@ from supervisor_fastapi.listener.alerts import (
     LogChannel,
     SendError,
     WebhookChannel,
+    append_line,
     channels_from_spec,
     deliver,
     full_text,
@@ -140,6 +141,34 @@ def test_log_channel_appends_json_lines(tmp_path):
     assert [json.loads(x)["kind"] for x in open(tmp_path / "alerts.log")] == ["a", "b"]
     with pytest.raises(SendError):
         LogChannel("l", str(tmp_path / "missing" / "alerts.log")).send(msg())
+
+
+def test_append_line_rotates_at_the_size_limit_and_keeps_the_newest_files(tmp_path):
+    path = str(tmp_path / "alerts.log")
+    for i in range(10):
+        append_line(path, {"i": i, "pad": "x" * 80}, max_bytes=250, keep=2)  # two ~100-byte lines a file
+    files = [path, path + ".1", path + ".2"]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in files)
+    lines = [[json.loads(x)["i"] for x in open(f)] for f in files]
+    assert lines == [[8, 9], [6, 7], [4, 5]]
+    assert all(os.path.getsize(f) <= 250 for f in files)
+
+
+def test_append_line_loses_no_line_when_threads_rotate_together(tmp_path):
+    path = str(tmp_path / "journal.jsonl")
+
+    def writer(t: int) -> None:
+        for i in range(200):
+            append_line(path, {"t": t, "i": i}, max_bytes=2000, keep=1000)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    seen = [json.loads(line) for f in os.listdir(tmp_path) for line in open(tmp_path / f)]
+    assert len(seen) == 800 and {(e["t"], e["i"]) for e in seen} == {(t, i) for t in range(4) for i in range(200)}
+    assert all(os.path.getsize(tmp_path / f) <= 2000 for f in os.listdir(tmp_path))
 
 
 def email_opts(port: int, **over: Any) -> Dict[str, Any]:
