@@ -28,8 +28,8 @@ class FastAPIControllerPlugin(ControllerPluginBase):
         self.group = group
         self.timeout = float(timeout)
 
-    def _edges(self) -> ops.SupervisorEdges:
-        return ops.rpc_edges(self.ctl.get_server_proxy())
+    def _edges(self, group: str) -> ops.SupervisorEdges:
+        return ops.rpc_edges(self.ctl.get_server_proxy(), group)
 
     def _fail(self, message: str) -> None:
         self.ctl.output(f"error: {message}")
@@ -47,7 +47,7 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             self._fail("name the fcgi group: rolling_restart <group>")
             return
         try:
-            result = ops.rolling_restart(self._edges(), group, self.ctl.output, self.timeout)
+            result = ops.rolling_restart(self._edges(group), group, self.ctl.output, self.timeout)
         except (xmlrpc.client.Fault, OSError) as exc:
             self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi] loaded in supervisord?)")
             return
@@ -66,7 +66,7 @@ class FastAPIControllerPlugin(ControllerPluginBase):
         group, as_json = self._group_and_flags(arg)
         try:
             proxy = self.ctl.get_server_proxy()
-            status = ops.status_of(self._edges(), group, ops.socket_holds(proxy))
+            status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy))
         except (xmlrpc.client.Fault, OSError) as exc:
             self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi] loaded in supervisord?)")
             return

@@ -451,17 +451,18 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
                            lambda: read_listener_state(layout.listener_state), local_rss)
 
 
-def rpc_edges(proxy: Any) -> SupervisorEdges:
-    """Edges over XML-RPC only, via the ``fastapi.`` plugin methods (for supervisorctl)."""
+def rpc_edges(proxy: Any, group: str) -> SupervisorEdges:
+    """Edges over XML-RPC only, via the ``fastapi.`` plugin methods (for supervisorctl), for the
+    app whose fcgi group is ``group``."""
 
     def rss(pids: Sequence[int]) -> Dict[int, int]:
         table = proxy.fastapi.getRSS()
         return {int(pid): int(kb) * 1024 for pid, kb in table.items()}
 
     def listener() -> Optional[Dict[str, Any]]:
-        return proxy.fastapi.getListenerState() or None
+        return proxy.fastapi.getListenerState(group) or None
 
-    return SupervisorEdges(proxy, lambda: dict(proxy.fastapi.getWorkerStates()), listener, rss)
+    return SupervisorEdges(proxy, lambda: dict(proxy.fastapi.getWorkerStates(group)), listener, rss)
 
 
 def status_of(edges: Edges, app: str, holds: Optional[List[Dict[str, Any]]] = None,

@@ -30,13 +30,14 @@ import fcntl
 import json
 import os
 import resource
+import shlex
 import socket
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .worker import read_state_files
 
-API_VERSION = "1"
+API_VERSION = "2"  # 2: getWorkerStates and getListenerState take the group
 DEFAULT_RELEASE_AFTER = 10.0
 
 Clock = Callable[[], float]
@@ -217,6 +218,30 @@ def _subscribe() -> None:
         events.subscribe(events.SupervisorStoppingEvent, _on_event)
 
 
+def state_dir_from_command(command: str) -> Optional[str]:
+    """The ``--state-dir`` of a rendered worker command, None when it has none or cannot be split."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, word in enumerate(words):
+        if word == "--state-dir" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--state-dir="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def group_run_dir(supervisord: Any, group: str) -> Optional[str]:
+    """The run_dir of the app whose fcgi group is ``group``: the parent of its workers' state dir."""
+    found = getattr(supervisord, "process_groups", {}).get(group)
+    for config in getattr(getattr(found, "config", None), "process_configs", None) or []:
+        state_dir = state_dir_from_command(str(getattr(config, "command", "")))
+        if state_dir:
+            return os.path.dirname(os.path.normpath(state_dir))
+    return None
+
+
 def read_rss(pid: int) -> Optional[int]:
     """Resident set size of ``pid`` in bytes (Linux /proc), None if unknown."""
     try:
@@ -253,18 +278,27 @@ class FastAPINamespaceRPCInterface:
         """The sockets held open by the plugin: url, fd, unused_since (0 while in use)."""
         return HOLDS.describe()
 
-    def getWorkerStates(self) -> Dict[str, Any]:
-        """Worker ready/heartbeat files by process name: {pid, ready, beat}."""
-        if not self.run_dir:
+    def getWorkerStates(self, group: str = "") -> Dict[str, Any]:
+        """Worker ready/heartbeat files by process name: {pid, ready, beat}, of ``group``'s app."""
+        run_dir = self._run_dir(group)
+        if not run_dir:
             return {}
-        states = read_state_files(os.path.join(self.run_dir, "workers"))
+        states = read_state_files(os.path.join(run_dir, "workers"))
         return {name: xmlrpc_safe(data) for name, data in states.items()}
 
-    def getListenerState(self) -> Dict[str, Any]:
-        """The event listener's state file, {} when there is none yet."""
-        if not self.run_dir:
+    def getListenerState(self, group: str = "") -> Dict[str, Any]:
+        """The event listener's state file of ``group``'s app, {} when there is none yet."""
+        run_dir = self._run_dir(group)
+        if not run_dir:
             return {}
-        return xmlrpc_safe(read_json(os.path.join(self.run_dir, "listener-state.json")) or {})
+        return xmlrpc_safe(read_json(os.path.join(run_dir, "listener-state.json")) or {})
+
+    def _run_dir(self, group: str) -> str:
+        # Several apps' conf.d fragments share one supervisord and one [rpcinterface:fastapi]
+        # (the last fragment's section wins), so each group's own worker command says where
+        # its files are; the section's run_dir is the fallback.
+        found = group_run_dir(self.supervisord, group) if group else None
+        return found or self.run_dir
 
     def getRSS(self) -> Dict[str, int]:
         """RSS in KiB of every running process, by pid (as a string)."""

@@ -1,11 +1,13 @@
 """A conf.d fragment with --with-plugins under a separately configured ("OS") supervisord."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from typing import Tuple
 
 import pytest
 import tomli_w
@@ -14,6 +16,8 @@ from supervisor_fastapi import control
 from supervisor_fastapi.render import Layout
 
 from .conftest import APPS, free_port, wait_until
+
+CLI = [sys.executable, "-m", "supervisor_fastapi"]
 
 
 @pytest.fixture
@@ -35,15 +39,9 @@ def os_supervisord():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
-    folder, procs = os_supervisord
-    port = free_port()
-    spec_path = os.path.join(folder, "supervisor-fastapi.toml")
-    with open(spec_path, "w") as f:
-        f.write(tomli_w.dumps({"app": {"name": "web", "asgi": "testapp:app", "directory": APPS},
-                               "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
-                               "supervisord": {"run_dir": os.path.join(folder, "run")}}))
-    os.makedirs(os.path.join(folder, "conf.d"))
+def write_os_conf(folder: str, ctl_group: str = "") -> str:
+    """A main supervisord.conf as an OS package ships it, including conf.d/*.conf."""
+    os.makedirs(os.path.join(folder, "conf.d"), exist_ok=True)
     sock = os.path.join(folder, "os.sock")
     main_conf = os.path.join(folder, "supervisord.conf")
     with open(main_conf, "w") as f:
@@ -53,28 +51,84 @@ def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
                 f"[supervisorctl]\nserverurl=unix://{sock}\n[include]\nfiles=conf.d/*.conf\n"
                 # supervisorctl does not read [include]d files: the ctlplugin is added to the main conf.
                 "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.ctlplugin:make_ctlplugin\n"
-                "group=web\n")
-    cli = [sys.executable, "-m", "supervisor_fastapi"]
-    out = subprocess.run(cli + ["render", "-c", spec_path, "--fragment", "--with-plugins",
-                                "-o", os.path.join(folder, "conf.d", "web.conf")], capture_output=True, text=True)
+                + (f"group={ctl_group}\n" if ctl_group else ""))
+    return main_conf
+
+
+def write_fragment(folder: str, name: str) -> Tuple[str, int]:
+    """An app's spec (run_dir in ``folder/<name>-run``) and its conf.d fragment with the plugins."""
+    port = free_port()
+    spec_path = os.path.join(folder, f"{name}.toml")
+    with open(spec_path, "w") as f:
+        f.write(tomli_w.dumps({"app": {"name": name, "asgi": "testapp:app", "directory": APPS},
+                               "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
+                               "supervisord": {"run_dir": os.path.join(folder, f"{name}-run")}}))
+    out = subprocess.run(CLI + ["render", "-c", spec_path, "--fragment", "--with-plugins",
+                                "-o", os.path.join(folder, "conf.d", f"{name}.conf")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    return spec_path, port
+
+
+def ctl(main_conf: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", main_conf, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
+    folder, procs = os_supervisord
+    main_conf = write_os_conf(folder, ctl_group="web")
+    spec_path, port = write_fragment(folder, "web")
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
     procs.append(main_conf)
-    url = f"unix://{sock}"
-    layout = Layout(os.path.join(folder, "run"))
+    url = f"unix://{os.path.join(folder, 'os.sock')}"
+    layout = Layout(os.path.join(folder, "web-run"))
 
     def ready():
-        out = subprocess.run(cli + ["status", "-c", spec_path, "--serverurl", url], capture_output=True, text=True)
+        out = subprocess.run(CLI + ["status", "-c", spec_path, "--serverurl", url], capture_output=True, text=True)
         return out.returncode == 0 and out.stdout
 
     text = wait_until(ready, 30, "status to report every process up")
     assert "web:web_00" in text and f"tcp://127.0.0.1:{port}" in text, text
     before = {s["pid"] for s in control.worker_states(layout).values()}
-    out = subprocess.run(cli + ["restart", "-c", spec_path, "--serverurl", url], capture_output=True, text=True,
+    out = subprocess.run(CLI + ["restart", "-c", spec_path, "--serverurl", url], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "restarted 2" in out.stdout, out.stdout + out.stderr
-    ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", main_conf, "rolling_restart"],
-                         capture_output=True, text=True, timeout=120)
-    assert "web: restarted 2" in ctl.stdout, ctl.stdout + ctl.stderr
+    res = ctl(main_conf, "rolling_restart")
+    assert "web: restarted 2" in res.stdout, res.stdout + res.stderr
     after = {s["pid"] for s in control.worker_states(layout).values()}
     assert not (before & after)
+
+
+def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_supervisord):
+    # Both fragments carry [rpcinterface:fastapi]; supervisord keeps the last one read (web.conf's),
+    # yet the plugin reads each app's files from its own group's worker command.
+    folder, procs = os_supervisord
+    main_conf = write_os_conf(folder)
+    write_fragment(folder, "web")
+    write_fragment(folder, "api")
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
+    procs.append(main_conf)
+
+    def status(group):
+        res = ctl(main_conf, "fastapi_status", group, "--json")
+        return json.loads(res.stdout) if res.returncode == 0 else None
+
+    def ready_workers(group):
+        st = status(group)
+        ready = [p for p in st["processes"] if p["group"] == group and p["ready"]] if st else []
+        return st if len(ready) == 2 else None
+
+    for group, other in (("web", "api"), ("api", "web")):
+        st = wait_until(lambda: ready_workers(group), 30, f"{group}'s status to report both workers ready")
+        assert not [p for p in st["processes"] if p["group"].startswith(other)], "another app's programs leaked in"
+    web_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
+    res = ctl(main_conf, "rolling_restart", "web")
+    assert "web: restarted 2" in res.stdout, res.stdout + res.stderr
+    api_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "api-run"))).values()}
+    res = ctl(main_conf, "rolling_restart", "api")
+    assert "api: restarted 2" in res.stdout, res.stdout + res.stderr
+    web_after = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
+    api_after = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "api-run"))).values()}
+    assert web_after and not (web_before & web_after), "web's roll replaced web's workers"
+    assert api_after and not (api_before & api_after)
+    assert web_after == {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
