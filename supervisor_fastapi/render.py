@@ -246,9 +246,9 @@ def plugin_sections(spec: Spec, fragment: bool = False) -> List[ini.Section]:
 
 
 def watchdog_argv(spec: Spec) -> Optional[List[str]]:
-    """The memory/heartbeat watchdog command, or None when neither limit is set."""
+    """The memory/heartbeat/startup watchdog command, or None when no limit is set."""
     s, m = spec.server, spec.memory
-    if m.limit is None and not s.heartbeat_timeout:
+    if m.limit is None and not s.heartbeat_timeout and not s.startup_timeout:
         return None
     argv = [spec.app.python, "-m", "supervisor_fastapi.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
             "--state-dir", Layout(spec.run_dir).state_dir]
@@ -257,6 +257,8 @@ def watchdog_argv(spec: Spec) -> Optional[List[str]]:
                  "--limit-checks", str(m.limit_checks)]
     if s.heartbeat_timeout:
         argv += ["--heartbeat-timeout", f"{s.heartbeat_timeout:g}"]
+    if s.startup_timeout:
+        argv += ["--startup-timeout", f"{s.startup_timeout:g}"]
     return argv
 
 

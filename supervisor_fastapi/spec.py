@@ -83,6 +83,7 @@ class Server:
     socket_mode: Optional[str] = None
     socket_owner: Optional[str] = None
     heartbeat_timeout: Optional[float] = None
+    startup_timeout: Optional[float] = None
     startsecs: int = 1
 
 
@@ -392,7 +393,7 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
                                       ("run_dir", "log_level")), base_dir)
     server = _server(_Table(data.get("server", {}), "server", source, (
         "bind", "workers", "graceful_timeout", "uvicorn", "backlog", "socket_mode", "socket_owner",
-        "heartbeat_timeout", "startsecs")), base_dir, host)
+        "heartbeat_timeout", "startup_timeout", "startsecs")), base_dir, host)
     memory = _memory(_Table(data.get("memory", {}), "memory", source, (
         "per_worker", "budget", "limit", "check_interval", "limit_checks")))
     programs = _programs(data.get("programs", []), source, base_dir, app)
@@ -491,10 +492,12 @@ def _server(t: _Table, base_dir: str, host: HostDefaults) -> Server:
     if bind.kind == "tcp" and (socket_mode or socket_owner):
         t.fail("socket_mode" if socket_mode else "socket_owner", "only applies to unix:// binds")
     heartbeat = t.number("heartbeat_timeout", None, minimum=2, maximum=3600)
+    startup = t.number("startup_timeout", None, minimum=2, maximum=3600)
     return Server(bind=bind, workers=workers, graceful_timeout=graceful, uvicorn=_uvicorn(t),
                   backlog=t.number("backlog", 2048, integer=True, minimum=1, maximum=65535),
                   socket_mode=socket_mode, socket_owner=socket_owner,
                   heartbeat_timeout=float(heartbeat) if heartbeat is not None else None,
+                  startup_timeout=float(startup) if startup is not None else None,
                   startsecs=t.number("startsecs", 1, integer=True, minimum=0, maximum=600))
 
 

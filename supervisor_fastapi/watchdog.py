@@ -1,6 +1,6 @@
 """The ``[program:<app>_watchdog]``: recycles workers that outgrow ``memory.limit`` and kills hung ones.
 
-Rendered only when ``memory.limit`` or ``server.heartbeat_timeout`` is set.
+Rendered only when ``memory.limit``, ``server.heartbeat_timeout`` or ``server.startup_timeout`` is set.
 
 - **Memory.** Every ``check_interval`` seconds it reads each ready worker's RSS. A worker
   above the limit on ``limit_checks`` consecutive checks is recycled: ``stopProcess``
@@ -12,6 +12,10 @@ Rendered only when ``memory.limit`` or ``server.heartbeat_timeout`` is set.
   worker whose file is older than ``heartbeat_timeout`` has a blocked loop: it gets SIGKILL
   (a blocked loop cannot drain anyway), supervisord restarts it, and an alert
   (``hung_worker``) names it. A worker busy with many slow *async* requests still beats.
+- **Start-up.** A worker process that has been up ``startup_timeout`` seconds without
+  listening (its import or lifespan start-up hangs, e.g. on a database that does not
+  answer) takes no connections and never beats: it gets SIGKILL and an alert
+  (``startup_timeout``). Repeats make a crash loop, which the listener backs off.
 
 ``Watchdog.observe(workers, now) -> [actions]`` is the whole decision, pure; ``run`` is the
 loop that feeds it from supervisord and /proc and carries the actions out.
@@ -41,15 +45,17 @@ class Config:
     check_interval: float = 10.0
     limit_checks: int = 2
     heartbeat_timeout: Optional[float] = None
+    startup_timeout: Optional[float] = None
 
     @property
     def tick(self) -> float:
-        """How often the loop observes: often enough for both checks it runs."""
+        """How often the loop observes: often enough for every check it runs."""
         periods = [1.0]
         if self.memory_limit is not None:
             periods.append(self.check_interval)
-        if self.heartbeat_timeout:
-            periods.append(self.heartbeat_timeout / 4)
+        for timeout in (self.heartbeat_timeout, self.startup_timeout):
+            if timeout:
+                periods.append(timeout / 4)
         return max(0.2, min(periods))
 
 
@@ -63,6 +69,7 @@ class Worker:
     ready: bool  # RUNNING and its state file names this pid
     beat: Optional[float] = None  # state file mtime (epoch)
     rss: Optional[int] = None
+    started: Optional[float] = None  # when supervisord spawned this pid (epoch)
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,9 @@ class Watchdog:
 
     def observe(self, workers: Sequence[Worker], now: float) -> List[Action]:
         out: List[Action] = []
+        self._forget_dead(workers)
         self._heartbeats(workers, now, out)
+        self._startups(workers, now, out)
         self._follow_recycle(workers, now, out)
         if self.config.memory_limit is not None and (
                 self.last_memory_check is None or now - self.last_memory_check >= self.config.check_interval - 0.05):
@@ -119,27 +128,46 @@ class Watchdog:
             self._memory(workers, now, out)
         return out
 
-    # -- heartbeats --
+    # -- heartbeats and start-ups: a worker that cannot drain is killed --
+
+    def _forget_dead(self, workers: Sequence[Worker]) -> None:
+        alive = {w.pid for w in workers if w.pid}
+        self.killed = {pid: t for pid, t in self.killed.items() if pid in alive}
+
+    def _kill(self, w: Worker, now: float, kind: str, why: str, details: Tuple[Tuple[str, Any], ...],
+              out: List[Action]) -> None:
+        """SIGKILL (a blocked or unfinished loop cannot drain), once per pid; supervisord respawns it."""
+        self.killed[w.pid] = now
+        out.append(Kill(w.name))
+        out.append(Alert(kind, w.name, f"{w.name} (pid {w.pid}) {why}; killed, supervisord starts a new one",
+                         (("pid", w.pid),) + details))
 
     def _heartbeats(self, workers: Sequence[Worker], now: float, out: List[Action]) -> None:
         timeout = self.config.heartbeat_timeout
         if not timeout:
             return
-        alive = {w.pid for w in workers if w.pid}
-        self.killed = {pid: t for pid, t in self.killed.items() if pid in alive}
         for w in workers:
             if not w.ready or w.beat is None or w.pid in self.killed:
                 continue
             silent = now - w.beat
             if silent > timeout:
-                self.killed[w.pid] = now
-                out.append(Kill(w.name))
-                out.append(Alert("hung_worker", w.name,
-                                 f"{w.name} (pid {w.pid}) has not beaten for {silent:.0f} s "
-                                 f"(heartbeat_timeout {timeout:g} s): its event loop is blocked; killed, "
-                                 "supervisord starts a new one",
-                                 (("pid", w.pid), ("silent_seconds", round(silent, 1)),
-                                  ("heartbeat_timeout", timeout))))
+                self._kill(w, now, "hung_worker", f"has not beaten for {silent:.0f} s (heartbeat_timeout "
+                           f"{timeout:g} s): its event loop is blocked",
+                           (("silent_seconds", round(silent, 1)), ("heartbeat_timeout", timeout)), out)
+
+    def _startups(self, workers: Sequence[Worker], now: float, out: List[Action]) -> None:
+        timeout = self.config.startup_timeout
+        if not timeout:
+            return
+        for w in workers:
+            # STOPPING is a drain, not a start-up; a ready worker is the heartbeat's business.
+            if w.ready or not w.pid or w.started is None or w.pid in self.killed or w.state == "STOPPING":
+                continue
+            up = now - w.started
+            if up > timeout:
+                self._kill(w, now, "startup_timeout", f"has not started listening {up:.0f} s after it was "
+                           f"spawned (startup_timeout {timeout:g} s): its import or lifespan start-up hangs",
+                           (("up_seconds", round(up, 1)), ("startup_timeout", timeout)), out)
 
     # -- memory --
 
@@ -205,7 +233,8 @@ def read_workers(infos: Sequence[Dict[str, Any]], states: Dict[str, Dict[str, An
         state = states.get(info["name"], {})
         ready = info["statename"] == "RUNNING" and bool(pid) and state.get("pid") == pid
         out.append(Worker(name=f"{info['group']}:{info['name']}", state=info["statename"], pid=pid, ready=ready,
-                          beat=state.get("beat") if ready else None, rss=rss(pid) if ready else None))
+                          beat=state.get("beat") if ready else None, rss=rss(pid) if ready else None,
+                          started=float(info["start"]) if pid and info.get("start") else None))
     return out
 
 
@@ -292,9 +321,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str]:
     p.add_argument("--check-interval", type=float, default=10.0)
     p.add_argument("--limit-checks", type=int, default=2)
     p.add_argument("--heartbeat-timeout", type=float, default=None)
+    p.add_argument("--startup-timeout", type=float, default=None)
     a = p.parse_args(argv)
-    return Config(a.group, a.workers, a.memory_limit, a.check_interval, a.limit_checks, a.heartbeat_timeout), \
-        a.state_dir
+    return Config(a.group, a.workers, a.memory_limit, a.check_interval, a.limit_checks, a.heartbeat_timeout,
+                  a.startup_timeout), a.state_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -308,7 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     log(f"watching {config.group} ({config.workers} workers): "
         + (f"memory.limit {format_size(config.memory_limit)} every {config.check_interval:g} s x "
            f"{config.limit_checks}; " if config.memory_limit is not None else "")
-        + (f"heartbeat_timeout {config.heartbeat_timeout:g} s" if config.heartbeat_timeout else "no heartbeat check"))
+        + (f"heartbeat_timeout {config.heartbeat_timeout:g} s" if config.heartbeat_timeout else "no heartbeat check")
+        + (f"; startup_timeout {config.startup_timeout:g} s" if config.startup_timeout else ""))
     run(config, childutils.getRPCInterface(os.environ), state_dir, log)
 
 

@@ -2,7 +2,9 @@
 
 Behaviour is steered by environment variables set in the test's spec:
 - CRASH_AFTER=S: the worker exits with status 1 S seconds after start;
-- CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app).
+- CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app);
+- HANG_STARTUP_WHILE=PATH: lifespan start-up does not finish while PATH exists (a database
+  that does not answer); the loop stays free, the worker never listens.
 """
 
 import asyncio
@@ -37,6 +39,9 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                hang = os.environ.get("HANG_STARTUP_WHILE")
+                while hang and os.path.exists(hang):
+                    await asyncio.sleep(0.1)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

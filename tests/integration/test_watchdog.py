@@ -100,6 +100,34 @@ def test_blocked_worker_is_replaced_and_busy_worker_is_not(deploy, tmp_path):
     assert f"pid {hung}" in text
 
 
+def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_path):
+    alerts = str(tmp_path / "alerts.log")
+    flag = tmp_path / "db-down"
+    timeout = 4
+    d = deploy({"server": {"startup_timeout": timeout}, "app": {"env": {"HANG_STARTUP_WHILE": str(flag)}},
+                "alerts": [{"type": "log", "path": alerts}]})
+    wait_until(lambda: d.state_of("web_watchdog") == "RUNNING", 20, "the watchdog to run")
+    before = ready_pids(d)
+    flag.write_text("")  # the database goes away; web_01's next start-up hangs
+    d.rpc.supervisor.signalProcess("web:web_01", "KILL")
+    stuck = wait_until(lambda: (p := _pid_of(d, "web_01")) not in before and d.state_of("web_01") == "RUNNING"
+                       and p, 15, "web_01 to be respawned")
+    spawned = next(i["start"] for i in d.infos() if i["name"] == "web_01")
+    text = wait_until(lambda: os.path.exists(alerts) and "startup_timeout" in open(alerts).read()
+                      and open(alerts).read(), timeout + 10, "the startup_timeout alert")
+    killed_after = time.time() - spawned
+    assert f"pid {stuck}" in text, text
+    from supervisor_fastapi import control
+
+    assert stuck not in {s["pid"] for s in control.worker_states(d.layout).values()}, "it never listened"
+    assert timeout <= killed_after <= timeout + 3, killed_after
+    assert _pid_of(d, "web_01") != stuck, "the stuck process is gone"
+    flag.unlink()  # the database is back: the next start-up finishes
+    wait_until(lambda: len(ready_pids(d) or ()) == 2, 20, "web_01 to listen again")
+    print(f"\nstuck start-up (pid {stuck}) alerted {killed_after:.1f} s after its spawn "
+          f"(startup_timeout {timeout} s)")
+
+
 def _blocked_pid(d, pids, timeout):
     """The pid whose state file stopped being touched (its loop is blocked)."""
     from supervisor_fastapi import control

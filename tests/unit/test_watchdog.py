@@ -6,8 +6,8 @@ from supervisor_fastapi.watchdog import Alert, Config, Kill, Start, Stop, Watchd
 MB = 1024 * 1024
 
 
-def w(n, pid, rss=50 * MB, ready=True, state="RUNNING", beat=None):
-    return Worker(f"web:web_0{n}", state, pid, ready, beat, rss)
+def w(n, pid, rss=50 * MB, ready=True, state="RUNNING", beat=None, started=None):
+    return Worker(f"web:web_0{n}", state, pid, ready, beat, rss, started)
 
 
 def kinds(actions):
@@ -72,26 +72,47 @@ def test_worker_not_ready_is_never_judged_by_its_heartbeat():
     assert dog.observe([w(0, 10, ready=False, state="STARTING", beat=None)], 100) == []
 
 
+def test_a_worker_that_never_listens_is_killed_after_startup_timeout_once():
+    dog = Watchdog(Config("web", 2, startup_timeout=30))
+    stuck = w(0, 10, None, ready=False, state="RUNNING", started=100)
+    assert dog.observe([stuck, w(1, 11, started=50)], 130) == []  # up 30 s: not yet
+    out = dog.observe([stuck, w(1, 11, started=50)], 130.5)
+    assert out[0] == Kill("web:web_00")
+    assert out[1].kind == "startup_timeout" and "pid 10" in out[1].summary and "30 s" in out[1].summary
+    assert dog.observe([stuck, w(1, 11, started=50)], 131) == []  # not killed twice
+    # Its replacement gets the full timeout again, and a worker that listens is left alone.
+    assert dog.observe([w(0, 12, None, ready=False, state="STARTING", started=132), w(1, 11, started=50)], 161) == []
+    assert dog.observe([w(0, 12, started=132), w(1, 11, started=50)], 200) == []
+
+
+def test_startup_timeout_spares_draining_and_stopped_workers_and_is_off_by_default():
+    dog = Watchdog(Config("web", 2, startup_timeout=5))
+    assert dog.observe([w(0, 10, None, ready=False, state="STOPPING", started=0),
+                        w(1, 0, None, ready=False, state="BACKOFF")], 100) == []
+    off = Watchdog(Config("web", 1, heartbeat_timeout=5))
+    assert off.observe([w(0, 10, None, ready=False, state="RUNNING", started=0)], 1000) == []
+
+
 def test_read_workers_uses_state_file_pid_for_readiness():
-    infos = [{"name": "web_00", "group": "web", "statename": "RUNNING", "pid": 10},
-             {"name": "web_01", "group": "web", "statename": "RUNNING", "pid": 11},
+    infos = [{"name": "web_00", "group": "web", "statename": "RUNNING", "pid": 10, "start": 3},
+             {"name": "web_01", "group": "web", "statename": "RUNNING", "pid": 11, "start": 4},
              {"name": "web_listener", "group": "web_listener", "statename": "RUNNING", "pid": 9}]
     states = {"web_00": {"pid": 10, "beat": 5.0}, "web_01": {"pid": 7, "beat": 5.0}}
     got = read_workers(infos, states, "web", lambda pid: pid * MB)
-    assert [(x.name, x.ready, x.beat, x.rss) for x in got] == [("web:web_00", True, 5.0, 10 * MB),
-                                                               ("web:web_01", False, None, None)]
+    assert [(x.name, x.ready, x.beat, x.rss, x.started) for x in got] == [
+        ("web:web_00", True, 5.0, 10 * MB, 3.0), ("web:web_01", False, None, None, 4.0)]
 
 
 def test_args_round_trip_through_the_rendered_command():
     from supervisor_fastapi.spec import parse_spec
 
     spec = parse_spec('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=3\n'
-                      'heartbeat_timeout=10\n[memory]\nlimit="1.5GB"\ncheck_interval=5\n'
+                      'heartbeat_timeout=10\nstartup_timeout=90\n[memory]\nlimit="1.5GB"\ncheck_interval=5\n'
                       '[supervisord]\nrun_dir="/tmp/r"\n', "/x/s.toml", "/x")
     argv = watchdog_argv(spec)
     assert argv is not None and argv[:3] == [spec.app.python, "-m", "supervisor_fastapi.watchdog"]
     config, state_dir = parse_args(argv[3:])
-    assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0)
+    assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0, 90.0)
     assert state_dir == "/tmp/r/workers"
     assert Stop("a") != Start("a")
 
