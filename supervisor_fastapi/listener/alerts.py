@@ -293,6 +293,7 @@ class Dispatcher:
         self._ids = 0
         self._threads: List[threading.Thread] = []
         self._down: Set[str] = set()
+        self._sending: Dict[str, Message] = {}  # channel name -> the alert its thread is sending
 
     def start(self) -> "Dispatcher":
         self._threads.append(threading.Thread(target=self._enrich_loop, name="alert-enrich", daemon=True))
@@ -346,7 +347,11 @@ class Dispatcher:
             # While a channel is down, later alerts get one try each instead of the full
             # retry schedule, so an alert storm cannot push the channel minutes behind.
             retries = 0 if channel.name in self._down else self.retries
+            with self._lock:
+                self._sending[channel.name] = msg
             error = deliver(channel, msg, retries, self.sleep, self.first_delay)
+            with self._lock:
+                self._sending.pop(channel.name, None)
             if error is None:
                 self._down.discard(channel.name)
                 self._done(ident, msg, channel.name, "sent")
@@ -375,11 +380,24 @@ class Dispatcher:
                 log.exception("alert result callback failed")
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the threads; alerts still queued after ``timeout`` are journaled, not lost."""
+        """Stop the threads; alerts still queued or mid-send after ``timeout`` are journaled, not lost."""
         self._intake.put(None)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            sending = dict(self._sending)
+        for name, msg in sorted(sending.items()):
+            # A send cut off by our exit may or may not have arrived: journal it rather than guess.
+            self.journal.write(msg, name, "listener stopped while sending it (it may or may not have arrived)")
+        while True:  # not yet fanned out (the enricher was busy)
+            try:
+                item = self._intake.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                for c in self.channels:
+                    self.journal.write(item[0], c.name, "listener stopped before the alert was sent")
         for name, q in self._queues.items():
             while True:
                 try:
