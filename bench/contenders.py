@@ -12,7 +12,6 @@ import sys
 from typing import Callable, Dict, List, Optional, Type
 
 import psutil
-
 from procs import is_alive, kill_session, probe, tree, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import psutil
-
 from contenders import Contender
 from load import Load, run_load
 from procs import memory_of, probe, wait_until
@@ -70,7 +69,8 @@ def measure_restart(c: Contender, plan: Plan, close: bool, action: Optional[Call
     finally:
         load.kill()
     c.wait_ready(60)
-    return {"ok": ok, "method": method or c.restart_method, "client": "connection-per-request" if close else "keep-alive",
+    return {"ok": ok, "method": method or c.restart_method,
+            "client": "connection-per-request" if close else "keep-alive",
             "command_s": command_s, "restart_s": restart_s,
             "within_load": plan.restart_lead + restart_s <= plan.restart_duration,
             "load": result.as_dict()}
@@ -142,7 +142,8 @@ def serve_phase(contenders: List[Contender], plan: Plan, rounds: int, log: Calla
                     for conns in (1, 64):
                         rec[f"c{conns}"] = x = measure_throughput(c, plan, conns)
                         share = x["busiest_worker_share"]
-                        log(f"    {c.key:>8} {conns:>2} conn: {x['rps']:8.0f} req/s  p50 {x['latency_ms']['50']:7.2f} ms"
+                        log(f"    {c.key:>8} {conns:>2} conn: {x['rps']:8.0f} req/s  "
+                            f"p50 {x['latency_ms']['50']:7.2f} ms"
                             f"  p99 {x['latency_ms']['99']:7.2f} ms  failed {x['failed']}"
                             + (f"  busiest worker {share:.0%} of worker CPU" if share else ""))
                 except Exception as exc:  # noqa: BLE001

@@ -371,7 +371,8 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "read/write error, timeout, or error status.", ""]
     dm = done_means(s)
     if dm:
-        lines += ["Figures the project's issues ask for (read off this run, not asserted by the script):", ""] + dm + [""]
+        lines += ["Figures the project's issues ask for (read off this run, not asserted by the script):", ""]
+        lines += dm + [""]
     errors = [r for r in s.runs if not r["ok"]]
     if errors:
         lines += ["**Failures in this run:**", ""]
@@ -379,10 +380,10 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
                          for r in errors})
         lines.append("")
     if made:
-        lines += ["![throughput](%s/bench-throughput.png)" % rel_img, "",
-                  "![latency](%s/bench-latency.png)" % rel_img, "",
-                  "![restart](%s/bench-restart.png)" % rel_img, "",
-                  "![recovery and memory](%s/bench-recovery-memory.png)" % rel_img, ""]
+        lines += [f"![throughput]({rel_img}/bench-throughput.png)", "",
+                  f"![latency]({rel_img}/bench-latency.png)", "",
+                  f"![restart]({rel_img}/bench-restart.png)", "",
+                  f"![recovery and memory]({rel_img}/bench-recovery-memory.png)", ""]
     lines += ["## Machine and versions", "",
               f"- Date: {info['date']}; commit `{info['commit']}`",
               f"- CPU: {info['cpu']}, {info['cores']} cores; RAM {info['ram_gb']} GB; {info['os']}",

@@ -90,7 +90,8 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
 def make_plan(a: argparse.Namespace, tool: str) -> Plan:
     if a.smoke:
         return Plan(duration=a.duration or 1, warmup=0, rest=0.2, restart_duration=a.restart_duration or 2.5,
-                    restart_lead=0.5, restart_connections=8, restart_rate=50, keepalive_restart=False, extra_restarts=False,
+                    restart_lead=0.5, restart_connections=8, restart_rate=50, keepalive_restart=False,
+                    extra_restarts=False,
                     tool=tool)
     return Plan(duration=a.duration or 10, warmup=2, rest=1.0, restart_duration=a.restart_duration or 12,
                 restart_lead=2.0, restart_connections=16, restart_rate=100, keepalive_restart=True, extra_restarts=True,
@@ -168,7 +169,8 @@ def main(argv: Any = None) -> int:
     started = time.monotonic()
     results: Dict[str, Any] = {
         "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "smoke": a.smoke, "workers": a.workers, "rounds": rounds, "serve_rounds": serve_rounds, "contenders": keys, "plan": plan.__dict__,
+        "smoke": a.smoke, "workers": a.workers, "rounds": rounds, "serve_rounds": serve_rounds, "contenders": keys,
+        "plan": plan.__dict__,
         "access_log": a.access_log, "info": info, "runs": [],
     }
     folder = tempfile.mkdtemp(prefix="sfb-")  # short: supervisord's control socket path must fit

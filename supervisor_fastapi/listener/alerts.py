@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from email.message import EmailMessage
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from ..spec import Alert as AlertSpec
 from ..spec import Spec
@@ -33,6 +33,7 @@ QUEUE_LIMIT = 1000  # per channel; beyond it alerts go straight to the journal
 ROTATE_BYTES = 10 * 1024 * 1024
 ROTATE_KEEP = 5
 Message = Dict[str, Any]
+T = TypeVar("T")
 
 
 class SendError(Exception):
@@ -390,22 +391,25 @@ class Dispatcher:
         for name, msg in sorted(sending.items()):
             # A send cut off by our exit may or may not have arrived: journal it rather than guess.
             self.journal.write(msg, name, "listener stopped while sending it (it may or may not have arrived)")
-        while True:  # not yet fanned out (the enricher was busy)
-            try:
-                item = self._intake.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                for c in self.channels:
-                    self.journal.write(item[0], c.name, "listener stopped before the alert was sent")
+        unsent = "listener stopped before the alert was sent"
+        for msg, _log_of in _drain(self._intake):  # not yet fanned out (the enricher was busy)
+            for c in self.channels:
+                self.journal.write(msg, c.name, unsent)
         for name, q in self._queues.items():
-            while True:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self.journal.write(item[1], name, "listener stopped before the alert was sent")
+            for _ident, msg in _drain(q):
+                self.journal.write(msg, name, unsent)
+
+
+def _drain(q: "queue.Queue[Optional[T]]") -> List[T]:
+    """What is left in ``q`` now, without the None that stops its thread."""
+    out: List[T] = []
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return out
+        if item is not None:
+            out.append(item)
 
 
 def send_to_all(channels: Sequence[Channel], msg: Message, retries: int = 0) -> Dict[str, Optional[str]]:
