@@ -176,30 +176,28 @@ class LogChannel(Channel):
 
 
 def append_line(path: str, obj: Any, max_bytes: int = ROTATE_BYTES, keep: int = ROTATE_KEEP) -> None:
-    """Append one JSON line (one write call, so concurrent appenders never interleave); when the
-    file has reached ``max_bytes``, first rotate it to ``path.1`` (``path.1`` to ``path.2``, ...,
-    keeping ``keep``). An exclusive flock on the open file makes the size check and the rotation
-    one step, so the listener's threads and an ``alert-test`` in another process rotate once."""
+    """Append one JSON line (one write call, so a reader never sees half a line); when the file
+    has reached ``max_bytes``, first rotate it to ``path.1`` (``path.1`` to ``path.2``, ...,
+    keeping ``keep``). An exclusive flock on ``path.lock`` makes check, rotation and write one
+    step for the listener's threads and an ``alert-test`` in another process alike: a lock on
+    the log file itself would not do, since two writers can hold locks on two generations."""
     line = (json.dumps(obj, default=str, sort_keys=True) + "\n").encode()
-    for _ in range(3):  # another appender may rotate between our open and our lock
+    lock = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(line) > max_bytes:
+            rotate(path, keep)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            st = os.fstat(fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                continue  # rotated away after our open: write to the new file
-            if (current.st_dev, current.st_ino) != (st.st_dev, st.st_ino):
-                continue
-            if st.st_size and st.st_size + len(line) > max_bytes:
-                rotate(path, keep)
-                continue
             os.write(fd, line)
-            return
         finally:
-            os.close(fd)  # also releases the lock
-    raise OSError(f"{path}: rotated under us three times in a row")
+            os.close(fd)
+    finally:
+        os.close(lock)  # also releases the lock
 
 
 def rotate(path: str, keep: int) -> None:
