@@ -27,6 +27,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?(:[a-z_][a-z0-9_.-]*)?\Z", re.IGNORECASE)
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+\Z")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # Names supervisor uses for its own environment; a spec overriding them would break the
@@ -523,9 +524,12 @@ def _uvicorn_value(t: _Table, key: str, setting: UvicornSetting) -> Any:
         for item in items:
             t.safe(key, item)
         return tuple(items)
-    expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}[kind]
+    expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "env": (str,)}[kind]
     value = t.get(key, expected, what={"bool": "true or false", "int": "an integer", "float": "a number",
-                                       "str": "a string"}[kind])
+                                       "str": "a string", "env": "the name of an environment variable"}[kind])
+    if kind == "env" and not ENV_NAME_RE.match(value):
+        t.fail(key, f"{value!r} is not an environment variable name",
+               "name the variable that holds the value, like \"SHOP_TLS_KEY_PASSWORD\"; never the value itself")
     if kind in ("int", "float") and value < 0:
         t.fail(key, "must not be negative")
     if kind == "str":
@@ -651,13 +655,12 @@ def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
         for addr in [t.text("from")] + list(to_list):
             if not isinstance(addr, str) or not re.match(r"^[^@\s]+@[^@\s]+\Z", addr):
                 t.fail("to" if addr != t.data["from"] else "from", f"{addr!r} is not an email address")
-        env_re = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
         opts = {"host": t.text("host", "127.0.0.1"), "port": t.number("port", 587, integer=True, minimum=1,
                                                                        maximum=65535),
                 "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],
                 "to": tuple(to_list), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=120)),
-                "username_env": t.text("username_env", None, pattern=env_re, what="an environment variable name"),
-                "password_env": t.text("password_env", None, pattern=env_re, what="an environment variable name"),
+                "username_env": t.text("username_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
+                "password_env": t.text("password_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
                 "subject_prefix": t.text("subject_prefix", "[supervisor-fastapi]")}
         if opts["ssl"] and opts["starttls"] and "starttls" in t.data:
             t.fail("ssl", "ssl (implicit TLS) and starttls cannot both be on")

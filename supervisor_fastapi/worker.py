@@ -16,11 +16,11 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 
 class UvicornSetting(NamedTuple):
-    kind: str  # "bool" | "int" | "float" | "str" | "list"
+    kind: str  # "bool" | "int" | "float" | "str" | "list" | "env" (the name of an environment variable)
     choices: Tuple[str, ...] = ()
 
 
@@ -52,6 +52,9 @@ UVICORN_SETTINGS: Dict[str, UvicornSetting] = {
     "ssl_certfile": UvicornSetting("str"),
     "ssl_ca_certs": UvicornSetting("str"),
     "ssl_ciphers": UvicornSetting("str"),
+    # The key's password never goes in the spec or on a command line (ps shows both): the
+    # worker reads it from this environment variable, set in supervisord's environment.
+    "ssl_keyfile_password_env": UvicornSetting("env"),
     "ssl_cert_reqs": UvicornSetting("int"),
     "headers": UvicornSetting("list"),
     "h11_max_incomplete_event_size": UvicornSetting("int"),
@@ -67,8 +70,9 @@ def encode_setting(key: str, value: Any) -> List[str]:
     return ["--set", f"{key}={value}"]
 
 
-def decode_settings(pairs: Sequence[str]) -> Dict[str, Any]:
-    """The inverse of encode_setting, typed by UVICORN_SETTINGS."""
+def decode_settings(pairs: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """The inverse of encode_setting, typed by UVICORN_SETTINGS; ``*_env`` settings are read from ``env``."""
+    env = os.environ if env is None else env
     out: Dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -85,6 +89,13 @@ def decode_settings(pairs: Sequence[str]) -> Dict[str, Any]:
             out[key] = float(raw)
         else:
             out[key] = raw
+    if "ssl_keyfile_password_env" in out:
+        name = out.pop("ssl_keyfile_password_env")
+        if name not in env:
+            raise SystemExit(f"supervisor-fastapi worker: ssl_keyfile_password_env names {name}, which is not set "
+                             "in the worker's environment; set it where supervisord starts (systemd "
+                             "EnvironmentFile=, or the shell that runs `supervisor-fastapi up`)")
+        out["ssl_keyfile_password"] = env[name]
     if "forwarded_allow_ips" in out:
         out["forwarded_allow_ips"] = ",".join(out["forwarded_allow_ips"])
     if "headers" in out:

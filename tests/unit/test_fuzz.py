@@ -66,7 +66,8 @@ numbers = Key(st.one_of(st.integers(0, 100), st.floats(0, 100)), st.one_of(huge,
 def _uvicorn_key(setting):
     good = {"bool": st.booleans(), "int": st.integers(0, 1000), "float": st.floats(0, 100),
             "str": st.sampled_from(setting.choices) if setting.choices else st.sampled_from(TRICKY_TEXT[:9]),
-            "list": st.lists(st.sampled_from(["127.0.0.1", "10.0.0.1", "*", "X-A: b%"]), max_size=3)}[setting.kind]
+            "list": st.lists(st.sampled_from(["127.0.0.1", "10.0.0.1", "*", "X-A: b%"]), max_size=3),
+            "env": st.sampled_from(["TLS_PW", "_x", "A1"])}[setting.kind]
     return Key(good)
 
 

@@ -47,13 +47,23 @@ def test_decode_refuses_unknown_settings(pair):
         decode_settings([pair])
 
 
+def test_the_key_password_comes_from_the_named_environment_variable_only():
+    words = encode_setting("ssl_keyfile_password_env", "SHOP_TLS_PW")
+    assert words == ["--set", "ssl_keyfile_password_env=SHOP_TLS_PW"]  # the name on the command line, not the value
+    assert decode_settings(words[1:], env={"SHOP_TLS_PW": "s3cret"}) == {"ssl_keyfile_password": "s3cret"}
+    with pytest.raises(SystemExit, match="names SHOP_TLS_PW, which is not set"):
+        decode_settings(words[1:], env={})
+
+
 def test_every_setting_in_the_table_is_a_uvicorn_config_keyword():
     import inspect
 
     import uvicorn
 
     params = inspect.signature(uvicorn.Config.__init__).parameters
-    missing = [k for k in UVICORN_SETTINGS if k not in params]
+    # An "env" setting names the variable holding the value of the keyword without "_env".
+    keywords = [k[: -len("_env")] if s.kind == "env" else k for k, s in UVICORN_SETTINGS.items()]
+    missing = [k for k in keywords if k not in params]
     # Older uvicorn (Python 3.8 resolves to 0.33) lacks a few newer keywords.
     assert set(missing) <= {"ws_max_queue", "ws_per_message_deflate", "h11_max_incomplete_event_size"}, missing
 

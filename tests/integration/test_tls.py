@@ -1,0 +1,58 @@
+"""Workers serving HTTPS themselves, with an encrypted key whose password comes from the environment."""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+
+from .conftest import wait_until
+
+PASSWORD_VAR = "SF_TEST_TLS_KEY_PASSWORD"
+
+
+def encrypted_cert(folder: str, password: str):
+    """A certificate for 127.0.0.1 and its key, encrypted with ``password`` (openssl)."""
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", key, "-passout", f"pass:{password}",
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    with open(key) as f:
+        assert "ENCRYPTED" in f.read()
+    return cert, key
+
+
+def tls_spec(cert: str, key: str, workers: int = 2) -> dict:
+    return {"server": {"workers": workers, "uvicorn": {"ssl_certfile": cert, "ssl_keyfile": key,
+                                                       "ssl_keyfile_password_env": PASSWORD_VAR}}}
+
+
+def test_https_with_an_encrypted_key_from_the_environment(deploy, tmp_path, monkeypatch):
+    cert, key = encrypted_cert(str(tmp_path), "pw with spaces & $igns")
+    monkeypatch.setenv(PASSWORD_VAR, "pw with spaces & $igns")  # supervisord, and so the workers, inherit it
+    d = deploy(tls_spec(cert, key))
+    context = ssl.create_default_context(cafile=cert)
+    pids = set()
+    for _ in range(20):
+        conn = http.client.HTTPSConnection("127.0.0.1", d.port, timeout=10, context=context)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            pids.add(json.loads(resp.read())["pid"])
+        finally:
+            conn.close()
+    assert len(pids) == 2, pids
+    with open(d.conf_path) as f:
+        assert "pw with spaces" not in f.read(), "the password must not be in the conf"
+
+
+def test_a_missing_password_variable_is_named_in_the_worker_log(deploy, tmp_path, monkeypatch):
+    cert, key = encrypted_cert(str(tmp_path), "secret")
+    monkeypatch.delenv(PASSWORD_VAR, raising=False)
+    d = deploy(tls_spec(cert, key, workers=1), wait=False)
+    wait_until(lambda: d.state_of("web_00") in ("BACKOFF", "FATAL"), 30, "the worker to fail to start")
+    text = wait_until(lambda: PASSWORD_VAR in d.log("web_00") and d.log("web_00"), 10, "the message in its log")
+    assert f"ssl_keyfile_password_env names {PASSWORD_VAR}, which is not set" in text, text[-2000:]
+    assert "Traceback" not in text
+
