@@ -64,6 +64,9 @@ class FastAPIControllerPlugin(ControllerPluginBase):
 
     def do_fastapi_status(self, arg: str) -> None:
         group, as_json = self._group_and_flags(arg)
+        if not group:
+            self._fail("name the fcgi group: fastapi_status <group> [--json]")
+            return
         try:
             proxy = self.ctl.get_server_proxy()
             status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy))

@@ -119,8 +119,10 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
         return st if len(ready) == 2 else None
 
     for group, other in (("web", "api"), ("api", "web")):
-        st = wait_until(lambda: ready_workers(group), 30, f"{group}'s status to report both workers ready")
+        st = wait_until(lambda group=group: ready_workers(group), 30, f"{group}'s status to report both workers ready")
         assert not [p for p in st["processes"] if p["group"].startswith(other)], "another app's programs leaked in"
+    res = ctl(main_conf, "fastapi_status")  # two apps, no group= in [ctlplugin:fastapi]: say which
+    assert res.returncode != 0 and "name the fcgi group" in res.stdout, res.stdout + res.stderr
     web_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
     res = ctl(main_conf, "rolling_restart", "web")
     assert "web: restarted 2" in res.stdout, res.stdout + res.stderr

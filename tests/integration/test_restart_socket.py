@@ -1,5 +1,6 @@
 """The socket hold: `supervisorctl restart web:*`, update and reload under load refuse nothing."""
 
+from typing import Any, Set, Tuple
 
 import pytest
 
@@ -19,18 +20,23 @@ def ready_pids(d):
     return None
 
 
-@pytest.mark.parametrize("workers", [2, 1])
-def test_supervisorctl_restart_group_refuses_nothing(deploy, workers):
-    d = deploy({"server": {"workers": workers}})
+def restart_group_under_load(d, **load: Any) -> Tuple[Any, Set[int]]:
+    """`supervisorctl restart web:*` while ``Load(**load)`` runs: its result and the new pids."""
     before = ready_pids(d)
-    with Load("127.0.0.1", d.port, mode="close", threads=4) as load:
-        load.wait_requests(50)
+    with Load(threads=4, **load) as gen:
+        gen.wait_requests(50)
         out = d.ctl("restart", "web:*")
         assert "started" in out.stdout, out.stdout
         after = wait_until(lambda: (p := ready_pids(d)) and not (p & before) and p, 30, "new workers ready")
-        n = load.result.requests
-        load.wait_requests(n + 50)
-    r = load.result
+        n = gen.result.requests
+        gen.wait_requests(n + 50)
+    return gen.result, after
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_supervisorctl_restart_group_refuses_nothing(deploy, workers):
+    d = deploy({"server": {"workers": workers}})
+    r, after = restart_group_under_load(d, port=d.port, mode="close")
     print(f"\nrestart web:* workers={workers} connection-per-request: {r.summary()}")
     assert r.failures == 0, r.summary()
     assert len(after) == workers
@@ -38,14 +44,7 @@ def test_supervisorctl_restart_group_refuses_nothing(deploy, workers):
 
 def test_supervisorctl_restart_group_keepalive_measured(deploy):
     d = deploy()
-    before = ready_pids(d)
-    with Load("127.0.0.1", d.port, mode="keepalive", threads=4) as load:
-        load.wait_requests(50)
-        d.ctl("restart", "web:*")
-        wait_until(lambda: (p := ready_pids(d)) and not (p & before), 30, "new workers ready")
-        n = load.result.requests
-        load.wait_requests(n + 50)
-    r = load.result
+    r, _ = restart_group_under_load(d, port=d.port, mode="keepalive")
     print(f"\nrestart web:* keep-alive: {r.summary()}")
     # Keep-alive clients can race the close of an idle connection; report, bound loosely.
     assert r.failures <= 8, r.summary()
@@ -137,14 +136,7 @@ def test_unix_socket_restart_group_refuses_nothing(deploy, tmp_path):
 
     path = str(tmp_path / "web.sock")
     d = deploy({"server": {"bind": f"unix://{path}", "socket_mode": "0660"}})
-    before = ready_pids(d)
-    with Load(unix_path=path, mode="close", threads=4) as load:
-        load.wait_requests(50)
-        d.ctl("restart", "web:*")
-        wait_until(lambda: (p := ready_pids(d)) and not (p & before), 30, "new workers ready")
-        n = load.result.requests
-        load.wait_requests(n + 50)
-    r = load.result
+    r, _ = restart_group_under_load(d, unix_path=path, mode="close")
     print(f"\nrestart web:* on a unix socket: {r.summary()}")
     assert r.failures == 0, r.summary()
     assert oct(os.stat(path).st_mode & 0o777) == "0o660"
