@@ -67,10 +67,12 @@ class WebhookReceiver:
         self.thread.join(5)
 
 
-def self_signed_cert(folder: str) -> Tuple[str, str]:
-    """A certificate for 127.0.0.1 (SAN IP) and its key, made with the openssl command."""
+def self_signed_cert(folder: str, password: Optional[str] = None) -> Tuple[str, str]:
+    """A certificate for 127.0.0.1 (SAN IP) and its key, made with the openssl command; the key
+    is encrypted with ``password`` when one is given."""
     cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+    protect = ["-passout", f"pass:{password}"] if password is not None else ["-nodes"]
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", *protect, "-keyout", key, "-out", cert,
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
     return cert, key

@@ -2,21 +2,16 @@
 
 import http.client
 import json
-import os
 import ssl
-import subprocess
 
+from ..helpers_alerts import self_signed_cert
 from .conftest import wait_until
 
 PASSWORD_VAR = "SF_TEST_TLS_KEY_PASSWORD"
 
 
 def encrypted_cert(folder: str, password: str):
-    """A certificate for 127.0.0.1 and its key, encrypted with ``password`` (openssl)."""
-    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", key, "-passout", f"pass:{password}",
-                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    cert, key = self_signed_cert(folder, password)
     with open(key) as f:
         assert "ENCRYPTED" in f.read()
     return cert, key
