@@ -87,15 +87,14 @@ def decode_settings(pairs: Sequence[str], env: Optional[Mapping[str, str]] = Non
             out[key] = int(raw)
         elif setting.kind == "float":
             out[key] = float(raw)
+        elif setting.kind == "env":  # "<keyword>_env" names the variable that holds <keyword>'s value
+            if raw not in env:
+                raise SystemExit(f"supervisor-fastapi worker: {key} names {raw}, which is not set in the worker's "
+                                 "environment; set it where supervisord starts (systemd EnvironmentFile=, or the "
+                                 "shell that runs `supervisor-fastapi up`)")
+            out[key[: -len("_env")]] = env[raw]
         else:
             out[key] = raw
-    if "ssl_keyfile_password_env" in out:
-        name = out.pop("ssl_keyfile_password_env")
-        if name not in env:
-            raise SystemExit(f"supervisor-fastapi worker: ssl_keyfile_password_env names {name}, which is not set "
-                             "in the worker's environment; set it where supervisord starts (systemd "
-                             "EnvironmentFile=, or the shell that runs `supervisor-fastapi up`)")
-        out["ssl_keyfile_password"] = env[name]
     if "forwarded_allow_ips" in out:
         out["forwarded_allow_ips"] = ",".join(out["forwarded_allow_ips"])
     if "headers" in out:
