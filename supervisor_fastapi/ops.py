@@ -14,7 +14,6 @@ supervisorctl plugin (XML-RPC only) and the unit tests (fakes) share one core.
 - ``collect_status`` is a pure function from those inputs to rows and problems.
 """
 
-import json
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
@@ -411,16 +410,6 @@ def format_status(status: Status, now: float) -> str:
 # --- edges for a deployment on this host ------------------------------------------------
 
 
-def read_listener_state(path: str) -> Optional[Dict[str, Any]]:
-    """The listener's state file, or None when it has not written one yet."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def local_rss(pids: Sequence[int]) -> Dict[int, int]:
     from .rpcplugin import read_rss
 
@@ -438,6 +427,7 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
     import os
 
     from . import control
+    from .rpcplugin import read_json
 
     if serverurl:
         from supervisor.xmlrpc import SupervisorTransport
@@ -448,7 +438,7 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
     else:
         proxy = control.rpc(layout)
     return SupervisorEdges(proxy, lambda: control.worker_states(layout),
-                           lambda: read_listener_state(layout.listener_state), local_rss)
+                           lambda: read_json(layout.listener_state), local_rss)
 
 
 def rpc_edges(proxy: Any, group: str) -> SupervisorEdges:

@@ -26,6 +26,7 @@ import tomli_w
 from supervisor_fastapi import control
 from supervisor_fastapi import deploy as deploy_mod
 from supervisor_fastapi.render import Layout
+from supervisor_fastapi.rpcplugin import read_json
 from supervisor_fastapi.spec import Spec, load_spec
 
 APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")
@@ -115,11 +116,7 @@ class Deployment:
 
     def listener_state(self) -> Dict[str, Any]:
         """The event listener's state file, {} while it has written none."""
-        try:
-            with open(self.layout.listener_state) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.layout.listener_state) or {}
 
     def log(self, name: str) -> str:
         path = os.path.join(self.layout.log_dir, f"{name}.log")
