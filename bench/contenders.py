@@ -260,7 +260,7 @@ class SupervisorFastAPI(SupervisordBased):
                                     "(`supervisor-fastapi restart` not in this checkout yet)")
 
     def worker_pids(self) -> List[int]:
-        return self.children_matching("supervisor_fastapi.worker")
+        return self.children_matching("supervisor_fastapi.runtime.worker")
 
     def extra_restarts(self) -> Dict[str, Callable[[], None]]:
         # The docs recipe's restart method on this package's conf, whose rpcinterface plugin

@@ -28,8 +28,8 @@ sys.path.insert(0, ROOT)
 
 import tomli_w  # noqa: E402
 
-from supervisor_fastapi import control, deploy  # noqa: E402
-from supervisor_fastapi.render import Layout  # noqa: E402
+from supervisor_fastapi.cli import control, deploy  # noqa: E402
+from supervisor_fastapi.generate.conf import Layout  # noqa: E402
 from supervisor_fastapi.spec import Backoff, load_spec  # noqa: E402
 from tests.helpers_alerts import WebhookReceiver, closed_port  # noqa: E402
 

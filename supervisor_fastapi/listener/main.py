@@ -355,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s listener: %(message)s")
     from ..errors import UserError
-    from ..render import Layout
+    from ..layout import Layout
     from ..spec import load_spec
 
     try:

@@ -23,10 +23,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import tomli_w
 
-from supervisor_fastapi import control
-from supervisor_fastapi import deploy as deploy_mod
-from supervisor_fastapi.render import Layout
-from supervisor_fastapi.rpcplugin import read_json
+from supervisor_fastapi.cli import control
+from supervisor_fastapi.cli import deploy as deploy_mod
+from supervisor_fastapi.generate.conf import Layout
+from supervisor_fastapi.plugins.rpc import read_json
 from supervisor_fastapi.spec import Spec, load_spec
 
 APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from supervisor_fastapi import control
-from supervisor_fastapi import deploy as deploy_mod
-from supervisor_fastapi.render import Layout
+from supervisor_fastapi.cli import control
+from supervisor_fastapi.cli import deploy as deploy_mod
+from supervisor_fastapi.generate.conf import Layout
 
 from .conftest import APPS, wait_until
 

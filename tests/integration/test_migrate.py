@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from supervisor_fastapi.deploy import wait_ready
+from supervisor_fastapi.cli.deploy import wait_ready
 from supervisor_fastapi.errors import UserError
 
 from ..helpers_alerts import WebhookReceiver

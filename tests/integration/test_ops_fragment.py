@@ -12,8 +12,8 @@ from typing import Tuple
 import pytest
 import tomli_w
 
-from supervisor_fastapi import control
-from supervisor_fastapi.render import Layout
+from supervisor_fastapi.cli import control
+from supervisor_fastapi.generate.conf import Layout
 
 from .conftest import APPS, free_port, wait_until
 
@@ -50,7 +50,7 @@ def write_os_conf(folder: str, ctl_group: str = "") -> str:
                 "supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface\n"
                 f"[supervisorctl]\nserverurl=unix://{sock}\n[include]\nfiles=conf.d/*.conf\n"
                 # supervisorctl does not read [include]d files: the ctlplugin is added to the main conf.
-                "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.ctlplugin:make_ctlplugin\n"
+                "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\n"
                 + (f"group={ctl_group}\n" if ctl_group else ""))
     return main_conf
 

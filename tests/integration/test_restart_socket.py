@@ -11,7 +11,7 @@ from .conftest import wait_until
 
 def ready_pids(d):
     """Pids of the web workers once every one is RUNNING with a state file naming it."""
-    from supervisor_fastapi import control
+    from supervisor_fastapi.cli import control
 
     infos = d.infos()
     r = control.readiness(d.spec, infos, control.worker_states(d.layout))
@@ -55,7 +55,7 @@ def test_update_of_changed_group_and_reload_keep_the_socket(deploy):
     with Load("127.0.0.1", d.port, mode="close", threads=4) as load:
         load.wait_requests(50)
         # A changed group (numprocs 2 -> 3) is stopped, removed and added again by `update`.
-        from supervisor_fastapi import deploy as deploy_mod
+        from supervisor_fastapi.cli import deploy as deploy_mod
         from supervisor_fastapi.spec import load_spec
 
         with open(d.spec_path) as f:

@@ -117,7 +117,7 @@ def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_
                       and open(alerts).read(), timeout + 10, "the startup_timeout alert")
     killed_after = time.time() - spawned
     assert f"pid {stuck}" in text, text
-    from supervisor_fastapi import control
+    from supervisor_fastapi.cli import control
 
     assert stuck not in {s["pid"] for s in control.worker_states(d.layout).values()}, "it never listened"
     assert timeout <= killed_after <= timeout + 3, killed_after
@@ -130,7 +130,7 @@ def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_
 
 def _blocked_pid(d, pids, timeout):
     """The pid whose state file stopped being touched (its loop is blocked)."""
-    from supervisor_fastapi import control
+    from supervisor_fastapi.cli import control
 
     now = time.time()
     for state in control.worker_states(d.layout).values():

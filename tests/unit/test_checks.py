@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from supervisor_fastapi import checks
+from supervisor_fastapi.cli import checks
 from supervisor_fastapi.spec import Bind, Budget, Memory
 
 from ._core_helpers import conf_of, data, make_dirs, spec_of

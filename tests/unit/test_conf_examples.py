@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from supervisor_fastapi.render import render
+from supervisor_fastapi.generate.conf import render
 from supervisor_fastapi.spec import PYPROJECT_TABLE, HostDefaults, parse_spec
 
 from ._core_helpers import load, raw_sections

@@ -1,6 +1,6 @@
 """readiness(): pure decisions over getAllProcessInfo records and worker state files."""
 
-from supervisor_fastapi.control import readiness
+from supervisor_fastapi.cli.control import readiness
 from supervisor_fastapi.spec import HostDefaults, build_spec
 
 

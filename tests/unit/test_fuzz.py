@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from supervisor_fastapi.cli import main
 from supervisor_fastapi.errors import SpecError, UserError
-from supervisor_fastapi.render import build, worker_argv
+from supervisor_fastapi.generate.conf import build, worker_argv
 from supervisor_fastapi.spec import parse_spec
-from supervisor_fastapi.worker import UVICORN_SETTINGS
+from supervisor_fastapi.uvicorn_settings import UVICORN_SETTINGS
 
 from ._core_helpers import HOST, conf_of, load, make_dirs, program_configs, raw_sections
 

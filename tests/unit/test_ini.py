@@ -4,7 +4,7 @@ import shlex
 
 import pytest
 
-from supervisor_fastapi import ini
+from supervisor_fastapi.generate import ini
 
 from ._core_helpers import raw_sections
 

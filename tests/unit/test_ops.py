@@ -2,7 +2,7 @@
 
 import json
 
-from supervisor_fastapi.ops import Edges, collect_status, format_status, rolling_restart
+from supervisor_fastapi.cli.ops import Edges, collect_status, format_status, rolling_restart
 
 
 class FakeSupervisor(Edges):

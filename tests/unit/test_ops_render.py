@@ -1,6 +1,6 @@
 """The plugin and watchdog sections: when they are rendered, and that supervisor loads them."""
 
-from supervisor_fastapi.render import render
+from supervisor_fastapi.generate.conf import render
 from supervisor_fastapi.spec import HostDefaults, parse_spec
 
 BASE = ('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=2\n{server}'
@@ -14,10 +14,10 @@ def spec(server="", memory="", run_dir="/tmp/r"):
 
 def test_standalone_conf_loads_both_plugins():
     text = render(spec(), "x")
-    assert "[rpcinterface:fastapi]\nsupervisor.rpcinterface_factory=supervisor_fastapi.rpcplugin:make_rpcinterface" \
+    assert "[rpcinterface:fastapi]\nsupervisor.rpcinterface_factory=supervisor_fastapi.plugins.rpc:make_rpcinterface" \
         in text
     assert "run_dir=/tmp/r\n" in text
-    assert "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.ctlplugin:make_ctlplugin\ngroup=web" in text
+    assert "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\ngroup=web" in text
 
 
 def test_fragment_leaves_plugins_out_unless_asked():
@@ -32,15 +32,15 @@ def test_fragment_leaves_plugins_out_unless_asked():
 def test_watchdog_only_when_a_limit_is_set():
     assert "web_watchdog" not in render(spec(), "x")
     text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x")
-    assert ("command=/py -m supervisor_fastapi.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
+    assert ("command=/py -m supervisor_fastapi.runtime.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
             "--memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
     text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True)
     assert "[program:web_watchdog]" in text and "--heartbeat-timeout 15\n" in text
 
 
 def test_supervisor_loads_the_conf_with_plugins_and_watchdog(tmp_path):
-    from supervisor_fastapi import checks
-    from supervisor_fastapi.deploy import make_dirs
+    from supervisor_fastapi.cli import checks
+    from supervisor_fastapi.cli.deploy import make_dirs
 
     s = spec(server="heartbeat_timeout=15\n", memory='[memory]\nlimit="1GB"\n', run_dir=str(tmp_path / "r"))
     make_dirs(s)

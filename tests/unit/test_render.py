@@ -5,9 +5,9 @@ import shlex
 
 import pytest
 
-from supervisor_fastapi import render as render_mod
-from supervisor_fastapi.render import LISTENER_BUFFER, STOP_MARGIN, Layout, build, worker_argv
-from supervisor_fastapi.worker import decode_settings, parse_args
+from supervisor_fastapi.generate import conf as render_mod
+from supervisor_fastapi.generate.conf import LISTENER_BUFFER, STOP_MARGIN, Layout, build, worker_argv
+from supervisor_fastapi.runtime.worker import decode_settings, parse_args
 
 from ._core_helpers import HOST, conf_of, data, load, make_dirs, program_configs, raw_sections, spec_of
 
@@ -117,7 +117,7 @@ def test_worker_command_carries_every_setting_back_to_the_worker(run_dir):
     procs = program_configs(load(text))["web"]
     argv = shlex.split(procs[0][1].command)  # as supervisord splits it, after % expansion
     assert argv == worker_argv(spec)
-    assert argv[:4] == ["/opt/my env/bin/python", "-m", "supervisor_fastapi.worker", "m:make"]
+    assert argv[:4] == ["/opt/my env/bin/python", "-m", "supervisor_fastapi.runtime.worker", "m:make"]
     args = parse_args(argv[3:])
     assert args.factory and args.graceful_timeout == 9 and args.backlog == 77
     assert args.state_dir == f"{run_dir}/workers" and args.heartbeat_interval == 1.0

@@ -2,7 +2,7 @@
 
 import socket
 
-from supervisor_fastapi.rpcplugin import SocketHolds, xmlrpc_safe
+from supervisor_fastapi.plugins.rpc import SocketHolds, xmlrpc_safe
 
 
 class Cfg:
@@ -93,9 +93,9 @@ def test_listener_state_fits_xmlrpc():
 
 
 def test_state_dir_comes_from_the_rendered_worker_command():
-    from supervisor_fastapi.rpcplugin import state_dir_from_command
+    from supervisor_fastapi.plugins.rpc import state_dir_from_command
 
-    cmd = "/v/bin/python -m supervisor_fastapi.worker m:app --state-dir '/srv/my app/run/workers' --set x=1"
+    cmd = "/v/bin/python -m supervisor_fastapi.runtime.worker m:app --state-dir '/srv/my app/run/workers' --set x=1"
     assert state_dir_from_command(cmd) == "/srv/my app/run/workers"
     assert state_dir_from_command("python -m w --state-dir=/r/workers") == "/r/workers"
     assert state_dir_from_command("uvicorn --fd 0 m:app") is None
@@ -107,10 +107,10 @@ def test_each_group_reads_its_own_apps_files_and_the_option_is_the_fallback(tmp_
     import json
     from types import SimpleNamespace as NS
 
-    from supervisor_fastapi.rpcplugin import FastAPINamespaceRPCInterface
+    from supervisor_fastapi.plugins.rpc import FastAPINamespaceRPCInterface
 
     def group(run_dir):
-        return NS(config=NS(process_configs=[NS(command=f"py -m supervisor_fastapi.worker m:app --state-dir "
+        return NS(config=NS(process_configs=[NS(command=f"py -m supervisor_fastapi.runtime.worker m:app --state-dir "
                                                         f"{run_dir}/workers")]))
 
     for app in ("web", "api"):

@@ -1,7 +1,7 @@
 """The watchdog's decisions, replayed as data with an injected clock."""
 
-from supervisor_fastapi.render import watchdog_argv
-from supervisor_fastapi.watchdog import Alert, Config, Kill, Start, Stop, Watchdog, Worker, parse_args, read_workers
+from supervisor_fastapi.generate.conf import watchdog_argv
+from supervisor_fastapi.runtime.watchdog import Alert, Config, Kill, Start, Stop, Watchdog, Worker, parse_args, read_workers
 
 MB = 1024 * 1024
 
@@ -110,7 +110,7 @@ def test_args_round_trip_through_the_rendered_command():
                       'heartbeat_timeout=10\nstartup_timeout=90\n[memory]\nlimit="1.5GB"\ncheck_interval=5\n'
                       '[supervisord]\nrun_dir="/tmp/r"\n', "/x/s.toml", "/x")
     argv = watchdog_argv(spec)
-    assert argv is not None and argv[:3] == [spec.app.python, "-m", "supervisor_fastapi.watchdog"]
+    assert argv is not None and argv[:3] == [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog"]
     config, state_dir = parse_args(argv[3:])
     assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0, 90.0)
     assert state_dir == "/tmp/r/workers"
@@ -118,7 +118,7 @@ def test_args_round_trip_through_the_rendered_command():
 
 
 def test_an_unfinished_recycle_is_resumed_by_the_next_watchdog(tmp_path):
-    from supervisor_fastapi.watchdog import Recycle, load_recycle, save_recycle
+    from supervisor_fastapi.runtime.watchdog import Recycle, load_recycle, save_recycle
 
     path = str(tmp_path / "memo.json")
     save_recycle(path, Recycle("web:web_00", 10, 0.0))

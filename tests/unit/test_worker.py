@@ -6,16 +6,9 @@ import socket
 
 import pytest
 
-from supervisor_fastapi import worker
-from supervisor_fastapi.worker import (
-    UVICORN_SETTINGS,
-    StateFile,
-    build_server,
-    decode_settings,
-    encode_setting,
-    listening_socket,
-    parse_args,
-)
+from supervisor_fastapi.runtime import worker
+from supervisor_fastapi.runtime.worker import StateFile, build_server, decode_settings, listening_socket, parse_args
+from supervisor_fastapi.uvicorn_settings import UVICORN_SETTINGS, encode_setting
 
 
 @pytest.mark.parametrize("key, value, words", [

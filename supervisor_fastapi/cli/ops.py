@@ -98,7 +98,7 @@ class SupervisorEdges(Edges):
 
 def send_alert(proxy: Any, kind: str, process: str, summary: str, details: Optional[Dict[str, Any]] = None) -> None:
     """Alert through supervisord to the event listener; never raises (an alert must not break an operation)."""
-    from .listener.notify import notify
+    from ..listener.notify import notify
 
     try:
         notify(proxy, kind, process, summary, details)
@@ -356,7 +356,7 @@ def _duration(seconds: Optional[float]) -> str:
 def _size(n: Optional[int]) -> str:
     if n is None:
         return "-"
-    from .spec import format_size
+    from ..spec import format_size
 
     return format_size(n)
 
@@ -411,7 +411,7 @@ def format_status(status: Status, now: float) -> str:
 
 
 def local_rss(pids: Sequence[int]) -> Dict[int, int]:
-    from .rpcplugin import read_rss
+    from ..plugins.rpc import read_rss
 
     out = {}
     for pid in pids:
@@ -427,7 +427,7 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
     import os
 
     from . import control
-    from .rpcplugin import read_json
+    from ..plugins.rpc import read_json
 
     if serverurl:
         from supervisor.xmlrpc import SupervisorTransport

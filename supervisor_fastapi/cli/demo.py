@@ -11,8 +11,8 @@ import time
 from typing import Callable, Dict, List
 
 from . import deploy
-from .errors import UserError
-from .spec import HostDefaults, build_spec
+from ..errors import UserError
+from ..spec import HostDefaults, build_spec
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
         raise UserError("the demo needs FastAPI: pip install 'supervisor-fastapi[demo]'") from None
     folder = tempfile.mkdtemp(prefix="supervisor-fastapi-demo-")
     port = free_port()
-    data = {"app": {"name": "demo", "asgi": "supervisor_fastapi.demo:app"},
+    data = {"app": {"name": "demo", "asgi": "supervisor_fastapi.runtime.demo_app:app"},
             "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": workers, "graceful_timeout": 5}}
     spec_path = os.path.join(folder, "supervisor-fastapi.toml")
     import tomli_w

@@ -6,10 +6,11 @@ import time
 from typing import Any, Callable, List, Optional
 
 from . import checks, control
-from .errors import UserError
+from ..errors import UserError
 from .ops import start_process
-from .render import Layout, render
-from .spec import Spec
+from ..generate.conf import render
+from ..layout import Layout
+from ..spec import Spec
 
 Progress = Callable[[str], None]
 

@@ -6,11 +6,13 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
-from dataclasses import dataclass
+from ..uvicorn_settings import encode_setting
 from typing import List, Optional, Tuple
 
-from . import __version__, ini
-from .spec import Program, Spec
+from .. import __version__
+from ..layout import Layout, Names
+from ..spec import Program, Spec
+from . import ini
 
 Options = List[Tuple[str, str]]
 
@@ -27,53 +29,10 @@ STOP_MARGIN = 10
 RPC_NAMESPACE = "fastapi"
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where the files a deployment writes live, all under run_dir."""
-
-    run_dir: str
-
-    @property
-    def socket(self) -> str:
-        return os.path.join(self.run_dir, "supervisor.sock")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.run_dir, "supervisord.pid")
-
-    @property
-    def logfile(self) -> str:
-        return os.path.join(self.run_dir, "supervisord.log")
-
-    @property
-    def log_dir(self) -> str:
-        return os.path.join(self.run_dir, "logs")
-
-    @property
-    def state_dir(self) -> str:
-        """Worker ready/heartbeat files."""
-        return os.path.join(self.run_dir, "workers")
-
-    @property
-    def listener_state(self) -> str:
-        return os.path.join(self.run_dir, "listener-state.json")
-
-    @property
-    def alert_journal(self) -> str:
-        return os.path.join(self.run_dir, "alerts-undelivered.jsonl")
-
-    def program_log(self, program: str) -> str:
-        return os.path.join(self.log_dir, f"{program}.log")
-
-    def dirs(self) -> List[str]:
-        """Folders that must exist before supervisord starts (it checks log folders)."""
-        return [self.run_dir, self.log_dir, self.state_dir]
-
-
 def worker_argv(spec: Spec) -> List[str]:
     """The worker command supervisord runs for each web process."""
     s = spec.server
-    argv = [spec.app.python, "-m", "supervisor_fastapi.worker", spec.app.asgi]
+    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.worker", spec.app.asgi]
     if spec.app.factory:
         argv.append("--factory")
     argv += ["--graceful-timeout", f"{s.graceful_timeout:g}", "--backlog", str(s.backlog),
@@ -81,8 +40,6 @@ def worker_argv(spec: Spec) -> List[str]:
     if s.heartbeat_timeout:
         # Beat often enough that a single late beat never looks like a hang.
         argv += ["--heartbeat-interval", f"{max(0.2, min(1.0, s.heartbeat_timeout / 4)):g}"]
-    from .worker import encode_setting
-
     for key, value in s.uvicorn:
         argv += encode_setting(key, value)
     return argv
@@ -233,13 +190,13 @@ def plugin_sections(spec: Spec, fragment: bool = False) -> List[ini.Section]:
     run_dir = ini.escape(Layout(spec.run_dir).run_dir)
     sections: List[ini.Section] = [
         (f"rpcinterface:{RPC_NAMESPACE}", [
-            ("supervisor.rpcinterface_factory", "supervisor_fastapi.rpcplugin:make_rpcinterface"),
+            ("supervisor.rpcinterface_factory", "supervisor_fastapi.plugins.rpc:make_rpcinterface"),
             ("run_dir", run_dir),
         ]),
     ]
     if not fragment:
         sections.append((f"ctlplugin:{RPC_NAMESPACE}", [
-            ("supervisor.ctl_factory", "supervisor_fastapi.ctlplugin:make_ctlplugin"),
+            ("supervisor.ctl_factory", "supervisor_fastapi.plugins.ctl:make_ctlplugin"),
             ("group", ini.escape(spec.app.name)),
         ]))
     return sections
@@ -250,7 +207,7 @@ def watchdog_argv(spec: Spec) -> Optional[List[str]]:
     s, m = spec.server, spec.memory
     if m.limit is None and not s.heartbeat_timeout and not s.startup_timeout:
         return None
-    argv = [spec.app.python, "-m", "supervisor_fastapi.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
+    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
             "--state-dir", Layout(spec.run_dir).state_dir]
     if m.limit is not None:
         argv += ["--memory-limit", str(m.limit), "--check-interval", f"{m.check_interval:g}",

@@ -17,7 +17,7 @@ from typing import Any, Tuple
 
 from supervisor.supervisorctl import ControllerPluginBase, LSBInitExitStatuses
 
-from . import ops
+from ..cli import ops
 
 
 class FastAPIControllerPlugin(ControllerPluginBase):

@@ -10,10 +10,13 @@ from typing import Any, Callable, Optional, TypeVar
 
 import click
 
-from . import __version__, checks, control, deploy, systemd
-from .errors import UserError
-from .render import Layout, render
-from .spec import SPEC_FILENAME, Spec, load_spec
+from .. import __version__
+from ..generate import systemd
+from . import checks, control, deploy
+from ..errors import UserError
+from ..generate.conf import render
+from ..layout import Layout
+from ..spec import SPEC_FILENAME, Spec, load_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,7 +77,7 @@ def main() -> None:
 @user_errors
 def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
     """Write a starter spec."""
-    from .starter import write_starter
+    from ..generate.starter import write_starter
 
     path = write_starter(config, name or os.path.basename(os.getcwd()), asgi, force)
     click.echo(f"wrote {path}\nnext: supervisor-fastapi check && supervisor-fastapi up")
@@ -169,7 +172,7 @@ def systemd_unit(config: Optional[str], output: Optional[str]) -> None:
 @user_errors
 def demo(workers: int, smoke: bool) -> None:
     """Serve a bundled demo app with N workers from a temporary folder; Ctrl-C stops it."""
-    from .demo_run import run_demo
+    from .demo import run_demo
 
     run_demo(workers, smoke, progress)
 
@@ -180,7 +183,7 @@ def demo(workers: int, smoke: bool) -> None:
 @user_errors
 def alert_test(config: Optional[str]) -> None:
     """Send a test alert to every [[alerts]] channel and report each result (exit 1 if any failed)."""
-    from .listener.alerts import test_report
+    from ..listener.alerts import test_report
 
     lines, ok = test_report(load_spec(config))
     click.echo("\n".join(lines))

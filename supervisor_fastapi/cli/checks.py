@@ -8,8 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from .render import Layout
-from .spec import Bind, Memory, Spec, format_size
+from ..layout import Layout
+from ..spec import Bind, Memory, Spec, format_size
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def bind_problem(bind: Bind) -> Optional[str]:
 
 def python_problem(python: str, directory: str, asgi: str) -> Optional[str]:
     """Whether app.python can run the worker (supervisor_fastapi and uvicorn importable)."""
-    code = "import supervisor_fastapi.worker, uvicorn"
+    code = "import supervisor_fastapi.runtime.worker, uvicorn"
     try:
         proc = subprocess.run([python, "-c", code], cwd=directory if os.path.isdir(directory) else None,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)

@@ -12,10 +12,10 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from .errors import UserError
-from .render import Layout
-from .spec import Spec
-from .worker import read_state_files
+from ..errors import UserError
+from ..layout import Layout
+from ..spec import Spec
+from ..runtime.worker import read_state_files
 
 ProcessInfo = Dict[str, Any]
 FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")

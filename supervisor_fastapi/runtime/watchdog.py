@@ -30,7 +30,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .spec import format_size
+from ..spec.model import format_size
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
 # alerted) so that one stuck worker does not block every later recycle.
@@ -240,7 +240,7 @@ def read_workers(infos: Sequence[Dict[str, Any]], states: Dict[str, Dict[str, An
 
 def carry_out(proxy: Any, actions: Sequence[Action], log: Callable[[str], None]) -> None:
     """Perform the actions over XML-RPC; a failed one is logged, never fatal."""
-    from .ops import send_alert
+    from ..cli.ops import send_alert
 
     for a in actions:
         try:
@@ -264,9 +264,9 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
         iterations: Optional[int] = None) -> None:
     """The loop: observe every ``config.tick`` seconds and act."""
-    from .control import worker_states
-    from .render import Layout
-    from .rpcplugin import read_rss
+    from ..cli.control import worker_states
+    from ..layout import Layout
+    from ..plugins.rpc import read_rss
 
     layout = Layout(os.path.dirname(state_dir.rstrip("/")))
     memo = os.path.join(layout.run_dir, f"{config.group}-watchdog-recycle.json")
@@ -312,7 +312,7 @@ def save_recycle(path: str, recycle: Optional[Recycle]) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str]:
-    p = argparse.ArgumentParser(prog="python -m supervisor_fastapi.watchdog",
+    p = argparse.ArgumentParser(prog="python -m supervisor_fastapi.runtime.watchdog",
                                 description="Recycle web workers over memory.limit; kill workers whose loop hangs.")
     p.add_argument("--group", required=True)
     p.add_argument("--workers", type=int, required=True)

@@ -6,8 +6,8 @@ from typing import Any, Dict
 
 import tomli_w
 
-from .errors import UserError
-from .spec import Backoff, HostDefaults, build_spec
+from ..errors import UserError
+from ..spec import Backoff, HostDefaults, build_spec
 
 _BACKOFF = Backoff()
 

@@ -35,7 +35,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .worker import read_state_files
+from ..runtime.worker import read_state_files
 
 API_VERSION = "2"  # 2: getWorkerStates and getListenerState take the group
 DEFAULT_RELEASE_AFTER = 10.0

@@ -1,0 +1,114 @@
+"""The one authority for names and paths: every supervisor program and group name and every
+file under run_dir is built here and nowhere else.
+
+The generator renders these names into the conf; each running process gets the ones it
+needs from the conf (its command line, or the options of its plugin section), never by
+rebuilding them. Standard library only: supervisord, the listener and the worker import it.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import List
+
+# File names under run_dir (and its workers/ folder), each written by one process.
+SOCKET_FILE = "supervisor.sock"  # supervisord's control socket
+PIDFILE = "supervisord.pid"
+LOGFILE = "supervisord.log"
+LOG_DIR = "logs"
+STATE_DIR = "workers"  # the workers' ready/heartbeat files; the only folder the app user writes
+LISTENER_STATE = "listener-state.json"  # the listener: last alert and its results
+ALERT_JOURNAL = "alerts-undelivered.jsonl"  # the listener: alerts no channel took
+ALERTS_LOG = "alerts.log"  # the `log` alert channel's default file
+WATCHDOG_MEMO = "watchdog-state.json"  # the watchdog: consecutive over-limit counts
+
+
+@dataclass(frozen=True)
+class Names:
+    """Program and group names of one app; the web group is the app's own name."""
+
+    app: str
+
+    @property
+    def web(self) -> str:
+        return self.app
+
+    @property
+    def migrate(self) -> str:
+        return f"{self.app}_migrate"
+
+    @property
+    def listener(self) -> str:
+        return f"{self.app}_listener"
+
+    @property
+    def watchdog(self) -> str:
+        return f"{self.app}_watchdog"
+
+    def program(self, name: str) -> str:
+        """The group of a ``[[programs]]`` entry."""
+        return f"{self.app}_{name}"
+
+    @property
+    def rpc_namespace(self) -> str:
+        """The XML-RPC namespace of this app's ``[rpcinterface:...]`` section."""
+        return f"fastapi_{self.app}"
+
+    @staticmethod
+    def numbered(group: str) -> str:
+        """supervisord's ``process_name`` for a numbered program: ``<group>_00`` ..."""
+        return "%(program_name)s_%(process_num)02d"
+
+
+# Program names a [[programs]] entry may not take: they collide with the ones above.
+RESERVED_PROGRAMS = ("migrate", "listener", "watchdog")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the files a deployment writes live, all under run_dir."""
+
+    run_dir: str
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run_dir, SOCKET_FILE)
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.run_dir, PIDFILE)
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.run_dir, LOGFILE)
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.run_dir, LOG_DIR)
+
+    @property
+    def state_dir(self) -> str:
+        """Worker ready/heartbeat files."""
+        return os.path.join(self.run_dir, STATE_DIR)
+
+    @property
+    def listener_state(self) -> str:
+        return os.path.join(self.run_dir, LISTENER_STATE)
+
+    @property
+    def alert_journal(self) -> str:
+        return os.path.join(self.run_dir, ALERT_JOURNAL)
+
+    @property
+    def alerts_log(self) -> str:
+        return os.path.join(self.run_dir, ALERTS_LOG)
+
+    @property
+    def watchdog_memo(self) -> str:
+        return os.path.join(self.run_dir, WATCHDOG_MEMO)
+
+    def program_log(self, program: str) -> str:
+        return os.path.join(self.log_dir, f"{program}.log")
+
+    def dirs(self) -> List[str]:
+        """Folders that must exist before supervisord starts (it checks log folders)."""
+        return [self.run_dir, self.log_dir, self.state_dir]

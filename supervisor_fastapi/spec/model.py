@@ -1,0 +1,197 @@
+"""The deployment spec as immutable typed records, and the size helpers they use.
+
+Constructing a record has no side effects; ``spec.load`` builds them from TOML.
+"""
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Tuple
+
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Where the shared socket listens: ``tcp://HOST:PORT`` or ``unix:///abs/path``."""
+
+    kind: str  # "tcp" | "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{self.host}:{self.port}" if self.kind == "tcp" else f"unix://{self.path}"
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    asgi: str
+    factory: bool
+    directory: str
+    python: str
+    env: Tuple[Tuple[str, str], ...] = ()
+    user: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Server:
+    bind: Bind
+    workers: int
+    graceful_timeout: float = 30.0
+    uvicorn: Tuple[Tuple[str, Any], ...] = ()
+    backlog: int = 2048
+    socket_mode: Optional[str] = None
+    socket_owner: Optional[str] = None
+    heartbeat_timeout: Optional[float] = None
+    startup_timeout: Optional[float] = None
+    startsecs: int = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A share of host RAM (``fraction``) or an absolute byte count."""
+
+    fraction: Optional[float] = None
+    bytes: Optional[int] = None
+
+    def of(self, total: int) -> int:
+        return int(total * self.fraction) if self.fraction is not None else int(self.bytes or 0)
+
+    def describe(self) -> str:
+        return f"{self.fraction * 100:g}% of RAM" if self.fraction is not None else format_size(self.bytes or 0)
+
+
+@dataclass(frozen=True)
+class Memory:
+    per_worker: Optional[int] = None
+    budget: Budget = Budget(fraction=0.9)
+    limit: Optional[int] = None
+    check_interval: float = 10.0
+    limit_checks: int = 2
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: str
+    numprocs: int = 1
+    env: Tuple[Tuple[str, str], ...] = ()
+    directory: Optional[str] = None
+    autostart: bool = True
+
+
+@dataclass(frozen=True)
+class Supervisord:
+    run_dir: str
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Migrate:
+    command: str
+    timeout: float = 600.0
+    env: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    restarts: int = 3
+    window: float = 60.0
+    # 20 s, not Kubernetes' 10 s: supervisord respawns a crashed autorestart process before
+    # any listener hears of the crash, so each failed retry costs two spawns (the listener
+    # stops the extra one); 20 s keeps a 1.5 s crash loop at 6 spawns in its first minute.
+    backoff_initial: float = 20.0
+    backoff_max: float = 300.0
+    backoff_reset: float = 60.0
+    jitter: float = 0.1
+    retry_fatal: bool = True
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    default: Backoff = Backoff()
+    overrides: Tuple[Tuple[str, Backoff], ...] = ()
+
+    def for_program(self, name: str) -> Backoff:
+        return dict(self.overrides).get(name, self.default)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert channel; ``options`` holds the type's own validated keys."""
+
+    type: str  # "webhook" | "email" | "command" | "log"
+    name: str
+    options: Tuple[Tuple[str, Any], ...] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class Listener:
+    reminder_interval: float = 3600.0
+    send_retries: int = 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    source: str  # absolute path of the spec file
+    base_dir: str
+    app: App
+    server: Server
+    supervisord: Supervisord
+    memory: Memory = Memory()
+    programs: Tuple[Program, ...] = ()
+    migrate: Optional[Migrate] = None
+    crash_loop: CrashLoop = CrashLoop()
+    alerts: Tuple[Alert, ...] = ()
+    listener: Listener = Listener()
+    from_pyproject: bool = False
+
+    @property
+    def run_dir(self) -> str:
+        return self.supervisord.run_dir
+
+    def program_names(self) -> List[str]:
+        """Every supervisor program name the spec produces, in render order."""
+        names = [self.app.name]
+        if self.migrate:
+            names.append(f"{self.app.name}_migrate")
+        names += [f"{self.app.name}_{p.name}" for p in self.programs]
+        return names
+
+
+@dataclass(frozen=True)
+class HostDefaults:
+    """What a spec may default to from the host; injected so parsing stays pure."""
+
+    python: str = field(default_factory=lambda: sys.executable)
+    cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+# --- sizes and durations ----------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '512MiB', '1.5G' or '2048' (bytes) to bytes; K/M/G/T are powers of 1024."""
+    match = SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size like '512MB' or '1.5GB'")
+    number, unit = match.groups()
+    unit = (unit or "").upper().replace("I", "").rstrip("B") or ("B" if unit else "")
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short human size: '1 GB', '512 MB' (powers of 1024, as parse_size)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = _SIZE_UNITS[unit[0]]
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
