@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..errors import UserError
 from ..layout import Layout
-from ..spec import Spec
 from ..runtime.worker import read_state_files
+from ..spec import Spec
 
 ProcessInfo = Dict[str, Any]
 FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")

@@ -10,9 +10,9 @@ import tempfile
 import time
 from typing import Callable, Dict, List
 
-from . import deploy
 from ..errors import UserError
 from ..spec import HostDefaults, build_spec
+from . import deploy
 
 
 def free_port() -> int:

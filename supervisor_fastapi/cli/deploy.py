@@ -5,12 +5,12 @@ import tempfile
 import time
 from typing import Any, Callable, List, Optional
 
-from . import checks, control
 from ..errors import UserError
-from .ops import start_process
 from ..generate.conf import render
 from ..layout import Layout
 from ..spec import Spec
+from . import checks, control
+from .ops import start_process
 
 Progress = Callable[[str], None]
 

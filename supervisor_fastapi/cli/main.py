@@ -11,12 +11,12 @@ from typing import Any, Callable, Optional, TypeVar
 import click
 
 from .. import __version__
-from ..generate import systemd
-from . import checks, control, deploy
 from ..errors import UserError
+from ..generate import systemd
 from ..generate.conf import render
 from ..layout import Layout
 from ..spec import SPEC_FILENAME, Spec, load_spec
+from . import checks, control, deploy
 
 F = TypeVar("F", bound=Callable[..., Any])
 

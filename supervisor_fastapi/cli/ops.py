@@ -426,8 +426,8 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
     or ``serverurl`` (an OS-packaged supervisord running a conf.d fragment)."""
     import os
 
-    from . import control
     from ..plugins.rpc import read_json
+    from . import control
 
     if serverurl:
         from supervisor.xmlrpc import SupervisorTransport

@@ -6,12 +6,12 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
-from ..uvicorn_settings import encode_setting
 from typing import List, Optional, Tuple
 
 from .. import __version__
-from ..layout import Layout, Names
+from ..layout import Layout
 from ..spec import Program, Spec
+from ..uvicorn_settings import encode_setting
 from . import ini
 
 Options = List[Tuple[str, str]]
@@ -207,8 +207,8 @@ def watchdog_argv(spec: Spec) -> Optional[List[str]]:
     s, m = spec.server, spec.memory
     if m.limit is None and not s.heartbeat_timeout and not s.startup_timeout:
         return None
-    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog", "--group", spec.app.name, "--workers", str(s.workers),
-            "--state-dir", Layout(spec.run_dir).state_dir]
+    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog", "--group", spec.app.name,
+            "--workers", str(s.workers), "--state-dir", Layout(spec.run_dir).state_dir]
     if m.limit is not None:
         argv += ["--memory-limit", str(m.limit), "--check-interval", f"{m.check_interval:g}",
                  "--limit-checks", str(m.limit_checks)]

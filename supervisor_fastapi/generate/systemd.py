@@ -1,7 +1,7 @@
 """A systemd unit that starts supervisord at boot and restarts it if it dies."""
 
-from .conf import STOP_MARGIN
 from ..spec import Spec
+from .conf import STOP_MARGIN
 
 
 def unit(spec: Spec, conf_path: str, python: str) -> str:

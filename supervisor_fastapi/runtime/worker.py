@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..uvicorn_settings import UVICORN_SETTINGS
 

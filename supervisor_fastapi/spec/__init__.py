@@ -1,8 +1,24 @@
 """The deployment spec: ``model`` holds the typed records, ``load`` reads TOML into them."""
 
-from .load import (PYPROJECT_TABLE, SPEC_FILENAME, build_spec, find_spec, load_spec, parse_bind, parse_spec)
-from .model import (Alert, App, Backoff, Bind, Budget, CrashLoop, HostDefaults, Listener, Memory, Migrate,
-                    Program, Server, Spec, Supervisord, format_size, parse_size)
+from .load import PYPROJECT_TABLE, SPEC_FILENAME, build_spec, find_spec, load_spec, parse_bind, parse_spec
+from .model import (
+                    Alert,
+                    App,
+                    Backoff,
+                    Bind,
+                    Budget,
+                    CrashLoop,
+                    HostDefaults,
+                    Listener,
+                    Memory,
+                    Migrate,
+                    Program,
+                    Server,
+                    Spec,
+                    Supervisord,
+                    format_size,
+                    parse_size,
+)
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
            "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Migrate",

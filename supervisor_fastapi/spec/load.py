@@ -9,12 +9,31 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, NoReturn, Optional, Sequence, Tuple
 
-from ..generate import ini
 from ..errors import SpecError, UserError, did_you_mean
+from ..generate import ini
 from ..uvicorn_settings import UVICORN_SETTINGS, UvicornSetting
+from .model import (  # noqa: F401
+    _SIZE_UNITS,
+    SIZE_RE,
+    Alert,
+    App,
+    Backoff,
+    Bind,
+    Budget,
+    CrashLoop,
+    HostDefaults,
+    Listener,
+    Memory,
+    Migrate,
+    Program,
+    Server,
+    Spec,
+    Supervisord,
+    format_size,
+    parse_size,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,8 +64,6 @@ UVICORN_OWNED = {
     "app_dir": "set app.directory",
     "backlog": "set server.backlog",
 }
-
-from .model import Alert, App, Backoff, Bind, Budget, CrashLoop, HostDefaults, Listener, Memory, Migrate, Program, SIZE_RE, Server, Spec, Supervisord, _SIZE_UNITS, format_size, parse_size  # noqa: F401
 
 
 # --- the table reader -------------------------------------------------------------------

@@ -17,7 +17,8 @@ def test_standalone_conf_loads_both_plugins():
     assert "[rpcinterface:fastapi]\nsupervisor.rpcinterface_factory=supervisor_fastapi.plugins.rpc:make_rpcinterface" \
         in text
     assert "run_dir=/tmp/r\n" in text
-    assert "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\ngroup=web" in text
+    assert ("[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\ngroup=web"
+            in text)
 
 
 def test_fragment_leaves_plugins_out_unless_asked():

@@ -1,7 +1,17 @@
 """The watchdog's decisions, replayed as data with an injected clock."""
 
 from supervisor_fastapi.generate.conf import watchdog_argv
-from supervisor_fastapi.runtime.watchdog import Alert, Config, Kill, Start, Stop, Watchdog, Worker, parse_args, read_workers
+from supervisor_fastapi.runtime.watchdog import (
+    Alert,
+    Config,
+    Kill,
+    Start,
+    Stop,
+    Watchdog,
+    Worker,
+    parse_args,
+    read_workers,
+)
 
 MB = 1024 * 1024
 
