@@ -12,13 +12,12 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+from ..contracts import FAILED_STATES, read_worker_states
 from ..errors import UserError
 from ..layout import Layout
-from ..runtime.worker import read_state_files
 from ..spec import Spec
 
 ProcessInfo = Dict[str, Any]
-FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 
 
 def rpc(layout: Layout) -> Any:
@@ -41,7 +40,7 @@ def is_running(layout: Layout) -> bool:
 
 def worker_states(layout: Layout) -> Dict[str, Dict[str, Any]]:
     """Ready/heartbeat files by process name: ``{"pid", "ready", "beat"}``."""
-    return read_state_files(layout.state_dir)
+    return read_worker_states(layout.state_dir)
 
 
 @dataclass

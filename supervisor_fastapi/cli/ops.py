@@ -19,10 +19,11 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ..contracts import FAILED_STATES, is_ready
+
 ProcessInfo = Dict[str, Any]
 Progress = Callable[[str], None]
 
-FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 HOUR = 3600.0
 
 
@@ -111,12 +112,6 @@ def send_alert(proxy: Any, kind: str, process: str, summary: str, details: Optio
 
 def namespec(info: ProcessInfo) -> str:
     return info["name"] if info["name"] == info["group"] else f"{info['group']}:{info['name']}"
-
-
-def is_ready(info: ProcessInfo, states: Dict[str, Dict[str, Any]]) -> bool:
-    """RUNNING in supervisord and its own state file names that pid (uvicorn is listening)."""
-    pid = info["pid"]
-    return info["statename"] == "RUNNING" and bool(pid) and states.get(info["name"], {}).get("pid") == pid
 
 
 def lookup(table: Optional[Dict[str, Any]], info: ProcessInfo) -> Any:
@@ -411,7 +406,7 @@ def format_status(status: Status, now: float) -> str:
 
 
 def local_rss(pids: Sequence[int]) -> Dict[int, int]:
-    from ..plugins.rpc import read_rss
+    from ..contracts import read_rss
 
     out = {}
     for pid in pids:
@@ -426,7 +421,7 @@ def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges
     or ``serverurl`` (an OS-packaged supervisord running a conf.d fragment)."""
     import os
 
-    from ..plugins.rpc import read_json
+    from ..contracts import read_json
     from . import control
 
     if serverurl:

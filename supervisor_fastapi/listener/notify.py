@@ -10,7 +10,7 @@ The listener turns each such REMOTE_COMMUNICATION event into an alert on every c
 import json
 from typing import Any, Mapping, Optional
 
-REMOTE_TYPE = "supervisor-fastapi"
+from ..contracts import REMOTE_TYPE
 
 
 def notify(proxy: Any, kind: str, process: str, summary: str, details: Optional[Mapping[str, Any]] = None) -> None:

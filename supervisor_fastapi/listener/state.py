@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..contracts import REMOTE_TYPE  # noqa: F401
 from ..spec import Backoff, CrashLoop, Spec
 
 SPAWN_HISTORY = 3600.0  # the state file keeps one hour of spawn times per process ...
@@ -30,7 +31,6 @@ EVENT_DEDUPE = 60.0  # the same remote event (kind, process) alerts at most once
 # that must stay held is stopped this long after it started, not at once.
 STOP_SETTLE = 0.3
 START_RETRY = 1.0  # a retry whose start failed (RPC error) is tried again this much later
-REMOTE_TYPE = "supervisor-fastapi"  # REMOTE_COMMUNICATION type this listener acts on
 
 
 # --- events -------------------------------------------------------------------------------

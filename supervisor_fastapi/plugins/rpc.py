@@ -27,7 +27,6 @@ imported: this runs in supervisord's Python.
 """
 
 import fcntl
-import json
 import os
 import resource
 import shlex
@@ -35,7 +34,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ..runtime.worker import read_state_files
+from ..contracts import read_json, read_rss, read_worker_states
 
 API_VERSION = "2"  # 2: getWorkerStates and getListenerState take the group
 DEFAULT_RELEASE_AFTER = 10.0
@@ -242,27 +241,6 @@ def group_run_dir(supervisord: Any, group: str) -> Optional[str]:
     return None
 
 
-def read_rss(pid: int) -> Optional[int]:
-    """Resident set size of ``pid`` in bytes (Linux /proc), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def read_json(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 class FastAPINamespaceRPCInterface:
     """XML-RPC methods under ``fastapi.``. Byte counts are KiB: XML-RPC ints stop at 2**31."""
 
@@ -283,7 +261,7 @@ class FastAPINamespaceRPCInterface:
         run_dir = self._run_dir(group)
         if not run_dir:
             return {}
-        states = read_state_files(os.path.join(run_dir, "workers"))
+        states = read_worker_states(os.path.join(run_dir, "workers"))
         return {name: xmlrpc_safe(data) for name, data in states.items()}
 
     def getListenerState(self, group: str = "") -> Dict[str, Any]:

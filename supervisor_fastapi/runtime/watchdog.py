@@ -265,8 +265,8 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
         iterations: Optional[int] = None) -> None:
     """The loop: observe every ``config.tick`` seconds and act."""
     from ..cli.control import worker_states
+    from ..contracts import read_rss
     from ..layout import Layout
-    from ..plugins.rpc import read_rss
 
     layout = Layout(os.path.dirname(state_dir.rstrip("/")))
     memo = os.path.join(layout.run_dir, f"{config.group}-watchdog-recycle.json")

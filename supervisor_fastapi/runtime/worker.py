@@ -11,13 +11,13 @@ interpreter (``app.python``), which need not have click or supervisor installed.
 """
 
 import argparse
-import json
 import os
 import socket
 import sys
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from ..contracts import write_worker_state
 from ..uvicorn_settings import UVICORN_SETTINGS
 
 
@@ -81,10 +81,7 @@ class StateFile:
     def ready(self) -> None:
         if not self.path:
             return
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "ready": time.time()}, f)
-        os.replace(tmp, self.path)
+        write_worker_state(self.path, os.getpid(), time.time())
 
     def gone(self) -> None:
         """Stopping: remove the file so nothing mistakes this worker for a ready one."""
@@ -100,29 +97,6 @@ class StateFile:
                 os.utime(self.path)
             except FileNotFoundError:
                 self.ready()
-
-
-def read_state_files(state_dir: str) -> Dict[str, Dict[str, Any]]:
-    """Every worker's StateFile by process name: ``{"pid", "ready", "beat"}`` (beat = mtime)."""
-    out: Dict[str, Dict[str, Any]] = {}
-    try:
-        names = os.listdir(state_dir)
-    except OSError:
-        return out
-    for name in names:
-        if name.endswith(".tmp"):
-            continue
-        path = os.path.join(state_dir, name)
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            if not isinstance(data, dict):
-                continue
-            data["beat"] = os.stat(path).st_mtime
-        except (OSError, ValueError):
-            continue
-        out[name] = data
-    return out
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -1,0 +1,176 @@
+"""The files and constants between processes, in one module: both the operator's side (CLI)
+and the code inside supervisord import this, and neither imports the other.
+
+Readers are defensive because their callers may run as root inside supervisord while the
+app user writes the files (run_dir/workers/): a reader never follows a symlink, never
+blocks (a FIFO opens non-blocking and is refused), reads regular files only, caps the size
+and treats anything odd as "no data". Writers replace files atomically, so a reader sees
+the old content or the new one, never half.
+
+Standard library only: supervisord, the listener, the watchdog and the worker import it.
+"""
+
+import errno
+import json
+import os
+import stat
+from typing import Any, Dict, Mapping, Optional
+
+# The REMOTE_COMMUNICATION type the listener turns into alerts.
+REMOTE_TYPE = "supervisor-fastapi"
+# supervisord states in which a process is not going to serve on its own.
+FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
+# A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.
+MAX_STATE_BYTES = 4096
+MAX_JSON_BYTES = 256 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_small_file(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[bytes]:
+    """The bytes of a regular file of at most ``max_bytes``; None for anything else
+    (missing, a symlink, a FIFO, a device, a folder, too big, unreadable)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:  # it grew while we read
+                return None
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def parse_json_object(data: Optional[bytes]) -> Optional[Dict[str, Any]]:
+    """A JSON object from ``data``, None for anything else (deep nesting included)."""
+    if data is None:
+        return None
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_json(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[Dict[str, Any]]:
+    """A JSON object file read safely (see the module docstring), None when there is none."""
+    return parse_json_object(read_small_file(path, max_bytes))
+
+
+def write_json_atomic(path: str, data: Mapping[str, Any], mode: int = 0o600) -> None:
+    """Write via a temporary file, fsync and rename: a reader never sees half a file, and a
+    full disk leaves the old file in place (the OSError reaches the caller)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    body = json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        view = memoryview(body)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --- worker state files (run_dir/workers/<process name>) -----------------------------------
+
+
+def worker_state_path(state_dir: str, process_name: str) -> str:
+    return os.path.join(state_dir, process_name)
+
+
+def write_worker_state(path: str, pid: int, ready: float) -> None:
+    """The worker, once uvicorn listens: which incarnation is ready."""
+    write_json_atomic(path, {"pid": pid, "ready": ready}, mode=0o644)
+
+
+def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
+    """One worker's state ``{"pid", "ready", "beat"}`` (beat = mtime), None when unusable."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_STATE_BYTES:
+            return None
+        data = parse_json_object(os.read(fd, MAX_STATE_BYTES + 1))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if data is None or not isinstance(data.get("pid"), int) or isinstance(data.get("pid"), bool):
+        return None
+    return {"pid": data["pid"], "ready": data.get("ready") if isinstance(data.get("ready"), (int, float)) else 0.0,
+            "beat": st.st_mtime}
+
+
+def read_worker_states(state_dir: str, names: Optional[Any] = None) -> Dict[str, Dict[str, Any]]:
+    """Every worker's state by process name. With ``names`` only those files are opened
+    (root reads expected names only); without, every plain entry of the folder."""
+    if names is None:
+        try:
+            names = [n for n in os.listdir(state_dir) if not n.endswith(".tmp") and not n.startswith(".")]
+        except OSError:
+            return {}
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        if not name or "/" in name or name in (".", ".."):
+            continue
+        data = read_worker_state(os.path.join(state_dir, name))
+        if data is not None:
+            out[name] = data
+    return out
+
+
+def is_ready(info: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]]) -> bool:
+    """RUNNING in supervisord and its own state file names that pid (uvicorn is listening)."""
+    pid = info.get("pid")
+    return info.get("statename") == "RUNNING" and bool(pid) and states.get(str(info.get("name")), {}).get("pid") == pid
+
+
+def read_rss(pid: int) -> Optional[int]:
+    """Resident set size of ``pid`` in bytes (Linux /proc), None if unknown."""
+    data = read_small_file(f"/proc/{int(pid)}/status", 64 * 1024) if pid > 0 else None
+    if data is None:
+        return None
+    for line in data.decode("ascii", "replace").splitlines():
+        if line.startswith("VmRSS:"):
+            try:
+                return int(line.split()[1]) * 1024
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def is_enospc(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
