@@ -10,22 +10,37 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..contracts import FAILED_STATES, read_worker_states
 from ..errors import UserError
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import Spec
 
 ProcessInfo = Dict[str, Any]
 
 
-def rpc(layout: Layout) -> Any:
-    """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
+def proxy(serverurl: str) -> Any:
+    """The one way this package builds an XML-RPC proxy to a supervisord (``unix://`` or
+    ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport("", "", f"unix://{layout.socket}")
+    transport = SupervisorTransport(os.environ.get("SUPERVISOR_USERNAME", ""),
+                                    os.environ.get("SUPERVISOR_PASSWORD", ""), serverurl)
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def rpc(layout: Layout) -> Any:
+    """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
+    return proxy(f"unix://{layout.socket}")
+
+
+def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
+    """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs without the plugin."""
+    try:
+        return dict(getattr(proxy, Names(app).rpc_namespace).getState())
+    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
+        return None
 
 
 def is_running(layout: Layout) -> bool:
@@ -56,18 +71,23 @@ class Readiness:
         return not self.pending and self.migrating is None
 
 
-def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]]) -> Readiness:
+def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
+              control: Optional[Dict[str, Any]] = None) -> Readiness:
     """Which web workers accept connections, which are still coming, which failed.
 
     A worker is ready when supervisord has it RUNNING and its own state file names the
     same pid: the file is written only after uvicorn's startup (lifespan, listen) is done.
     A failed migration fails the whole deployment, since the workers will not start.
+    ``control`` is the controller's state (plugins/rpc getState): a worker the gate holds
+    while the migration runs is pending, not failed.
     """
     r = Readiness()
-    app = spec.app.name
-    for info in infos:
+    names = Names(spec.app.name)
+    held = {ns: entry.get("held") for ns, entry in ((control or {}).get("processes") or {}).items()
+            if isinstance(entry, dict)}
+    for info in sorted(infos, key=lambda i: i["group"] != names.migrate):  # the migration first
         name, state = info["name"], info["statename"]
-        if info["group"] == f"{app}_migrate":
+        if info["group"] == names.migrate:
             if state == "EXITED" and info["exitstatus"] != 0:
                 r.failed.append(name)
                 r.reasons[name] = f"migration exited with status {info['exitstatus']}"
@@ -75,7 +95,7 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
                 r.failed.append(name)
                 r.reasons[name] = f"migration is {state}"
             elif state in ("STOPPED", "STOPPING") and info.get("start"):
-                # The listener stops a migration that runs past migrate.timeout; either way
+                # The controller stops a migration that runs past migrate.timeout; either way
                 # the workers will not start until it is run again.
                 r.failed.append(name)
                 r.reasons[name] = ("migration was stopped before it finished (it ran past migrate.timeout, "
@@ -83,9 +103,12 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
             elif state in ("STARTING", "RUNNING"):
                 r.migrating = name
             continue
-        if info["group"] != app:
+        if info["group"] != names.web:
             continue
-        if state in FAILED_STATES:
+        hold = held.get(f"{info['group']}:{name}") or {}
+        if state == "BACKOFF" and hold.get("kind") == "gate":
+            r.pending.append(name)
+        elif state in FAILED_STATES:
             r.failed.append(name)
             r.reasons[name] = f"{state}" + (f": {info['spawnerr']}" if info.get("spawnerr") else "")
         elif state == "RUNNING" and states.get(name, {}).get("pid") == info["pid"]:
@@ -162,7 +185,3 @@ def _file_tail(path: str, lines: int) -> str:
             return "".join(f.readlines()[-lines:]).rstrip()
     except OSError:
         return ""
-
-
-def web_processes(infos: Iterable[ProcessInfo], app: str) -> List[ProcessInfo]:
-    return [i for i in infos if i["group"] == app]

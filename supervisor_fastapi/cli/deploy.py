@@ -3,11 +3,12 @@
 import os
 import tempfile
 import time
+import xmlrpc.client
 from typing import Any, Callable, List, Optional
 
 from ..errors import UserError
 from ..generate.conf import render
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import Spec
 from . import checks, control
 from .ops import start_process
@@ -70,9 +71,9 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
     render_to(spec, conf_path, command)
     if control.is_running(layout):
         progress("supervisord is running: applying the conf")
-        apply_update(control.rpc(layout), progress)
-        if spec.migrate:
-            start_process(control.rpc(layout), f"{spec.app.name}_migrate")
+        proxy = control.rpc(layout)
+        apply_update(proxy, progress)
+        resume(proxy, spec, progress)
     else:
         problem = checks.bind_problem(spec.server.bind)
         if problem:
@@ -97,6 +98,29 @@ def apply_update(proxy: Any, progress: Progress) -> None:
             progress(f"{verb}: {', '.join(sorted(names))}")
 
 
+def resume(proxy: Any, spec: Spec, progress: Progress) -> None:
+    """`up` on a running supervisord: the operator may have fixed what failed. Clear the
+    controller's crash-loop holds, start every web worker that is not running (FATAL,
+    EXITED, STOPPED) and run the migration again, which gates them until it exits 0."""
+    names = Names(spec.app.name)
+    try:
+        released = getattr(proxy, names.rpc_namespace).resume()
+    except xmlrpc.client.Fault:
+        released = []  # no plugin in this supervisord: nothing holds them
+    if released:
+        progress(f"cleared crash-loop holds: {', '.join(released)}")
+    if spec.migrate:
+        start_process(proxy, names.migrate)
+    for info in proxy.supervisor.getAllProcessInfo():
+        if info["group"] == names.web and info["statename"] in ("FATAL", "EXITED", "STOPPED"):
+            try:
+                start_process(proxy, f"{info['group']}:{info['name']}")
+            except xmlrpc.client.Fault as exc:
+                # The gate refused (the migration runs again): it starts them when it exits 0.
+                if "SPAWN_ERROR" not in exc.faultString:
+                    raise
+
+
 def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -> List[str]:
     """Poll until every web worker is ready; on a failure raise with the failing log tail."""
     proxy = control.rpc(layout)
@@ -104,7 +128,7 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
     last = ""
     while True:
         infos = proxy.supervisor.getAllProcessInfo()
-        r = control.readiness(spec, infos, control.worker_states(layout))
+        r = control.readiness(spec, infos, control.worker_states(layout), control.control_state(proxy, spec.app.name))
         if r.failed:
             name = r.failed[0]
             full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..generate import systemd
 from ..generate.conf import render
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import SPEC_FILENAME, Spec, load_spec
 from . import checks, control, deploy
 
@@ -183,7 +183,7 @@ def demo(workers: int, smoke: bool) -> None:
 @user_errors
 def alert_test(config: Optional[str]) -> None:
     """Send a test alert to every [[alerts]] channel and report each result (exit 1 if any failed)."""
-    from ..listener.alerts import test_report
+    from .alerttest import test_report
 
     lines, ok = test_report(load_spec(config))
     click.echo("\n".join(lines))
@@ -209,7 +209,7 @@ def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str])
     from . import ops
 
     spec = load_spec(config)
-    result = ops.rolling_restart(_ops_edges(spec, serverurl), spec.app.name, progress, timeout)
+    result = ops.rolling_restart(_ops_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
     click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
                + (f", skipped {len(result.skipped)}" if result.skipped else "")
                + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
@@ -228,7 +228,8 @@ def status_cmd(config: Optional[str], as_json: bool, serverurl: Optional[str]) -
 
     spec = load_spec(config)
     edges = _ops_edges(spec, serverurl)
-    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy))
+    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
+                           programs=[p.name for p in spec.programs])
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, default=str))
     else:
@@ -244,4 +245,4 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
     if serverurl is None and not control.is_running(layout):
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
                         "start it with `supervisor-fastapi up`, or pass --serverurl for a conf.d fragment")
-    return ops.local_edges(layout, serverurl)
+    return ops.local_edges(layout, spec.app.name, serverurl)

@@ -23,8 +23,8 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
-from ..spec import Alert as AlertSpec
-from ..spec import Spec
+from ..layout import Layout
+from ..spec.model import Alert as AlertSpec
 
 log = logging.getLogger("supervisor_fastapi.listener")
 QUEUE_LIMIT = 1000  # per channel; beyond it alerts go straight to the journal
@@ -211,25 +211,24 @@ def rotate(path: str, keep: int) -> None:
         os.unlink(path)
 
 
-def channels_from_spec(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Channel]:
-    """One channel per ``[[alerts]]``; with none configured, a log file so alerts still land somewhere."""
+def channels_from_alerts(alerts: Sequence[Mapping[str, Any]], base_dir: str, run_dir: str,
+                         env: Optional[Mapping[str, str]] = None) -> List[Channel]:
+    """One channel per ``[[alerts]]`` entry ({"type", "name", "options"}, as the conf carries
+    them); with none configured, a log file so alerts still land somewhere."""
     env = os.environ if env is None else env
-    alerts: Sequence[AlertSpec] = spec.alerts or (AlertSpec(type="log", name="log"),)
+    records = [AlertSpec(type=str(a["type"]), name=str(a["name"]), options=tuple(dict(a.get("options") or {}).items()))
+               for a in alerts] or [AlertSpec(type="log", name="log")]
     out: List[Channel] = []
-    for a in alerts:
+    for a in records:
         if a.type == "webhook":
             out.append(WebhookChannel(a.name, a.get("url"), a.get("timeout", 5.0), a.get("headers", ())))
         elif a.type == "email":
             out.append(EmailChannel(a.name, dict(a.options), env))
         elif a.type == "command":
-            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), spec.base_dir))
+            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), base_dir))
         else:
-            out.append(LogChannel(a.name, a.get("path") or default_log_path(spec)))
+            out.append(LogChannel(a.name, a.get("path") or Layout(run_dir).alerts_log))
     return out
-
-
-def default_log_path(spec: Spec) -> str:
-    return os.path.join(spec.run_dir, "alerts.log")
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -425,26 +424,9 @@ def send_to_all(channels: Sequence[Channel], msg: Message, retries: int = 0) -> 
     return {c.name: results.get(c.name, "no result") for c in channels}
 
 
-def send_test(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Tuple[Channel, Optional[str]]]:
+def send_test(channels: Sequence[Channel], app: str, source: str) -> List[Tuple[Channel, Optional[str]]]:
     """`supervisor-fastapi alert-test`: one test alert to every channel, (channel, error or None) each."""
-    channels = channels_from_spec(spec, env)
     msg = make_message("test", "test", "", "test alert from `supervisor-fastapi alert-test`; no action needed",
-                       {"spec": spec.source}, spec.app.name, time.time())
+                       {"spec": source}, app, time.time())
     results = send_to_all(channels, msg)
     return [(c, results[c.name]) for c in channels]
-
-
-def test_report(spec: Spec) -> Tuple[List[str], bool]:
-    """Lines for `alert-test` and whether every channel took the test alert."""
-    results = send_test(spec)
-    lines = []
-    if not spec.alerts:
-        lines.append(f"no [[alerts]] in {spec.source}: alerts go to the default log file only")
-    for channel, error in results:
-        where = {"webhook": "url", "email": "to", "command": "command", "log": "path"}[channel.type]
-        target = getattr(channel, "url", None) or getattr(channel, "command", None) or getattr(channel, "path", None)
-        if channel.type == "email":
-            target = ", ".join(channel.opts["to"])  # type: ignore[attr-defined]
-        status = "sent" if error is None else f"FAILED: {error}"
-        lines.append(f"{channel.name} ({channel.type}, {where} {target}): {status}")
-    return lines, all(error is None for _, error in results)

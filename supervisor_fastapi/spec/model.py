@@ -102,10 +102,9 @@ class Migrate:
 class Backoff:
     restarts: int = 3
     window: float = 60.0
-    # 20 s, not Kubernetes' 10 s: supervisord respawns a crashed autorestart process before
-    # any listener hears of the crash, so each failed retry costs two spawns (the listener
-    # stops the extra one); 20 s keeps a 1.5 s crash loop at 6 spawns in its first minute.
-    backoff_initial: float = 20.0
+    # The kubelet's CrashLoopBackOff starts at 10 s too; each retry is one spawn (the hold is
+    # enforced inside supervisord, plugins/controller.py).
+    backoff_initial: float = 10.0
     backoff_max: float = 300.0
     backoff_reset: float = 60.0
     jitter: float = 0.1

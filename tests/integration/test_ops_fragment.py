@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 
 from supervisor_fastapi.cli import control
-from supervisor_fastapi.generate.conf import Layout
+from supervisor_fastapi.layout import Layout
 
 from .conftest import APPS, free_port, wait_until
 

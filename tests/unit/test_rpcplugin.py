@@ -2,7 +2,8 @@
 
 import socket
 
-from supervisor_fastapi.plugins.rpc import SocketHolds, xmlrpc_safe
+from supervisor_fastapi.plugins.rpc import xmlrpc_safe
+from supervisor_fastapi.plugins.sockets import SocketHolds
 
 
 class Cfg:
