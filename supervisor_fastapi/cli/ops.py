@@ -371,11 +371,10 @@ def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any
         running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
         entry = control_entry(control, info)
         spawns = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float))]
-        # The controller keeps the spawns of this supervisord run's last hour; the first one
-        # is the start, not a restart (unless the hour has rolled past it).
-        since = float((control or {}).get("since") or 0)
+        # The controller keeps the last hour of spawns; its first spawn is the start, not a restart.
         recent = [t for t in spawns if t > now - HOUR]
-        restarts = max(0, len(recent) - 1) if since > now - HOUR else len(recent)
+        first = entry.get("first_spawn")
+        restarts = max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
         incident = open_incident(control, info)
         held = hold_of(control, info)
         ready = is_ready(info, states) if web else None

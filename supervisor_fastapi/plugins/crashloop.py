@@ -117,6 +117,7 @@ class ProcessLoop:
         self.failures: List[float] = []
         self.kills: List[float] = []
         self.spawns: List[float] = []
+        self.first_spawn: Optional[float] = None  # so `status` tells the start from restarts
         self.incident: Optional[Incident] = None
         self.kill_incident: Optional[Incident] = None
         self.running_since: Optional[float] = None
@@ -126,6 +127,8 @@ class ProcessLoop:
 
     def started(self, now: float) -> None:
         """supervisord spawned it (every spawn: ours, its own, an operator's)."""
+        if self.first_spawn is None:
+            self.first_spawn = now
         self.spawns = [t for t in self.spawns[-SPAWN_CAP + 1:] if t > now - SPAWN_HISTORY] + [now]
         self.running_since = None
         if self.incident is not None and self.incident.next_retry is not None:
@@ -214,7 +217,8 @@ class ProcessLoop:
         return {"incident": self.incident.to_json() if self.incident else None,
                 "kill_incident": self.kill_incident.to_json() if self.kill_incident else None,
                 "failures": [t for t in self.failures if t > now - self.policy.window],
-                "kills": list(self.kills), "spawns": [t for t in self.spawns if t > now - SPAWN_HISTORY]}
+                "kills": list(self.kills), "spawns": [t for t in self.spawns if t > now - SPAWN_HISTORY],
+                "first_spawn": self.first_spawn}
 
     # -- helpers --
 
@@ -238,7 +242,7 @@ class ProcessLoop:
             return GiveUp(f"crash loop ({inc.summary.split(';')[0]}); retry_fatal = false: start it by hand once fixed")
         inc.delay = p.backoff_initial if inc.delay <= 0 else min(inc.delay * 2, p.backoff_max)
         inc.next_retry = now + inc.delay * (1.0 + p.jitter * self.rand())
-        return Hold(inc.next_retry, f"crash loop, retry {inc.retries + 1} after {inc.delay:g} s")
+        return Hold(inc.next_retry, f"crash loop: retry {inc.retries + 1} after a {inc.delay:g} s backoff")
 
     def _resolve(self, now: float, why: str) -> List[Alert]:
         inc = self.incident
