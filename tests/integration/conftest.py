@@ -25,8 +25,8 @@ import tomli_w
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
-from supervisor_fastapi.layout import Layout
 from supervisor_fastapi.contracts import read_json
+from supervisor_fastapi.layout import Layout
 from supervisor_fastapi.spec import Spec, load_spec
 
 APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")

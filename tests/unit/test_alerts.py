@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from supervisor_fastapi.generate.conf import listener_config
 from supervisor_fastapi.listener.alerts import (
     Channel,
     CommandChannel,
@@ -24,7 +25,6 @@ from supervisor_fastapi.listener.alerts import (
     full_text,
     make_message,
 )
-from supervisor_fastapi.generate.conf import listener_config
 from supervisor_fastapi.spec import HostDefaults, parse_spec
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert

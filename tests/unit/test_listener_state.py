@@ -1,7 +1,7 @@
 """The listener's pure decisions: the alert relay (dedupe) and the no-plugin fallback."""
 
 from supervisor_fastapi.contracts import ListenerConfig
-from supervisor_fastapi.listener.state import Alert, Fallback, ProcessState, RemoteEvent, Relay, Start
+from supervisor_fastapi.listener.state import Alert, Fallback, ProcessState, Relay, RemoteEvent, Start
 
 
 def test_the_controllers_alerts_pass_straight_through_and_other_apps_are_ignored():
