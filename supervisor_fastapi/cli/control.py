@@ -170,13 +170,18 @@ def _read_pid(path: str) -> Optional[int]:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by whoever adopted it) is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _file_tail(path: str, lines: int) -> str:
@@ -185,3 +190,71 @@ def _file_tail(path: str, lines: int) -> str:
             return "".join(f.readlines()[-lines:]).rstrip()
     except OSError:
         return ""
+
+
+# --- orphans: what a supervisord killed with -9 left running ------------------------------
+
+
+@dataclass(frozen=True)
+class Orphan:
+    pid: int
+    name: str  # supervisord's process name (from the child's environment)
+    command: str
+
+
+def orphan_of(environ: bytes, cmdline: bytes, pid: int, serverurl: str) -> Optional[Orphan]:
+    """The process, if its environment says the supervisord at ``serverurl`` started it (pure).
+
+    supervisord gives every child SUPERVISOR_SERVER_URL (its own control socket) and
+    SUPERVISOR_PROCESS_NAME; nothing else on the host has this deployment's socket path there.
+    """
+    env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+    if env.get(b"SUPERVISOR_SERVER_URL", b"").decode("utf-8", "replace") != serverurl:
+        return None
+    name = env.get(b"SUPERVISOR_PROCESS_NAME", b"?").decode("utf-8", "replace")
+    command = " ".join(w.decode("utf-8", "replace") for w in cmdline.split(b"\0") if w)
+    return Orphan(pid, name, command[:200])
+
+
+def find_orphans(layout: Layout, proc: str = "/proc") -> List[Orphan]:
+    """Processes of this deployment still running while its supervisord is gone."""
+    serverurl = f"unix://{layout.socket}"
+    out = []
+    me = os.getpid()
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(os.path.join(proc, entry, "environ"), "rb") as f:
+                environ = f.read(1 << 20)
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                cmdline = f.read(1 << 16)
+        except OSError:
+            continue  # gone, or not ours to read
+        found = orphan_of(environ, cmdline, int(entry), serverurl)
+        if found is not None:
+            out.append(found)
+    return sorted(out, key=lambda o: o.name)
+
+
+def describe_orphans(orphans: Sequence[Orphan]) -> str:
+    return ", ".join(f"{o.name} (pid {o.pid})" for o in orphans)
+
+
+def stop_orphans(orphans: Sequence[Orphan], grace: float) -> None:
+    """SIGTERM each orphan's process group (supervisord made every child a group leader), then
+    SIGKILL whatever is left after ``grace`` seconds."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for o in orphans:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(o.pid, sig)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while any(_alive(o.pid) for o in orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(_alive(o.pid) for o in orphans):
+            return

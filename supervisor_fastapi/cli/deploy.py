@@ -75,6 +75,11 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
         apply_update(proxy, progress)
         resume(proxy, spec, progress)
     else:
+        orphans = control.find_orphans(layout)
+        if orphans:
+            raise UserError(f"supervisord is not running, but processes it started still are (it was killed?): "
+                            f"{control.describe_orphans(orphans)}; run `supervisor-fastapi down` to stop them, "
+                            "then `up` again")
         problem = checks.bind_problem(spec.server.bind)
         if problem:
             raise UserError(f"server.bind: {problem}")
@@ -150,9 +155,21 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
         time.sleep(0.1)
 
 
-def down(spec: Spec) -> bool:
-    """Stop supervisord and everything it runs; False if it was not running."""
-    return control.stop_daemon(Layout(spec.run_dir), timeout=spec.server.graceful_timeout + 60)
+def down(spec: Spec, progress: Progress = lambda message: None) -> bool:
+    """Stop supervisord and everything it runs, or what a killed supervisord left running;
+    False if there was nothing to stop."""
+    layout = Layout(spec.run_dir)
+    if control.stop_daemon(layout, timeout=spec.server.graceful_timeout + 60):
+        return True
+    orphans = control.find_orphans(layout)
+    if not orphans:
+        return False
+    progress(f"supervisord is not running; stopping what it left running: {control.describe_orphans(orphans)}")
+    control.stop_orphans(orphans, spec.server.graceful_timeout + 10)
+    left = [o for o in orphans if control._alive(o.pid)]
+    if left:
+        raise UserError(f"could not stop {control.describe_orphans(left)}")
+    return True
 
 
 def url_of(spec: Spec) -> Optional[str]:

@@ -152,7 +152,7 @@ def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
 def down(config: Optional[str]) -> None:
     """Stop supervisord and every program of this deployment."""
     spec = load_spec(config)
-    click.echo("stopped" if deploy.down(spec) else "not running")
+    click.echo("stopped" if deploy.down(spec, progress) else "not running")
 
 
 @main.command("systemd-unit")
