@@ -321,7 +321,7 @@ def recovery_section(results: Dict[str, Any]) -> List[str]:
     rec = results.get("recovery")
     if not rec:
         return lines + ["Not run (`--only` without `recovery`).", ""]
-    lines += [f"Figures {provenance(results, 'recovery')}. {rec['rounds']} rounds; in each, a fresh deployment "
+    lines += [f"Figures {provenance(results, 'recovery')}. {rec['rounds']} round(s); in each, a fresh deployment "
               "per contender (order rotated from round to round), `kill -9` of one worker, then 4 new "
               "connections every few ms until a worker pid that did not exist before answers `GET /pid`. "
               "The next columns are the time until the manager has started a new worker process, and until "
@@ -349,7 +349,7 @@ def chaos_done_means(results: Dict[str, Any]) -> List[str]:
         m = median([r["answer_s"] for r in rec["runs"] if r["key"] == "sf" and r["ok"]])
         peers = ", ".join(f"{k} {f_s(median([r['answer_s'] for r in rec['runs'] if r['key'] == k and r['ok']]))}"
                           for k in rec["contenders"] if k != "sf")
-        lines.append(f"- kill -9 → new worker answers, median of {rec['rounds']} rounds: supervisor-fastapi "
+        lines.append(f"- kill -9 → new worker answers, median of {rec['rounds']} round(s): supervisor-fastapi "
                      f"**{f_s(m)}** (target ≤ 1.0 s: {'n/a' if m is None else 'met' if m <= 1.0 else 'NOT met'}; "
                      f"{peers}).")
     return lines
@@ -640,7 +640,7 @@ def alt_stack_section(results: Dict[str, Any]) -> List[str]:
 def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
     lines = ["## Event listener: acknowledgement latency and RSS", ""]
     if not listener:
-        return lines + ["Not run (`--phases` without `listener`).", ""]
+        return lines + ["Not run (`--only` without `listener`).", ""]
     if not listener.get("ran"):
         return lines + [f"Not measured: {listener.get('note')}.", ""]
     args = " ".join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener["argv"][1:])
