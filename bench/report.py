@@ -252,9 +252,10 @@ def chaos_table(results: Dict[str, Any]) -> List[str]:
                 kinds = ", ".join(f"{e} {v:,}" for e, v in errs.items() if v) or "none"
                 ratio = chaos_ratio(results, client) if k == "sf" else None
                 back = r.get("restored_after_last_kill_s")
+                idle = len(r["idle_ticks"])
                 rows.append([
-                    NAMES[k], client, f"{len(r['kills'])}" + (f" ({len(r['idle_ticks'])} ticks found no worker "
-                                                             "to kill)" if r["idle_ticks"] else ""),
+                    NAMES[k], client, f"{len(r['kills'])}"
+                    + (f" ({idle} tick{'s' if idle > 1 else ''} found no worker to kill)" if idle else ""),
                     f"{r.get('replaced', 0)} of {len(r['kills'])}", f_int(r["sent"]), f_int(r["failed"]),
                     "n/a" if r["failed_per_kill"] is None else f"{r['failed_per_kill']:.1f}",
                     "—" if k != "sf" else f_ratio(ratio), kinds, f_s(r["max_gap_s"]),
@@ -284,7 +285,7 @@ def provenance(results: Dict[str, Any], phase: str) -> str:
     """Which run a section's figures come from: this one, or an earlier one kept by ``--only``."""
     info = results.get("phase_info", {}).get(phase)
     if info:
-        return f"from an earlier run ({info['date']}, commit `{info['commit']}`, `{info['command']}`)"
+        return f"from an earlier run ({info['date']}, commit `{info['commit']}`, `{info['command'].strip()}`)"
     return f"from this run ({results['info']['date']}, commit `{results['info']['commit']}`)"
 
 
@@ -311,7 +312,8 @@ def chaos_section(results: Dict[str, Any]) -> List[str]:
               "seen before appeared. \"Every worker back\" runs from the last kill until N workers run, no "
               "killed pid is left and each has answered; it is watched for at most "
               f"{p['restore_timeout']:g} s, and when that runs out the manager's own view of the workers is "
-              "shown.", ""]
+              "shown. While a manager holds every worker down, ticks find nothing to kill: its failed requests "
+              "per kill then grow with the length of the outage.", ""]
     lines += chaos_table(results) + [""]
     return lines
 
@@ -610,7 +612,7 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
     lines += recovery_memory_table(s) + [""]
     lines += chaos_section(results)
     lines += recovery_section(results)
-    lines += listener_section(results.get("listener"))
+    lines += listener_section(results.get("listener"), provenance(results, "listener"))
     os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
     with open(md, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
@@ -637,15 +639,17 @@ def alt_stack_section(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
+def listener_section(listener: Optional[Dict[str, Any]], source: str = "from this run") -> List[str]:
     lines = ["## Event listener: acknowledgement latency and RSS", ""]
     if not listener:
         return lines + ["Not run (`--only` without `listener`).", ""]
     if not listener.get("ran"):
         return lines + [f"Not measured: {listener.get('note')}.", ""]
-    args = " ".join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener["argv"][1:])
+    # The script's path as the repository names it, wherever the run was made from.
+    args = " ".join(f"bench/{os.path.basename(a)}" if os.path.isabs(a) else a for a in listener["argv"][1:])
     lines += [f"Printed by `python {args}`, the listener's own benchmark (it drives the real listener over "
-              "supervisord's event protocol with every alert channel unreachable), run as part of this run"
+              "supervisord's event protocol with every alert channel unreachable); figures "
+              f"{source}"
               + (f"; its own floor check said {listener['verdict']}." if listener.get("verdict") else "."), ""]
     out = listener.get("output", "").strip()
     if listener.get("ok"):
