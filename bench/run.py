@@ -59,7 +59,7 @@ def log(message: str) -> None:
 def parse_args(argv: Any = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true",
-                   help="one short round of every step (about a minute); prints the headline and keeps no "
+                   help="one short round of every step (a few minutes); prints the headline and keeps no "
                         "files unless --out/--img-dir/--json say where")
     p.add_argument("--workers", type=int, default=2, help="workers per contender (default 2)")
     p.add_argument("--rounds", type=int, default=None,
