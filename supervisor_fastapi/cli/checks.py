@@ -153,8 +153,8 @@ def kubernetes_checks(spec: Spec) -> List[Result]:
 
     results = [Result(True, "spec", spec.source)]
     if not spec.kubernetes.image:
-        return results + [Result(False, "kubernetes.image", 'is required here; add image = "registry.example.com/app:1.0" '
-                                 "to [kubernetes]")]
+        fix = 'is required here; add image = "registry.example.com/app:1.0" to [kubernetes]'
+        return results + [Result(False, "kubernetes.image", fix)]
     results.append(Result(True, "kubernetes.image", spec.kubernetes.image))
     try:
         docs = kubernetes.manifests(spec)
