@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml as pyyaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from uvicorn.main import main as uvicorn_main
 
@@ -24,7 +24,7 @@ from supervisor_fastapi.spec import Kubernetes, parse_spec
 
 from ._core_helpers import HOST, data, spec_of
 from .test_conf_examples import CONF, DEPLOYED, NO_HOST
-from .test_fuzz import FUZZ, TRICKY_TEXT, assert_clear_error, specs, to_toml
+from .test_fuzz import FUZZ, assert_clear_error, specs, to_toml
 
 # The oldest Kubernetes these manifests support (policy/v1 PDBs, startup probes and
 # seccompProfile fields are all older) and the newest schema kubernetes-validate ships.
@@ -98,7 +98,8 @@ def test_production_renders_every_kind():
         ("PodDisruptionBudget", "shop"), ("Deployment", "shop-worker")]
 
 
-kube_tables = st.fixed_dictionaries({"image": st.sampled_from([IMAGE, "app", "r.io/a/b@sha256:" + "a" * 64])}, optional={
+images = st.sampled_from([IMAGE, "app", "r.io/a/b@sha256:" + "a" * 64])
+kube_tables = st.fixed_dictionaries({"image": images}, optional={
     "replicas": st.integers(0, 5), "namespace": st.sampled_from(["shop", "a-1"]),
     "service_type": st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"]),
     "port": st.integers(1024, 65535), "service_port": st.integers(1, 65535),
@@ -249,7 +250,8 @@ def test_rollout_never_drops_capacity_and_pods_run_as_non_root():
 def test_job_name_is_stable_per_release_and_changes_with_image_or_command():
     one = kspec(migrate={"command": "alembic upgrade head"})
     name = k8s.migration_job_name(one)
-    assert name == k8s.migration_job_name(kspec(migrate={"command": "alembic upgrade head"}, kubernetes={"replicas": 7}))
+    same = kspec(migrate={"command": "alembic upgrade head"}, kubernetes={"replicas": 7})
+    assert name == k8s.migration_job_name(same)
     assert name != k8s.migration_job_name(kspec(migrate={"command": "alembic upgrade head"},
                                                 kubernetes={"image": "registry.example.com/app:1.1"}))
     assert name != k8s.migration_job_name(kspec(migrate={"command": "alembic upgrade heads"}))
@@ -286,7 +288,8 @@ def test_secrets_never_in_the_output():
     assert env["UVICORN_SSL_KEYFILE_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "app-secrets",
                                                                                  "key": "TLS_PW"}}
     create = k8s.kubectl_steps(spec, "x.yaml")[0]
-    assert create.startswith("kubectl create secret generic app-secrets ") and '--from-literal=TLS_PW="$TLS_PW"' in create
+    assert create.startswith("kubectl create secret generic app-secrets ")
+    assert '--from-literal=TLS_PW="$TLS_PW"' in create
 
 
 def test_every_uvicorn_setting_reaches_uvicorns_own_cli():
@@ -405,5 +408,3 @@ def test_docs_show_the_real_rendering_of_production():
     body = text.split("\n", 1)[1]  # the first line names the spec's absolute path
     assert body in doc, "docs/kubernetes.md is stale: paste the output of the render command it shows"
 
-
-_ = TRICKY_TEXT, HealthCheck, settings  # shared strategies live in test_fuzz
