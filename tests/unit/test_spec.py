@@ -315,8 +315,8 @@ def test_kubernetes_table_defaults_and_values():
     assert (k.image, k.replicas, k.namespace, k.service_type, k.port, k.service_port) == \
         (None, 2, None, "ClusterIP", 8000, 80)
     assert k.run_as_user == 10001 and k.prestop_delay == 5 and k.secret_env == ()
-    k = spec_of(data(app={"env": {"B": "x", "A": "y"}},
-                     kubernetes={"image": "r/a:1", "secret_env": ["B", "A", "B"], "service_type": "NodePort"})).kubernetes
+    table = {"image": "r/a:1", "secret_env": ["B", "A", "B"], "service_type": "NodePort"}
+    k = spec_of(data(app={"env": {"B": "x", "A": "y"}}, kubernetes=table)).kubernetes
     assert k.image == "r/a:1" and k.secret_env == ("A", "B") and k.service_type == "NodePort"
 
 
