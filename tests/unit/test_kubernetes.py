@@ -357,6 +357,13 @@ def test_ignored_keys_are_named():
 # --- the CLI --------------------------------------------------------------------------------
 
 
+def runner():
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout unless told
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps them apart and has no such argument
+
+
 def write_spec(tmp_path, extra=""):
     path = tmp_path / "supervisor-fastapi.toml"
     path.write_text('[app]\nname = "shop"\nasgi = "main:app"\n[migrate]\ncommand = "alembic upgrade head"\n' + extra)
@@ -365,12 +372,12 @@ def write_spec(tmp_path, extra=""):
 
 def test_cli_render_to_stdout_and_to_a_file(tmp_path):
     path = write_spec(tmp_path, f'[kubernetes]\nimage = "{IMAGE}"\n')
-    result = CliRunner().invoke(main, ["render", "--target", "kubernetes", "-c", path, "-o", "-"])
+    result = runner().invoke(main, ["render", "--target", "kubernetes", "-c", path, "-o", "-"])
     assert result.exit_code == 0, result.output
     docs = list(pyyaml.safe_load_all(result.stdout))
     assert [d["kind"] for d in docs] == ["Job", "Deployment", "Service", "PodDisruptionBudget"]
     assert "kubectl wait" in result.stderr and "kubectl apply -f shop-kubernetes.yaml" in result.stderr
-    result = CliRunner().invoke(main, ["render", "--target", "kubernetes", "-c", path])
+    result = runner().invoke(main, ["render", "--target", "kubernetes", "-c", path])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "shop-kubernetes.yaml").read_text().count("\n---\n") == 4  # after the header, then between
     assert not (tmp_path / "supervisord.conf").exists()
@@ -378,20 +385,20 @@ def test_cli_render_to_stdout_and_to_a_file(tmp_path):
 
 def test_cli_refuses_without_image_and_with_fragment(tmp_path):
     path = write_spec(tmp_path)
-    result = CliRunner().invoke(main, ["render", "--target", "kubernetes", "-c", path, "-o", "-"])
+    result = runner().invoke(main, ["render", "--target", "kubernetes", "-c", path, "-o", "-"])
     assert result.exit_code == 2 and "kubernetes.image: is required" in result.stderr
     assert "Traceback" not in result.output
-    result = CliRunner().invoke(main, ["render", "--target", "kubernetes", "--fragment", "-c", path, "-o", "-"])
+    result = runner().invoke(main, ["render", "--target", "kubernetes", "--fragment", "-c", path, "-o", "-"])
     assert result.exit_code == 2 and "--fragment" in result.stderr
 
 
 def test_cli_check_target_kubernetes(tmp_path):
     path = write_spec(tmp_path, '[server]\nsocket_mode = "0660"\nbind = "unix:///tmp/x.sock"\n')
-    result = CliRunner().invoke(main, ["check", "--target", "kubernetes", "-c", path])
+    result = runner().invoke(main, ["check", "--target", "kubernetes", "-c", path])
     assert result.exit_code == 1 and "FAIL kubernetes.image" in result.stdout
     path = write_spec(tmp_path, f'[server]\nsocket_mode = "0660"\nbind = "unix:///tmp/x.sock"\n'
                                 f'[kubernetes]\nimage = "{IMAGE}"\n[crash_loop]\nrestarts = 2\n')
-    result = CliRunner().invoke(main, ["check", "--target", "kubernetes", "-c", path])
+    result = runner().invoke(main, ["check", "--target", "kubernetes", "-c", path])
     assert result.exit_code == 0, result.output
     assert "ignored: server.bind" in result.stdout and "ignored: server.socket_mode" in result.stdout
     assert "ignored: [crash_loop]" in result.stdout and "CrashLoopBackOff" in result.stdout
