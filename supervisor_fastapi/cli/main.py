@@ -16,7 +16,7 @@ from ..generate import systemd
 from ..generate.conf import render
 from ..layout import Layout, Names
 from ..spec import SPEC_FILENAME, Spec, load_spec
-from . import checks, control, deploy
+from . import checks, control, deploy, kube
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,8 +52,9 @@ def progress(message: str) -> None:
     click.echo(f"  {message}", err=True)
 
 
-def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False) -> str:
-    words = ["supervisor-fastapi", "render"]
+def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False,
+                       target: str = kube.TARGETS[0]) -> str:
+    words = ["supervisor-fastapi", "render"] + (["--target", target] if target != kube.TARGETS[0] else [])
     if config:
         words += ["-c", config]
     if output:
@@ -61,6 +62,11 @@ def regenerate_command(config: Optional[str], output: Optional[str], fragment: b
     if fragment:
         words.append("--fragment")
     return " ".join(shlex.quote(w) for w in words)
+
+
+def target_option(f: F) -> F:
+    return click.option("--target", type=click.Choice(kube.TARGETS), default=kube.TARGETS[0], show_default=True,
+                        help="supervisord: one host; kubernetes: manifests for a cluster (docs/kubernetes.md).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -86,17 +92,25 @@ def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
 @main.command("render")
 @config_option
 @click.option("-o", "--output", metavar="PATH", default=None,
-              help="Where to write the conf (default: supervisord.conf beside the spec; - for stdout).")
+              help="Where to write the conf (default: supervisord.conf, or <app>-kubernetes.yaml, beside the spec; "
+                   "- for stdout).")
 @click.option("--fragment", is_flag=True,
               help="Write a conf.d fragment (programs only) for an OS-packaged supervisord.")
 @click.option("--with-plugins", is_flag=True,
               help="With --fragment: also add the rpcinterface/ctlplugin sections (socket hold, "
                    "rolling_restart in supervisorctl); supervisord and supervisorctl then refuse to start "
                    "unless their Python can import supervisor_fastapi.")
+@target_option
 @user_errors
-def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, with_plugins: bool) -> None:
-    """Render the spec into a supervisord conf."""
+def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, with_plugins: bool, target: str) -> None:
+    """Render the spec into a supervisord conf (or Kubernetes manifests)."""
     spec = load_spec(config)
+    if target == "kubernetes":
+        if fragment or with_plugins:
+            raise UserError("--fragment and --with-plugins are for --target supervisord")
+        kube.render(spec, output, regenerate_command(config, output, target=target),
+                    lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
+        return
     command = regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
     plugins = True if with_plugins else None
     if output == "-":
@@ -118,13 +132,17 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
 
 @main.command()
 @config_option
+@target_option
 @user_errors
-def check(config: Optional[str]) -> None:
+def check(config: Optional[str], target: str) -> None:
     """Validate the spec, the generated conf, the bind address, memory capacity and the app's Python."""
     spec = load_spec(config)
-    deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
-    running = control.is_running(Layout(spec.run_dir))
-    results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
+    if target == "kubernetes":
+        results = checks.kubernetes_checks(spec)
+    else:
+        deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
+        running = control.is_running(Layout(spec.run_dir))
+        results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
     for r in results:
         mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
