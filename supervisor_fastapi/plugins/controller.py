@@ -195,9 +195,8 @@ class AppControl:
                 self.on_pass()
             return
         expected = process.exitstatus in getattr(process.config, "exitcodes", (0,))
-        reached = was in ("RUNNING", "STOPPING")
-        cause = classify(stopping=stopping, reached_running=reached, ready=ready if reached else False,
-                         expected=expected, signal=sig)
+        served = ready if process.group.config.name == self.config.web else was in ("RUNNING", "STOPPING")
+        cause = classify(stopping=stopping, served=served, expected=expected, signal=sig)
         self._decide(process, cause, sig)
 
     def _decide(self, process: Any, cause: Any, sig: Optional[int], detail: str = "") -> None:
@@ -480,8 +479,9 @@ def _emit_remote(body: Dict[str, Any]) -> None:
 
 
 def _was_ready(process: Any, pid: int, control: AppControl) -> bool:
+    """Whether the web worker that was ``pid`` had started serving (its ready file names it)."""
     if process.group.config.name != control.config.web:
-        return True  # programs without ready files: RUNNING is serving
+        return False  # programs have no ready files: finished() uses RUNNING instead
     state = read_worker_state(os.path.join(control.config.state_dir, str(process.config.name)))
     return state is not None and state.get("pid") == pid
 

@@ -84,18 +84,15 @@ class Incident:
                 "gave_up": self.gave_up}
 
 
-def classify(*, stopping: bool, reached_running: bool, ready: bool, expected: bool, signal: Optional[int]) -> Cause:
-    """How a run ended, from what supervisord and the worker's ready file say (pure).
-
-    ``ready`` is whether the process had started serving (its ready file names its pid; for
-    programs without ready files the edge passes ``reached_running``).
-    """
+def classify(*, stopping: bool, served: bool, expected: bool, signal: Optional[int]) -> Cause:
+    """How a run ended (pure). ``served``: it had started serving: a web worker's ready file
+    names its pid (however soon after the spawn it died), another program reached RUNNING."""
     if stopping:
         return "stopped"
-    if signal == 9 and ready:
-        return "killed"
-    if not reached_running or not ready:
+    if not served:
         return "start_failure"
+    if signal == 9:
+        return "killed"
     if expected and signal is None:
         return "clean_exit"
     return "crash"

@@ -19,16 +19,14 @@ def fail(p: ProcessLoop, now: float, cause: str = "crash"):
 
 
 @pytest.mark.parametrize("kw, cause", [
-    ({"stopping": True, "reached_running": True, "ready": True, "expected": False, "signal": 9}, "stopped"),
-    ({"stopping": False, "reached_running": True, "ready": True, "expected": False, "signal": 9}, "killed"),
-    ({"stopping": False, "reached_running": True, "ready": False, "expected": False, "signal": 9}, "start_failure"),
-    ({"stopping": False, "reached_running": False, "ready": False, "expected": False, "signal": 9}, "start_failure"),
-    ({"stopping": False, "reached_running": True, "ready": True, "expected": False, "signal": 11}, "crash"),
-    ({"stopping": False, "reached_running": True, "ready": True, "expected": False, "signal": 6}, "crash"),
-    ({"stopping": False, "reached_running": True, "ready": True, "expected": False, "signal": None}, "crash"),
-    ({"stopping": False, "reached_running": True, "ready": True, "expected": True, "signal": None}, "clean_exit"),
-    ({"stopping": False, "reached_running": False, "ready": False, "expected": True, "signal": None},
-     "start_failure"),
+    ({"stopping": True, "served": True, "expected": False, "signal": 9}, "stopped"),
+    ({"stopping": False, "served": True, "expected": False, "signal": 9}, "killed"),
+    ({"stopping": False, "served": False, "expected": False, "signal": 9}, "start_failure"),
+    ({"stopping": False, "served": True, "expected": False, "signal": 11}, "crash"),
+    ({"stopping": False, "served": True, "expected": False, "signal": 6}, "crash"),
+    ({"stopping": False, "served": True, "expected": False, "signal": None}, "crash"),
+    ({"stopping": False, "served": True, "expected": True, "signal": None}, "clean_exit"),
+    ({"stopping": False, "served": False, "expected": True, "signal": None}, "start_failure"),
 ])
 def test_classify(kw, cause):
     assert classify(**kw) == cause
