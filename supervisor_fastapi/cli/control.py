@@ -71,6 +71,24 @@ class Readiness:
         return not self.pending and self.migrating is None
 
 
+def _migration_readiness(info: ProcessInfo, r: Readiness) -> None:
+    name, state = info["name"], info["statename"]
+    reason = None
+    if state == "EXITED" and info["exitstatus"] != 0:
+        reason = f"migration exited with status {info['exitstatus']}"
+    elif state in FAILED_STATES:
+        reason = f"migration is {state}"
+    elif state in ("STOPPED", "STOPPING") and info.get("start"):
+        # The controller stops a migration that runs past migrate.timeout; either way the
+        # workers will not start until it is run again.
+        reason = "migration was stopped before it finished (it ran past migrate.timeout, or was stopped by hand)"
+    elif state in ("STARTING", "RUNNING"):
+        r.migrating = name
+    if reason:
+        r.failed.append(name)
+        r.reasons[name] = reason
+
+
 def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
               control: Optional[Dict[str, Any]] = None) -> Readiness:
     """Which web workers accept connections, which are still coming, which failed.
@@ -83,29 +101,15 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
     """
     r = Readiness()
     names = Names(spec.app.name)
-    held = {ns: entry.get("held") for ns, entry in ((control or {}).get("processes") or {}).items()
-            if isinstance(entry, dict)}
+    processes = (control or {}).get("processes") or {}
     for info in sorted(infos, key=lambda i: i["group"] != names.migrate):  # the migration first
         name, state = info["name"], info["statename"]
         if info["group"] == names.migrate:
-            if state == "EXITED" and info["exitstatus"] != 0:
-                r.failed.append(name)
-                r.reasons[name] = f"migration exited with status {info['exitstatus']}"
-            elif state in FAILED_STATES:
-                r.failed.append(name)
-                r.reasons[name] = f"migration is {state}"
-            elif state in ("STOPPED", "STOPPING") and info.get("start"):
-                # The controller stops a migration that runs past migrate.timeout; either way
-                # the workers will not start until it is run again.
-                r.failed.append(name)
-                r.reasons[name] = ("migration was stopped before it finished (it ran past migrate.timeout, "
-                                   "or was stopped by hand)")
-            elif state in ("STARTING", "RUNNING"):
-                r.migrating = name
+            _migration_readiness(info, r)
             continue
         if info["group"] != names.web:
             continue
-        hold = held.get(f"{info['group']}:{name}") or {}
+        hold = (processes.get(f"{info['group']}:{name}") or {}).get("held") or {}
         if state == "BACKOFF" and hold.get("kind") == "gate":
             r.pending.append(name)
         elif state in FAILED_STATES:

@@ -355,6 +355,31 @@ def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[st
     return sorted(groups)
 
 
+def _restarts(entry: Dict[str, Any], now: float) -> int:
+    """Restarts in the last hour: the controller keeps the last hour of spawns; its first spawn is the start."""
+    recent = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float)) and t > now - HOUR]
+    first = entry.get("first_spawn")
+    return max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
+
+
+def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss: Dict[int, int], now: float,
+         control: Optional[Dict[str, Any]]) -> Row:
+    web = info["group"] == names.web
+    running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
+    incident = open_incident(control, info)
+    held = hold_of(control, info)
+    ready = is_ready(info, states) if web else None
+    beat = states.get(info["name"], {}).get("beat") if web and ready else None
+    return Row(
+        name=namespec(info), group=info["group"], state=info["statename"], pid=info["pid"] if running else 0,
+        uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
+        rss=rss.get(info["pid"]) if running else None, restarts_1h=_restarts(control_entry(control, info), now),
+        ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
+        incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
+        if incident else None, held=held,
+        problem=_problem(info, incident, held, info["group"] == names.migrate))
+
+
 def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
                    listener: Optional[Dict[str, Any]], rss: Dict[int, int], now: float, app: str,
                    holds: Optional[List[Dict[str, Any]]] = None, control: Optional[Dict[str, Any]] = None,
@@ -362,32 +387,7 @@ def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any
     """Rows for every process of deployment ``app`` (exactly its ``groups``); pure."""
     names = Names(app)
     wanted = set(groups if groups is not None else app_groups(app, control=control))
-    rows = []
-    for info in infos:
-        group = info["group"]
-        if group not in wanted:
-            continue
-        web = group == names.web
-        running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
-        entry = control_entry(control, info)
-        spawns = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float))]
-        # The controller keeps the last hour of spawns; its first spawn is the start, not a restart.
-        recent = [t for t in spawns if t > now - HOUR]
-        first = entry.get("first_spawn")
-        restarts = max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
-        incident = open_incident(control, info)
-        held = hold_of(control, info)
-        ready = is_ready(info, states) if web else None
-        beat = states.get(info["name"], {}).get("beat") if web and ready else None
-        rows.append(Row(
-            name=namespec(info), group=group, state=info["statename"], pid=info["pid"] if running else 0,
-            uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
-            rss=rss.get(info["pid"]) if running else None, restarts_1h=restarts, ready=ready,
-            beat_age=round(max(0.0, now - beat), 1) if beat else None,
-            incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
-            if incident else None, held=held,
-            problem=_problem(info, incident, held, group == names.migrate),
-        ))
+    rows = [_row(info, names, states, rss, now, control) for info in infos if info["group"] in wanted]
     gate = (control or {}).get("gate")
     return Status(rows=rows, gate=gate if isinstance(gate, dict) else None,
                   last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds,
@@ -420,48 +420,52 @@ def _when(epoch: Any, now: float) -> str:
     return f"{stamp} (in {delta:.0f} s)" if delta >= 0 else f"{stamp} ({-delta:.0f} s ago)"
 
 
-def format_status(status: Status, now: float) -> str:
-    """The human table printed by ``supervisor-fastapi status``."""
-    header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
-    lines = [header]
-    for r in status.rows:
-        notes = []
-        if r.ready is False and r.state == "RUNNING":
-            notes.append("not listening yet")
-        if r.beat_age is not None and r.beat_age > 5:
-            notes.append(f"last beat {r.beat_age:.0f} s ago")
-        if r.incident:
-            retry = r.incident.get("next_retry")
-            notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}"
-                         + (f"; next retry {_when(retry, now)}" if retry else ""))
-        if r.held and r.held.get("kind") == "gate":
-            notes.append(f"held: {r.held.get('reason')}")
-        elif r.problem and not r.incident:
-            notes.append(r.problem)
-        lines.append((r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
-                      "; ".join(notes)))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else "")
-           for row in lines]
-    out = [line.rstrip() for line in out]
+def _notes(r: Row, now: float) -> str:
+    notes = []
+    if r.ready is False and r.state == "RUNNING":
+        notes.append("not listening yet")
+    if r.beat_age is not None and r.beat_age > 5:
+        notes.append(f"last beat {r.beat_age:.0f} s ago")
+    if r.incident:
+        retry = r.incident.get("next_retry")
+        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}"
+                     + (f"; next retry {_when(retry, now)}" if retry else ""))
+    if r.held and r.held.get("kind") == "gate":
+        notes.append(f"held: {r.held.get('reason')}")
+    elif r.problem and not r.incident:
+        notes.append(r.problem)
+    return "; ".join(notes)
+
+
+def _footer(status: Status, now: float) -> List[str]:
+    out = []
     if not status.controller:
         out.append("controller: not loaded (no supervisor-fastapi plugin in supervisord): no crash-loop holds, "
                    "no gate beyond autostart, restart counts unknown")
     elif status.gate:
-        out.append(f"migration gate: {status.gate.get('state')}"
-                   + (f" ({status.gate.get('detail')})" if status.gate.get("detail") else ""))
+        detail = status.gate.get("detail")
+        out.append(f"migration gate: {status.gate.get('state')}" + (f" ({detail})" if detail else ""))
     if not status.listener_data:
         out.append("listener: no state file yet")
     alert = status.last_alert
-    if alert:
-        out.append(f"last alert: {_when(alert.get('at'), now)} {alert.get('kind')}: {alert.get('summary')}")
-    else:
-        out.append("last alert: none")
+    out.append(f"last alert: {_when(alert.get('at'), now)} {alert.get('kind')}: {alert.get('summary')}"
+               if alert else "last alert: none")
     if status.holds is not None:
         out.append("socket held open by the rpcinterface plugin: "
                    + (", ".join(h["url"] for h in status.holds) or "none yet"))
     out.append("ok" if status.ok else f"DOWN: {', '.join(status.down)}")
-    return "\n".join(out)
+    return out
+
+
+def format_status(status: Status, now: float) -> str:
+    """The human table printed by ``supervisor-fastapi status``."""
+    header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
+    lines = [header] + [(r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
+                         _notes(r, now)) for r in status.rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    out = [("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else ""))
+           .rstrip() for row in lines]
+    return "\n".join(out + _footer(status, now))
 
 
 # --- edges for a deployment on this host ------------------------------------------------
