@@ -330,6 +330,15 @@ class AppControl:
             for p in held:  # keep the description current ("waiting" -> "failed")
                 self.hold(p, FOREVER, "gate", self.gate.detail)
 
+    def forget_group(self, group: str) -> None:
+        """`update` removed ``group`` (a changed group comes back as new processes): its
+        incidents are closed, not carried over to a release that may have fixed them."""
+        now = self.clock()
+        for ns in [ns for ns in self.loops if ns.split(":", 1)[0] == group]:
+            loop = self.loops.pop(ns)
+            self.holds.pop(ns, None)
+            self._alert(loop.close(now, "removed from supervisord (update); incident closed"))
+
     # -- operator actions --
 
     def resume(self) -> List[str]:
@@ -430,7 +439,12 @@ class Registry:
 
     def _on_group_event(self, event: Any) -> None:
         # After `reread` supervisord holds the new plugin options; an `update` applies them.
+        from supervisor import events
+
         self._refresh_configs()
+        if isinstance(event, events.ProcessGroupRemovedEvent):
+            for control in self.apps.values():
+                control.forget_group(str(event.group))
         self._wrap_all()
 
     def _on_stopping(self, event: Any) -> None:

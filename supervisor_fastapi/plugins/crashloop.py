@@ -172,6 +172,14 @@ class ProcessLoop:
         self.running_since = None
         return self._resolve(now, "stopped by hand; incident closed")
 
+    def close(self, now: float, why: str) -> List[Alert]:
+        """Close the open incidents (the process is gone from supervisord)."""
+        alerts = self._resolve(now, why)
+        if self.kill_incident is not None:
+            k, self.kill_incident = self.kill_incident, None
+            alerts.append(Alert("resolve", k.kind, self.name, f"{self.name}: {why}", {"opened": k.opened}))
+        return alerts
+
     def resume(self, now: float) -> List[Alert]:
         """The operator says the cause is fixed (`supervisor-fastapi up`): forget the failures."""
         alerts = self._resolve(now, "cleared by the operator (up); starting it at once")
