@@ -375,7 +375,7 @@ def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss
         uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
         rss=rss.get(info["pid"]) if running else None, restarts_1h=_restarts(control_entry(control, info), now),
         ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
-        incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
+        incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay", "gave_up")}
         if incident else None, held=held,
         problem=_problem(info, incident, held, info["group"] == names.migrate))
 
@@ -427,9 +427,12 @@ def _notes(r: Row, now: float) -> str:
     if r.beat_age is not None and r.beat_age > 5:
         notes.append(f"last beat {r.beat_age:.0f} s ago")
     if r.incident:
+        # Never an open incident without what happens next.
         retry = r.incident.get("next_retry")
-        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}"
-                     + (f"; next retry {_when(retry, now)}" if retry else ""))
+        after = (f"next retry {_when(retry, now)}" if retry else "given up: start it by hand once fixed"
+                 if r.incident.get("gave_up") else "restarted at once each time" if r.incident.get("kind") == "killed"
+                 else "retry under way" if r.state in ("STARTING", "RUNNING") else "waiting for supervisord")
+        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}; {after}")
     if r.held and r.held.get("kind") == "gate":
         notes.append(f"held: {r.held.get('reason')}")
     elif r.problem and not r.incident:
