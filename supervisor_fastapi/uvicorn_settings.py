@@ -1,7 +1,9 @@
 """The uvicorn settings a spec may set under ``[server.uvicorn]``: one table for the spec
 loader (validation), the conf generator (command-line words) and the worker (decoding).
 
-Standard library only: the worker imports it under the app's interpreter.
+Derived from the installed ``uvicorn.config`` where uvicorn lists the choices, so it cannot
+drift from the uvicorn that runs the workers. The worker imports it under the app's
+interpreter (which has uvicorn); nothing inside supervisord does.
 """
 
 from typing import Any, Dict, List, NamedTuple, Tuple
@@ -12,41 +14,87 @@ class UvicornSetting(NamedTuple):
     choices: Tuple[str, ...] = ()
 
 
-# The uvicorn.Config keywords a spec may set under [server.uvicorn]; the spec loader
-# validates against this same table and the worker coerces command-line strings with it.
-UVICORN_SETTINGS: Dict[str, UvicornSetting] = {
-    "loop": UvicornSetting("str", ("auto", "asyncio", "uvloop")),
-    "http": UvicornSetting("str", ("auto", "h11", "httptools")),
-    "ws": UvicornSetting("str", ("auto", "none", "websockets", "websockets-sansio", "wsproto")),
-    "ws_max_size": UvicornSetting("int"),
-    "ws_max_queue": UvicornSetting("int"),
-    "ws_ping_interval": UvicornSetting("float"),
-    "ws_ping_timeout": UvicornSetting("float"),
-    "ws_per_message_deflate": UvicornSetting("bool"),
-    "lifespan": UvicornSetting("str", ("auto", "on", "off")),
-    "log_level": UvicornSetting("str", ("critical", "error", "warning", "info", "debug", "trace")),
-    "log_config": UvicornSetting("str"),
-    "access_log": UvicornSetting("bool"),
-    "use_colors": UvicornSetting("bool"),
-    "proxy_headers": UvicornSetting("bool"),
-    "server_header": UvicornSetting("bool"),
-    "date_header": UvicornSetting("bool"),
-    "forwarded_allow_ips": UvicornSetting("list"),
-    "root_path": UvicornSetting("str"),
-    "limit_concurrency": UvicornSetting("int"),
-    "limit_max_requests": UvicornSetting("int"),
-    "timeout_keep_alive": UvicornSetting("int"),
-    "ssl_keyfile": UvicornSetting("str"),
-    "ssl_certfile": UvicornSetting("str"),
-    "ssl_ca_certs": UvicornSetting("str"),
-    "ssl_ciphers": UvicornSetting("str"),
+# Settings whose choices uvicorn itself lists (uvicorn.config), by the name of its table
+# then the older name: the spec accepts exactly what the installed uvicorn accepts.
+_CHOICE_TABLES = {
+    "loop": ("LOOP_FACTORIES", "LOOP_SETUPS"),
+    "http": ("HTTP_PROTOCOLS",),
+    "ws": ("WS_PROTOCOLS",),
+    "lifespan": ("LIFESPAN",),
+    "log_level": ("LOG_LEVELS",),
+    "interface": ("INTERFACES",),
+}
+
+# Every uvicorn.Config keyword a spec may set under [server.uvicorn] and its kind. The
+# worker decodes command-line strings with the same table the spec loader validates with.
+_KINDS: Dict[str, str] = {
+    "loop": "str", "http": "str", "http2": "bool", "ws": "str", "ws_max_size": "int", "ws_max_queue": "int",
+    "ws_ping_interval": "float", "ws_ping_timeout": "float", "ws_per_message_deflate": "bool", "lifespan": "str",
+    "log_level": "str", "log_config": "str", "access_log": "bool", "use_colors": "bool", "interface": "str",
+    "proxy_headers": "bool", "server_header": "bool", "date_header": "bool", "forwarded_allow_ips": "list",
+    "root_path": "str", "limit_concurrency": "int", "limit_max_requests": "int", "limit_max_requests_jitter": "int",
+    "timeout_keep_alive": "int", "ssl_keyfile": "str", "ssl_certfile": "str", "ssl_ca_certs": "str",
+    "ssl_ciphers": "str",
     # The key's password never goes in the spec or on a command line (ps shows both): the
     # worker reads it from this environment variable, set in supervisord's environment.
-    "ssl_keyfile_password_env": UvicornSetting("env"),
-    "ssl_cert_reqs": UvicornSetting("int"),
-    "headers": UvicornSetting("list"),
-    "h11_max_incomplete_event_size": UvicornSetting("int"),
+    "ssl_keyfile_password_env": "env",
+    "ssl_cert_reqs": "int", "ssl_version": "int", "headers": "list", "h11_max_incomplete_event_size": "int",
+    "reset_contextvars": "bool",
 }
+
+# uvicorn.Config keywords the worker sets itself: the spec sets them elsewhere, or they cannot apply.
+UVICORN_OWNED = {
+    "app": "set app.asgi",
+    "factory": "set app.factory, or end app.asgi with '()'",
+    "host": "set server.bind",
+    "port": "set server.bind",
+    "uds": "set server.bind to unix:///path",
+    "fd": "the worker always serves the socket supervisord passes as fd 0",
+    "workers": "set server.workers",
+    "reload": "reload is for development; use `supervisor-fastapi restart` for a rolling restart",
+    "timeout_graceful_shutdown": "set server.graceful_timeout",
+    "app_dir": "set app.directory",
+    "backlog": "set server.backlog",
+}
+# Keywords no spec can set, and why (a test fails when uvicorn adds one not listed anywhere).
+NOT_OFFERED = {
+    "env_file": "supervisord sets the environment: use app.env",
+    "reload_dirs": "reload is for development", "reload_delay": "reload is for development",
+    "reload_includes": "reload is for development", "reload_excludes": "reload is for development",
+    "timeout_notify": "uvicorn's own process manager only", "callback_notify": "a Python callable",
+    "timeout_worker_healthcheck": "uvicorn's own process manager only",
+    "ssl_keyfile_password": "set ssl_keyfile_password_env (the name of a variable), never the password",
+    "ssl_context_factory": "a Python callable",
+}
+
+
+def config_keywords() -> Tuple[str, ...]:
+    """The keywords of the installed ``uvicorn.Config``."""
+    import inspect
+
+    import uvicorn.config
+
+    return tuple(p for p in inspect.signature(uvicorn.config.Config.__init__).parameters if p != "self")
+
+
+def _table() -> Dict[str, UvicornSetting]:
+    import uvicorn.config
+
+    known = set(config_keywords())
+    out: Dict[str, UvicornSetting] = {}
+    for key, kind in _KINDS.items():
+        if (key[: -len("_env")] if kind == "env" else key) not in known:
+            continue  # an older uvicorn: the spec refuses the key like any unknown one
+        choices: Tuple[str, ...] = ()
+        for table in _CHOICE_TABLES.get(key, ()):
+            if hasattr(uvicorn.config, table):
+                choices = tuple(str(c) for c in getattr(uvicorn.config, table))
+                break
+        out[key] = UvicornSetting(kind, choices)
+    return out
+
+
+UVICORN_SETTINGS: Dict[str, UvicornSetting] = _table()
 
 
 def encode_setting(key: str, value: Any) -> List[str]:
@@ -61,6 +109,8 @@ def encode_setting(key: str, value: Any) -> List[str]:
 # Booleans uvicorn's own command line takes as a value (``--ws-per-message-deflate false``);
 # the others are ``--x`` / ``--no-x`` pairs.
 _CLI_VALUE_BOOLS = ("ws_per_message_deflate",)
+# Booleans uvicorn's command line has only an ``--x`` for (off by default there).
+_CLI_FLAG_ONLY = ("http2", "reset_contextvars")
 
 
 def cli_words(key: str, value: Any) -> List[str]:
@@ -77,6 +127,8 @@ def cli_words(key: str, value: Any) -> List[str]:
     if setting.kind == "bool":
         if key in _CLI_VALUE_BOOLS:
             return [flag, "true" if value else "false"]
+        if key in _CLI_FLAG_ONLY:
+            return [flag] if value else []
         return [flag if value else f"--no-{flag[2:]}"]
     if key == "forwarded_allow_ips":
         return [flag, ",".join(value)]

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
-from ..uvicorn_settings import UVICORN_SETTINGS, UvicornSetting
+from ..uvicorn_settings import UVICORN_OWNED, UVICORN_SETTINGS, UvicornSetting
 from .model import (  # noqa: F401
     _SIZE_UNITS,
     SERVICE_TYPES,
@@ -52,20 +52,6 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Names supervisor uses for its own environment; a spec overriding them would break the
 # listener's RPC connection or the worker's identity.
 RESERVED_ENV = ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME", "SUPERVISOR_ENABLED")
-# uvicorn settings the worker owns: the spec sets them elsewhere or they cannot apply.
-UVICORN_OWNED = {
-    "app": "set app.asgi",
-    "factory": "set app.factory, or end app.asgi with '()'",
-    "host": "set server.bind",
-    "port": "set server.bind",
-    "uds": "set server.bind to unix:///path",
-    "fd": "the worker always serves the socket supervisord passes as fd 0",
-    "workers": "set server.workers",
-    "reload": "reload is for development; use `supervisor-fastapi restart` for a rolling restart",
-    "timeout_graceful_shutdown": "set server.graceful_timeout",
-    "app_dir": "set app.directory",
-    "backlog": "set server.backlog",
-}
 
 
 # --- the table reader -------------------------------------------------------------------

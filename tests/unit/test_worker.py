@@ -170,3 +170,25 @@ def test_worker_imports_only_stdlib_and_uvicorn():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module.split(".")[0])
     assert not names & {"click", "supervisor", "tomli", "tomli_w", "fastapi"}
+
+
+def test_every_uvicorn_config_keyword_is_offered_owned_or_refused_with_a_reason():
+    """Fails when uvicorn adds a Config keyword (decide: offer it, own it or refuse it) or drops one."""
+    from supervisor_fastapi.uvicorn_settings import _KINDS, NOT_OFFERED, UVICORN_OWNED, config_keywords
+
+    keywords = set(config_keywords())
+    offered = {k[: -len("_env")] if kind == "env" else k for k, kind in _KINDS.items()}
+    unplaced = keywords - offered - set(UVICORN_OWNED) - set(NOT_OFFERED)
+    assert not unplaced, f"uvicorn.Config keywords nobody decided about: {sorted(unplaced)}"
+    # The table offers exactly the installed uvicorn's keywords (older ones lack a few).
+    table = {k[: -len("_env")] if s.kind == "env" else k for k, s in UVICORN_SETTINGS.items()}
+    assert table == offered & keywords
+
+
+def test_choices_are_uvicorns_own():
+    import uvicorn.config
+
+    assert UVICORN_SETTINGS["http"].choices == tuple(uvicorn.config.HTTP_PROTOCOLS)
+    assert UVICORN_SETTINGS["lifespan"].choices == tuple(uvicorn.config.LIFESPAN)
+    loops = getattr(uvicorn.config, "LOOP_FACTORIES", None) or uvicorn.config.LOOP_SETUPS
+    assert UVICORN_SETTINGS["loop"].choices == tuple(loops)
