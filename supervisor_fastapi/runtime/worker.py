@@ -21,6 +21,10 @@ from ..contracts import write_worker_state
 from ..uvicorn_settings import UVICORN_SETTINGS
 
 
+class WorkerError(Exception):
+    """The worker cannot start as configured; ``main`` prints it and exits 2 (supervisord logs it)."""
+
+
 def decode_settings(pairs: Sequence[str], env: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """The inverse of encode_setting, typed by UVICORN_SETTINGS; ``*_env`` settings are read from ``env``."""
     env = os.environ if env is None else env
@@ -29,7 +33,7 @@ def decode_settings(pairs: Sequence[str], env: Optional[Mapping[str, str]] = Non
         key, sep, raw = pair.partition("=")
         setting = UVICORN_SETTINGS.get(key)
         if not sep or setting is None:
-            raise SystemExit(f"supervisor-fastapi worker: unknown uvicorn setting {pair!r}")
+            raise WorkerError(f"supervisor-fastapi worker: unknown uvicorn setting {pair!r}")
         if setting.kind == "list":
             out.setdefault(key, []).append(raw)
         elif setting.kind == "bool":
@@ -40,7 +44,7 @@ def decode_settings(pairs: Sequence[str], env: Optional[Mapping[str, str]] = Non
             out[key] = float(raw)
         elif setting.kind == "env":  # "<keyword>_env" names the variable that holds <keyword>'s value
             if raw not in env:
-                raise SystemExit(f"supervisor-fastapi worker: {key} names {raw}, which is not set in the worker's "
+                raise WorkerError(f"supervisor-fastapi worker: {key} names {raw}, which is not set in the worker's "
                                  "environment; set it where supervisord starts (systemd EnvironmentFile=, or the "
                                  "shell that runs `supervisor-fastapi up`)")
             out[key[: -len("_env")]] = env[raw]
@@ -59,10 +63,10 @@ def listening_socket(fd: int = 0) -> socket.socket:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise SystemExit(f"supervisor-fastapi worker: fd {fd} is not a socket ({exc}); run the worker from an "
+        raise WorkerError(f"supervisor-fastapi worker: fd {fd} is not a socket ({exc}); run the worker from an "
                          "[fcgi-program] section, never inside [group:] (supervisord then passes a pipe)") from None
     if sock.type != socket.SOCK_STREAM:
-        raise SystemExit(f"supervisor-fastapi worker: fd {fd} is not a stream socket")
+        raise WorkerError(f"supervisor-fastapi worker: fd {fd} is not a stream socket")
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -130,8 +134,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     # supervisord starts us in app.directory; make the app importable from there, as uvicorn's --app-dir does.
     sys.path.insert(0, os.getcwd())
-    sock = listening_socket(args.fd)
-    server = build_server(args)
+    try:
+        sock = listening_socket(args.fd)
+        server = build_server(args)
+    except WorkerError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(2)
     server.run(sockets=[sock])
     if not server.started:
         # uvicorn returns without serving when the app fails to import or lifespan startup

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, List, Literal, Optional, Tuple, get_args
+from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -178,19 +178,10 @@ class Spec:
     # Dotted paths of the keys the file sets ("server.bind", "programs[0].env", "alerts"),
     # so a target can name the ones it ignores.
     keys: FrozenSet[str] = frozenset()
-    from_pyproject: bool = False
 
     @property
     def run_dir(self) -> str:
         return self.supervisord.run_dir
-
-    def program_names(self) -> List[str]:
-        """Every supervisor program name the spec produces, in render order."""
-        names = [self.app.name]
-        if self.migrate:
-            names.append(f"{self.app.name}_migrate")
-        names += [f"{self.app.name}_{p.name}" for p in self.programs]
-        return names
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from supervisor_fastapi.cli import main
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate.conf import build, worker_argv
+from supervisor_fastapi.layout import Names
 from supervisor_fastapi.spec import parse_spec
 from supervisor_fastapi.uvicorn_settings import UVICORN_SETTINGS
 
@@ -182,7 +183,9 @@ def assert_loads_with_supervisor(spec):
     if spec.migrate:
         assert groups[f"{spec.app.name}_migrate"][0][1].command == spec.migrate.command
     # Every group supervisor sees was built by the renderer (assert_no_injection); these must be among them.
-    assert set(groups) >= set(spec.program_names()) | {f"{spec.app.name}_listener"}
+    names = Names(spec.app.name)
+    rendered = {names.web, names.listener} | {names.program(p.name) for p in spec.programs}
+    assert set(groups) >= rendered | ({names.migrate} if spec.migrate else set())
 
 
 @FUZZ

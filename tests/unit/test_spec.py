@@ -42,7 +42,6 @@ def test_minimal_spec_defaults():
     assert s.memory.per_worker is None and s.memory.budget == Budget(fraction=0.9)
     assert s.programs == () and s.migrate is None and s.alerts == ()
     assert s.supervisord.run_dir == "/srv/app/run" and s.run_dir == "/srv/app/run"
-    assert s.program_names() == ["web"]
 
 
 def test_full_spec():
@@ -67,7 +66,6 @@ def test_full_spec():
                                       "root_path": "/api", "timeout_keep_alive": 7, "log_level": "warning"}
     assert s.memory.per_worker == 512 * 1024**2 and s.memory.budget == Budget(bytes=2 * 1024**3)
     assert s.programs[0].numprocs == 2 and s.programs[0].env == (("X", "1"),)
-    assert s.program_names() == ["web", "web_migrate", "web_beat"]
     assert s.run_dir == "/var/run/shop" and s.supervisord.log_level == "debug"
 
 

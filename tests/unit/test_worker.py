@@ -36,7 +36,7 @@ def test_decode_is_typed_by_the_settings_table():
 
 @pytest.mark.parametrize("pair", ["nope=1", "root_path", "port=80"])
 def test_decode_refuses_unknown_settings(pair):
-    with pytest.raises(SystemExit, match="unknown uvicorn setting"):
+    with pytest.raises(worker.WorkerError, match="unknown uvicorn setting"):
         decode_settings([pair])
 
 
@@ -44,7 +44,7 @@ def test_the_key_password_comes_from_the_named_environment_variable_only():
     words = encode_setting("ssl_keyfile_password_env", "SHOP_TLS_PW")
     assert words == ["--set", "ssl_keyfile_password_env=SHOP_TLS_PW"]  # the name on the command line, not the value
     assert decode_settings(words[1:], env={"SHOP_TLS_PW": "s3cret"}) == {"ssl_keyfile_password": "s3cret"}
-    with pytest.raises(SystemExit, match="names SHOP_TLS_PW, which is not set"):
+    with pytest.raises(worker.WorkerError, match="names SHOP_TLS_PW, which is not set"):
         decode_settings(words[1:], env={})
 
 
@@ -97,7 +97,7 @@ def test_unix_socket_is_detected(tmp_path):
 def test_a_pipe_on_fd_0_is_a_clear_error():
     r, w = os.pipe()
     try:
-        with pytest.raises(SystemExit, match=r"not a socket.*never inside \[group:\]"):
+        with pytest.raises(worker.WorkerError, match=r"not a socket.*never inside \[group:\]"):
             listening_socket(r)
     finally:
         for fd in (r, w):
@@ -110,7 +110,7 @@ def test_a_pipe_on_fd_0_is_a_clear_error():
 def test_a_datagram_socket_is_refused():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        with pytest.raises(SystemExit, match="not a stream socket"):
+        with pytest.raises(worker.WorkerError, match="not a stream socket"):
             listening_socket(os.dup(s.fileno()))
     finally:
         s.close()
