@@ -19,6 +19,7 @@ from typing import Any, Tuple
 from supervisor.supervisorctl import ControllerPluginBase, LSBInitExitStatuses
 
 from ..cli import ops
+from ..layout import Names
 
 
 class FastAPIControllerPlugin(ControllerPluginBase):
@@ -50,7 +51,7 @@ class FastAPIControllerPlugin(ControllerPluginBase):
         try:
             result = ops.rolling_restart(self._edges(group), group, self.ctl.output, self.timeout)
         except (xmlrpc.client.Fault, OSError) as exc:
-            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi_{group}] loaded in supervisord?)")
+            self._fail(_unreachable(exc, group))
             return
         if result.ok:
             self.ctl.output(f"{group}: restarted {len(result.restarted)}"
@@ -72,7 +73,7 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             proxy = self.ctl.get_server_proxy()
             status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy, group))
         except (xmlrpc.client.Fault, OSError) as exc:
-            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi_{group}] loaded in supervisord?)")
+            self._fail(_unreachable(exc, group))
             return
         if as_json:
             self.ctl.output(json.dumps(status.to_json(), indent=2, default=str))
@@ -84,6 +85,10 @@ class FastAPIControllerPlugin(ControllerPluginBase):
     def help_fastapi_status(self) -> None:
         self.ctl.output("fastapi_status [<app>] [--json]\tEvery program and worker of the app: state, pid,\n"
                         "\t\t\tuptime, RSS, restarts in the last hour, open incident, last alert.")
+
+
+def _unreachable(exc: Exception, app: str) -> str:
+    return f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:{Names(app).rpc_namespace}] loaded in supervisord?)"
 
 
 def make_ctlplugin(controller: Any, **config: str) -> FastAPIControllerPlugin:

@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
+from ..layout import Layout
 from ..uvicorn_settings import UVICORN_OWNED, UVICORN_SETTINGS, UvicornSetting
 from .model import (  # noqa: F401
     _SIZE_UNITS,
@@ -261,7 +262,7 @@ def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
 def _supervisord(t: _Table, base_dir: str) -> Supervisord:
     run_dir = t.path_value("run_dir", base_dir, os.path.join(base_dir, "run"))
     # The control socket path must fit in sun_path (108 bytes on Linux).
-    if len(os.path.join(run_dir, "supervisor.sock")) > 100:
+    if len(Layout(run_dir).socket) > 100:
         t.fail("run_dir", f"{run_dir!r} is too long for a unix socket path (limit about 100 bytes)",
                "choose a shorter run_dir")
     levels = ("critical", "error", "warn", "info", "debug", "trace", "blather")
