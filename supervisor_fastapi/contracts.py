@@ -110,8 +110,25 @@ def worker_state_path(state_dir: str, process_name: str) -> str:
 
 
 def write_worker_state(path: str, pid: int, ready: float) -> None:
-    """The worker, once uvicorn listens: which incarnation is ready."""
-    write_json_atomic(path, {"pid": pid, "ready": ready}, mode=0o644)
+    """The worker, once uvicorn listens: which incarnation is ready.
+
+    On a full disk the atomic replace cannot get a block for its temporary file; the file a
+    previous incarnation left is then overwritten in place (its block is already allocated:
+    readers may see a torn file for an instant, which reads as "no data", never a wrong pid).
+    """
+    try:
+        write_json_atomic(path, {"pid": pid, "ready": ready}, mode=0o644)
+    except OSError as exc:
+        if not is_enospc(exc):
+            raise
+        body = json.dumps({"pid": pid, "ready": ready}).encode()
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))  # no file yet: the OSError goes up
+        try:
+            if os.pwrite(fd, body, 0) != len(body):
+                raise OSError(errno.ENOSPC, "short write", path) from exc
+            os.ftruncate(fd, len(body))
+        finally:
+            os.close(fd)
 
 
 def read_worker_state(path: str) -> Optional[Dict[str, Any]]:

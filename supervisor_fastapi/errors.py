@@ -10,6 +10,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class DeployError(UserError):
+    """The deployment did not come up (a worker or the migration failed, a timeout): exit status 1,
+    so scripts can tell it from a bad spec or command line (2)."""
+
+    exit_code = 1
+
+
 class SpecError(UserError):
     """A problem in the deployment spec, located by file and dotted key path."""
 

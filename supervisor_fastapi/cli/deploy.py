@@ -6,7 +6,7 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, List, Optional
 
-from ..errors import UserError
+from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -138,7 +138,7 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
             name = r.failed[0]
             full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)
             tail = control.log_tail(proxy, full)
-            raise UserError(f"{full} failed: {r.reasons[name]}\n--- last lines of its log ---\n{tail.rstrip()}\n"
+            raise DeployError(f"{full} failed: {r.reasons[name]}\n--- last lines of its log ---\n{tail.rstrip()}\n"
                             f"--- fix the problem, then run `supervisor-fastapi up` again "
                             f"(supervisord is still running; `supervisor-fastapi down` stops it)")
         line = f"{len(r.ready)}/{len(r.ready) + len(r.pending)} workers ready"
@@ -151,7 +151,7 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
             return r.ready
         if time.monotonic() > deadline:
             waiting = r.pending or [r.migrating or "the workers"]
-            raise UserError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}")
+            raise DeployError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}")
         time.sleep(0.1)
 
 

@@ -427,12 +427,12 @@ def _notes(r: Row, now: float) -> str:
     if r.beat_age is not None and r.beat_age > 5:
         notes.append(f"last beat {r.beat_age:.0f} s ago")
     if r.incident:
-        # Never an open incident without what happens next.
         retry = r.incident.get("next_retry")
-        after = (f"next retry {_when(retry, now)}" if retry else "given up: start it by hand once fixed"
-                 if r.incident.get("gave_up") else "restarted at once each time" if r.incident.get("kind") == "killed"
-                 else "retry under way" if r.state in ("STARTING", "RUNNING") else "waiting for supervisord")
-        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}; {after}")
+        # Never an open incident without what happens next (a kill incident's summary says it).
+        after = ("" if r.incident.get("kind") == "killed" else f"; next retry {_when(retry, now)}" if retry
+                 else "; given up: start it by hand once fixed" if r.incident.get("gave_up")
+                 else "; retry under way" if r.state in ("STARTING", "RUNNING") else "; waiting for supervisord")
+        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}{after}")
     if r.held and r.held.get("kind") == "gate":
         notes.append(f"held: {r.held.get('reason')}")
     elif r.problem and not r.incident:

@@ -330,6 +330,13 @@ class AppControl:
             for p in held:  # keep the description current ("waiting" -> "failed")
                 self.hold(p, FOREVER, "gate", self.gate.detail)
 
+    def close_all(self, why: str) -> None:
+        now = self.clock()
+        for loop in self.loops.values():
+            self._alert(loop.close(now, why))
+        for a in self.gate_watch.close(why):
+            self._emit(a.event, a.kind, self.config.migrate, a.summary, a.details)
+
     def forget_group(self, group: str) -> None:
         """`update` removed ``group`` (a changed group comes back as new processes): its
         incidents are closed, not carried over to a release that may have fixed them."""
@@ -449,8 +456,12 @@ class Registry:
 
     def _on_stopping(self, event: Any) -> None:
         # supervisord is shutting down or reloading (its ordered stop gives up BACKOFF holds
-        # itself). A reload closes descriptors 5..minfds and reopens others under the same
-        # numbers, so the pipe is closed now, while the numbers are still ours.
+        # itself). Incidents belong to this run: close them now, while the listener (stopped
+        # last) can still send the alerts. A reload closes descriptors 5..minfds and reopens
+        # others under the same numbers, so the pipe is closed now, while they are ours.
+        for control in self.apps.values():
+            control.close_all("supervisord is stopping (shutdown or reload); incident closed, the next run "
+                              "starts every worker at once")
         self._drop_waker(close=True)
         self.log = lambda message: None
 

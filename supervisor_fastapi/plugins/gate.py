@@ -100,3 +100,10 @@ class GateWatch:
             return [GateAlert("resolve", kind, f"{name} succeeded; starting {held} held web worker(s)",
                               {"held_workers": held})]
         return []
+
+    def close(self, why: str) -> List[GateAlert]:
+        """The supervisord run ends: an open migration incident is closed with it."""
+        if self.incident is None:
+            return []
+        kind, self.incident = self.incident, None
+        return [GateAlert("resolve", kind, why, {})]

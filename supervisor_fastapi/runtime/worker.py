@@ -76,31 +76,51 @@ class StateFile:
     """``<state_dir>/<process name>``: written when the worker accepts, touched on every beat.
 
     Its content (pid, start time) tells which incarnation is ready; its mtime is the last beat
-    of the event loop, so a blocked loop shows as a stale file.
+    of the event loop, so a blocked loop shows as a stale file. A file that cannot be written
+    (a full disk) never stops the worker from serving: it says so once on stderr and tries
+    again on the next beat.
     """
 
     def __init__(self, state_dir: Optional[str], name: str) -> None:
         self.path = os.path.join(state_dir, name) if state_dir else None
+        self.written = False
+        self._complained = False
 
     def ready(self) -> None:
         if not self.path:
             return
-        write_worker_state(self.path, os.getpid(), time.time())
+        try:
+            write_worker_state(self.path, os.getpid(), time.time())
+            self.written = True
+        except OSError as exc:
+            self._complain(exc)
 
     def gone(self) -> None:
         """Stopping: remove the file so nothing mistakes this worker for a ready one."""
         if self.path:
             try:
                 os.unlink(self.path)
-            except FileNotFoundError:
+            except OSError:
                 pass
 
     def beat(self) -> None:
-        if self.path:
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:
-                self.ready()
+        if not self.path:
+            return
+        if not self.written:
+            self.ready()
+            return
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            self.ready()
+        except OSError as exc:
+            self._complain(exc)
+
+    def _complain(self, exc: OSError) -> None:
+        if not self._complained:
+            self._complained = True
+            print(f"supervisor-fastapi worker: cannot write {self.path} ({exc}); serving anyway, retrying on each "
+                  "beat (until then this worker does not count as ready)", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

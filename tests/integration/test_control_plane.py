@@ -105,19 +105,23 @@ def crash_looping(d) -> None:
     wait_until(lambda: held(d, "web_00") and held(d, "web_01"), 30, "both workers held by the crash loop")
 
 
-def test_down_fix_up_starts_every_worker_at_once(deploy, tmp_path):
+def test_down_fix_up_starts_every_worker_at_once_and_the_old_incident_is_closed(deploy, tmp_path):
     flag = tmp_path / "broken"
     flag.write_text("")
-    d = deploy({"app": {"env": {"FAIL_IMPORT_WHILE": str(flag)}},
-                "crash_loop": {"restarts": 2, "backoff_initial": 120}}, wait=False)
-    crash_looping(d)
-    assert d.cli("down").returncode == 0
-    flag.unlink()
-    t0 = time.monotonic()
-    r = d.cli("up", "--timeout", "30")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert time.monotonic() - t0 < 20 and len(ready_pids(d)) == 2
-    assert d.process_state("web_00").get("incident") is None  # a new supervisord: no old incident
+    with WebhookReceiver() as hook:
+        d = deploy({"app": {"env": {"FAIL_IMPORT_WHILE": str(flag)}},
+                    "crash_loop": {"restarts": 2, "backoff_initial": 120},
+                    "alerts": [{"type": "webhook", "url": hook.url}]}, wait=False)
+        crash_looping(d)
+        assert d.cli("down").returncode == 0
+        closed = wait_until(lambda: hook.alerts("crash_loop", "resolve"), 10, "the incidents closed at shutdown")
+        assert "supervisord is stopping" in closed[0][1]["text"]
+        flag.unlink()
+        t0 = time.monotonic()
+        r = d.cli("up", "--timeout", "30")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert time.monotonic() - t0 < 20 and len(ready_pids(d)) == 2
+        assert d.process_state("web_00").get("incident") is None  # a new supervisord: no old incident
 
 
 def test_shutdown_and_a_new_supervisord_start_every_worker_at_once(deploy, tmp_path):
@@ -290,6 +294,14 @@ def test_a_full_run_dir_loses_no_incident_and_the_state_is_saved_once_there_is_r
                         "alerts": [{"type": "webhook", "url": hook.url}, {"type": "log"}]})
             filler = run_dir / "filler"
             subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+            # Killed workers are still replaced at once, and serve, though no file can grow.
+            for _ in range(3):
+                old = next(i["pid"] for i in d.infos() if i["name"] == "web_00")
+                os.kill(old, signal.SIGKILL)
+                wait_until(lambda old=old: [p for p in ready_pids(d) if p != old and p in
+                                            [i["pid"] for i in d.infos() if i["name"] == "web_00"]], 10,
+                           "a new web_00 to serve on a full disk")
+            assert not held(d, "web_00") and d.process_state("web_00")["kill_incident"]["kind"] == "killed"
             flag.write_text("")
             for name in ("web_00", "web_01"):
                 os.kill(next(i["pid"] for i in d.infos() if i["name"] == name), signal.SIGKILL)

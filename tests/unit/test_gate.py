@@ -43,3 +43,11 @@ def test_a_timeout_is_its_own_kind_and_says_no_worker_runs():
     w = GateWatch()
     [a] = w.observe(Gate("timeout", "ran longer"), "m", 0, 2)
     assert a.kind == "migration_timeout" and "no web worker is running" in a.summary
+
+
+def test_the_end_of_a_supervisord_run_closes_an_open_migration_incident():
+    w = GateWatch()
+    w.observe(Gate("failed", "x"), "m", 0, 2)
+    [closed] = w.close("supervisord is stopping")
+    assert (closed.event, closed.kind) == ("resolve", "migration_failed")
+    assert w.close("again") == []
