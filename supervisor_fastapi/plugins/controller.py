@@ -180,8 +180,7 @@ class AppControl:
         return None if gate.open else gate.detail
 
     def spawned(self, process: Any) -> None:
-        ns = namespec(process)
-        self.holds.pop(ns, None)
+        self._unhold(process)
         if self.controlled(process):
             self.loop(process).started(self.clock())
 
@@ -215,7 +214,7 @@ class AppControl:
         elif isinstance(decision, Hold):
             self.hold(process, decision.until, "crash", decision.reason)
         elif isinstance(decision, GiveUp):
-            self.holds.pop(namespec(process), None)
+            self._unhold(process)
             if process.get_state() == S.EXITED:
                 process.change_state(S.BACKOFF)
             if process.get_state() == S.BACKOFF:
@@ -238,6 +237,9 @@ class AppControl:
         process.spawnerr = f"{HELD_PREFIX}{when}: {reason}"
         mono = FOREVER if until == FOREVER else time.monotonic() + max(0.0, until - self.clock())
         self.holds[namespec(process)] = Held(kind, reason, until, mono)
+        # sockets.fcgi_urls: a worker the gate holds is not about to serve, so the shared
+        # socket is let go (clients refused, not queued behind a failed migration).
+        process.supervisor_fastapi_gated = kind == "gate"
 
     def holding(self, process: Any) -> bool:
         """Called before each ``transition`` of ``process``: True to skip it (it stays held)."""
@@ -245,16 +247,20 @@ class AppControl:
         if held is None:
             return False
         if process.get_state() != _states().BACKOFF:
-            self.holds.pop(namespec(process), None)  # stopped or given up by hand meanwhile
+            self._unhold(process)  # stopped or given up by hand meanwhile
             return False
         if held.kind == "gate" or time.monotonic() < held.until_mono:
             return True
         self.release(process)  # due: supervisord spawns it in this very transition
         return False
 
+    def _unhold(self, process: Any) -> Optional[Held]:
+        process.supervisor_fastapi_gated = False
+        return self.holds.pop(namespec(process), None)
+
     def release(self, process: Any) -> None:
         """Let supervisord spawn a held process on its next transition."""
-        if self.holds.pop(namespec(process), None) is not None and process.get_state() == _states().BACKOFF:
+        if self._unhold(process) is not None and process.get_state() == _states().BACKOFF:
             process.delay, process.backoff, process.spawnerr = 0, 0, None
             self.poke()
 
@@ -276,7 +282,7 @@ class AppControl:
             if state == S.RUNNING:
                 loop.running(now)
             if ns in self.holds and state != S.BACKOFF:
-                self.holds.pop(ns, None)  # stopped (or given up) by hand
+                self._unhold(process)  # stopped (or given up) by hand
             if state == S.STOPPED and loop.incident is not None:
                 self._alert(loop.stopped_by_operator(now))
             self._alert(loop.tick(now))

@@ -179,9 +179,10 @@ def fcgi_urls(supervisord: Any) -> List[str]:
         manager = getattr(group, "socket_manager", None)
         if manager is None:
             continue
-        # A worker the gate holds (BACKOFF with no retry time) is not going to accept:
+        # A worker the migration gate holds (controller.py marks it) is not going to accept:
         # refuse clients rather than queue them behind a failed migration.
-        if any(p.get_state() in active and getattr(p, "delay", 0) != float("inf") for p in group.processes.values()):
+        if any(p.get_state() in active and not getattr(p, "supervisor_fastapi_gated", False)
+               for p in group.processes.values()):
             urls.append(str(manager.config().url))
     return urls
 

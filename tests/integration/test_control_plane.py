@@ -179,6 +179,18 @@ def failing_migration(tmp_path, flag, hook_url: str = "") -> dict:
     return over
 
 
+def refused(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
 def gate_holds(d) -> bool:
     return all(d.state_of(n) == "BACKOFF" and held(d, n).get("kind") == "gate" for n in ("web_00", "web_01"))
 
@@ -190,6 +202,8 @@ def test_no_start_path_brings_up_a_worker_while_the_migration_failed(deploy, tmp
     wait_until(lambda: d.control_state()["gate"]["state"] == "failed", 20, "the gate to fail")
     wait_until(lambda: gate_holds(d), 10, "both workers held by the gate")
     assert "held by supervisor-fastapi: web_migrate exited with status 3" in status_line(d, "web_00")
+    # Nobody is going to accept: the plugin lets the socket go, so clients are refused, not queued.
+    wait_until(lambda: refused(d.port), 25, "connections to be refused while the gate is shut")
     r = d.cli("restart")
     assert r.returncode == 1 and "the migration gate is shut" in r.stdout + r.stderr
     for args in (["start", "web:*"], ["restart", "web:*"], ["start", "web:web_00"], ["update"],
