@@ -105,7 +105,7 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
     path = output or deploy.default_conf_path(spec)
     if plugins:
         deploy.make_dirs(spec)
-        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True))
+        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True), deploy.conf_mode(spec))
     else:
         deploy.render_to(spec, path, command, fragment=fragment)
     click.echo(f"wrote {path}", err=True)

@@ -22,7 +22,6 @@ loop that feeds it from supervisord and /proc and carries the actions out.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -264,12 +263,11 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
         iterations: Optional[int] = None) -> None:
     """The loop: observe every ``config.tick`` seconds and act."""
-    from ..cli.control import worker_states
-    from ..contracts import read_rss
+    from ..contracts import read_rss, read_worker_states
     from ..layout import Layout
 
     layout = Layout(os.path.dirname(state_dir.rstrip("/")))
-    memo = os.path.join(layout.run_dir, f"{config.group}-watchdog-recycle.json")
+    memo = layout.watchdog_memo
     # A recycle is stop, then start: if this process died in between, the worker would
     # stay stopped (supervisord does not restart a stopped process). Resume it.
     dog = Watchdog(config, recycle=load_recycle(memo, clock()))
@@ -278,7 +276,9 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
         n += 1
         try:
             infos = proxy.supervisor.getAllProcessInfo()
-            workers = read_workers(infos, worker_states(layout), config.group, read_rss)
+            # Only the files of processes supervisord names: state_dir is the app user's.
+            names = [str(i.get("name")) for i in infos if i.get("group") == config.group]
+            workers = read_workers(infos, read_worker_states(state_dir, names), config.group, read_rss)
             carry_out(proxy, dog.observe(workers, clock()), log)
             save_recycle(memo, dog.recycle)
         except (xmlrpc.client.Fault, OSError) as exc:
@@ -289,12 +289,12 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
 
 def load_recycle(path: str, now: float) -> Optional[Recycle]:
     """The recycle a previous watchdog process left unfinished, if any."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return Recycle(str(data["name"]), int(data["old_pid"]), now)
-    except (OSError, ValueError, KeyError, TypeError):
+    from ..contracts import read_json
+
+    data = read_json(path)
+    if data is None or not isinstance(data.get("name"), str) or not isinstance(data.get("old_pid"), int):
         return None
+    return Recycle(data["name"], data["old_pid"], now)
 
 
 def save_recycle(path: str, recycle: Optional[Recycle]) -> None:
@@ -303,10 +303,9 @@ def save_recycle(path: str, recycle: Optional[Recycle]) -> None:
             if os.path.exists(path):
                 os.unlink(path)
             return
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"name": recycle.name, "old_pid": recycle.old_pid}, f)
-        os.replace(tmp, path)
+        from ..contracts import write_json_atomic
+
+        write_json_atomic(path, {"name": recycle.name, "old_pid": recycle.old_pid})
     except OSError:
         pass
 
