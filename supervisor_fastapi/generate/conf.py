@@ -6,7 +6,7 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 from .. import __version__
 from ..layout import Layout
@@ -51,11 +51,32 @@ def listener_argv(spec: Spec) -> List[str]:
     return [spec.app.python, "-m", "supervisor_fastapi.listener", "--spec", spec.source]
 
 
+def listener_only_env(spec: Spec) -> List[str]:
+    """Variables only the listener may see: the SMTP credentials named by email alerts.
+
+    supervisord passes its whole environment to every child; ``NAME=""`` in a program's
+    environment= is the only way a conf can take one back."""
+    names: Set[str] = set()
+    for a in spec.alerts:
+        if a.type == "email":
+            names.update(n for n in (a.get("username_env"), a.get("password_env")) if n)
+    return sorted(names)
+
+
+def _blanked(spec: Spec) -> Options:
+    return [("environment", ini.environment({n: "" for n in listener_only_env(spec)}))] \
+        if listener_only_env(spec) else []
+
+
 def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: Optional[str] = None) -> Options:
     opts: Options = [("directory", ini.escape(directory or spec.app.directory))]
     if spec.app.user:
         opts.append(("user", ini.escape(spec.app.user)))
-    merged = dict(spec.app.env)
+    # The app's own files keep the usual 022 whatever supervisord's (077, see daemon_sections).
+    opts.append(("umask", "022"))
+    # The spec's own env wins: naming a variable there passes it on deliberately.
+    merged = {n: "" for n in listener_only_env(spec)}
+    merged.update(spec.app.env)
     merged.update(env)
     if merged:
         opts.append(("environment", ini.environment(merged)))
@@ -168,6 +189,9 @@ def daemon_sections(spec: Spec) -> List[ini.Section]:
             ("loglevel", spec.supervisord.log_level),
             ("pidfile", ini.escape(layout.pidfile)),
             ("childlogdir", ini.escape(layout.log_dir)),
+            # Its logs, and the listener's and watchdog's files, are root's alone (when it
+            # daemonizes; under systemd the unit sets UMask=).
+            ("umask", "077"),
             ("identifier", ini.escape(f"supervisor-fastapi:{spec.app.name}")),
             # Workers hold the shared socket plus their own connections; listeners and
             # workers must not inherit more than that.
@@ -237,7 +261,7 @@ def watchdog_section(spec: Spec) -> Optional[ini.Section]:
         ("stdout_logfile_maxbytes", "10MB"),
         ("stdout_logfile_backups", "5"),
     ]
-    return f"program:{name}", opts
+    return f"program:{name}", opts + _blanked(spec)
 
 
 def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = None) -> List[ini.Section]:
