@@ -2,7 +2,6 @@
 
 import errno
 import os
-import stat
 import tempfile
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -57,50 +56,6 @@ STATE_DIR_MODE = 0o700
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def run_dir_problem(path: str, uid: int = 0) -> Optional[str]:
-    """Why someone other than ``uid`` (root) could replace or write ``path`` or a folder above it,
-    or None. A folder is safe when ``uid`` owns it and group and others cannot write it; a
-    sticky folder (like /tmp) is safe above it, since nobody else may rename what is in it."""
-    real = os.path.realpath(path)
-    chain = []
-    cur = real
-    while True:
-        chain.append(cur)
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        cur = parent
-    for i, folder in enumerate(chain):
-        try:
-            st = os.stat(folder)
-        except FileNotFoundError:
-            continue  # created below by make_dirs, as root, 0711
-        except OSError as exc:
-            return f"cannot inspect {folder}: {exc.strerror}"
-        own = path if i == 0 else folder
-        if i > 0 and st.st_mode & stat.S_ISVTX:
-            continue
-        if st.st_uid != uid:
-            owner = _user_name(st.st_uid)
-            return (f"{own} belongs to {owner}, who could swap the files root reads there; "
-                    + (f"run `chown root {folder}`" if i == 0 else
-                       "put supervisord.run_dir under a folder only root can write, like /run/<app> or /var/lib/<app>"))
-        if st.st_mode & 0o022:
-            return (f"{folder} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):04o}), who could "
-                    f"swap the files root reads there; run `chmod go-w {folder}`"
-                    + ("" if i == 0 else " or choose a supervisord.run_dir under a folder only root can write"))
-    return None
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
 def _own_dir(path: str, mode: int, owner: Optional[Tuple[int, int]] = None) -> None:
     """Create ``path`` (or take the existing one) without following a symlink at its name, then
     set its mode and owner through the open descriptor: a ``workers`` symlink to a root
@@ -134,7 +89,7 @@ def make_dirs(spec: Spec) -> None:
     layout = Layout(spec.run_dir)
     root = os.geteuid() == 0
     if root:
-        problem = run_dir_problem(layout.run_dir)
+        problem = checks.run_dir_problem(layout.run_dir)
         if problem:
             raise UserError(f"{spec.source}: supervisord.run_dir: {problem}")
     parent = os.path.dirname(layout.run_dir)

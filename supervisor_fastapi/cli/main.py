@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from ..errors import UserError
 from ..generate import systemd
+from ..generate.ini import UnsafeValue
 from ..generate.conf import render
 from ..layout import Layout
 from ..spec import SPEC_FILENAME, Spec, load_spec
@@ -37,6 +38,10 @@ def user_errors(f: F) -> F:
         except UserError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except UnsafeValue as exc:
+            # The loader refuses such values with the key; this is the net under it.
+            click.secho(f"error: a value cannot be written to supervisord.conf: {exc}", fg="red", err=True)
+            sys.exit(UserError.exit_code)
         except OSError as exc:
             # A path the user gave (or the spec implies) that cannot be read or written:
             # `-o /missing/dir/x.conf`, a run_dir under a read-only folder, ...

@@ -367,7 +367,7 @@ class EmailChannel(Channel):
                 else:
                     smtp = _SMTP(timeout=timeout)
                 smtp.deadline = deadline
-                smtp._host = o["host"]  # what starttls() verifies the certificate against
+                smtp._host = o["host"]  # type: ignore[union-attr]  # what starttls() verifies against
                 with smtp:
                     code, reply = smtp.connect(o["host"], int(o["port"]))
                     if code != 220:
