@@ -13,8 +13,8 @@ import click
 from .. import __version__
 from ..errors import UserError
 from ..generate import systemd
-from ..generate.ini import UnsafeValue
 from ..generate.conf import render
+from ..generate.ini import UnsafeValue
 from ..layout import Layout
 from ..spec import SPEC_FILENAME, Spec, load_spec
 from . import checks, control, deploy

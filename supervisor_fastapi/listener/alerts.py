@@ -6,6 +6,7 @@ dead webhook delays neither the event loop nor the other channels. What still ca
 delivered goes to the journal (JSON lines in run_dir); nothing is dropped silently.
 """
 
+import base64
 import errno
 import fcntl
 import http.client
@@ -252,16 +253,32 @@ class WebhookChannel(Channel):
         self.name, self.url, self.timeout, self.headers = name, url, timeout, dict(headers)
 
     def secrets(self) -> List[str]:
-        return url_secrets(self.url) + [v for v in self.headers.values() if len(v) >= 3]
+        try:
+            auth = list(self._request_url()[1].values())
+        except ValueError:
+            auth = []
+        return url_secrets(self.url) + [v for v in list(self.headers.values()) + auth if len(v) >= 3]
 
     def target(self) -> str:
         return redact_url(self.url)
 
+    def _request_url(self) -> Tuple[str, Dict[str, str]]:
+        """The URL urllib can open, and a Basic Authorization header for ``user:password@``
+        (urllib itself would take it for part of the host name)."""
+        parts = urllib.parse.urlsplit(self.url)
+        if "@" not in parts.netloc:
+            return self.url, {}
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        token = base64.b64encode(urllib.parse.unquote(userinfo).encode()).decode()
+        return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), {"Authorization": f"Basic {token}"}
+
     def send(self, msg: Message) -> None:
         body = json.dumps(msg, default=str).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "supervisor-fastapi-listener"}
+        url, auth = self._request_url()
+        headers.update(auth)
         headers.update(self.headers)
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         where = redact_url(self.url)
         with Deadline(self.timeout) as deadline:
             opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
