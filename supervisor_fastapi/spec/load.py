@@ -99,7 +99,7 @@ class _Table:
         self.data: Dict[str, Any] = data
         for key in data:
             if key not in known:
-                self.fail(key, "unknown key", did_you_mean(key, known) or f"known keys: {', '.join(known)}")
+                self.fail(_show(key), "unknown key", did_you_mean(key, known) or f"known keys: {', '.join(known)}")
 
     def key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -165,7 +165,7 @@ class _Table:
         table = self.get(key, (dict,), {}, "a table of NAME = \"value\"")
         pairs = []
         for name, value in table.items():
-            where = f"{key}.{name}"
+            where = f"{key}.{_show(name)}"
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", name):
                 self.fail(where, "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
             if name in RESERVED_ENV:
@@ -205,6 +205,12 @@ class _Table:
             return value
         self.safe(key, value)
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _show(key: str) -> str:
+    """A TOML key as it goes in a message: quoted when it holds a control character, so the
+    message stays one line."""
+    return repr(key) if _CONTROL_RE.search(key) else key
 
 
 def _kind(value: Any) -> str:

@@ -138,6 +138,7 @@ def to_toml(d):
 def assert_clear_error(exc):
     text = str(exc)
     assert text.startswith(f"{SRC}: ") and len(text) > len(SRC) + 6, text
+    assert "\n" not in text and "\r" not in text, f"not one line: {text!r}"
     if isinstance(exc, SpecError):
         assert exc.problem and (exc.key == "" or text.startswith(f"{SRC}: {exc.key}: "))
 
