@@ -238,12 +238,13 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, deadline: Deadline) -> None:
-        self._ctx = tls_context(deadline)
-        super().__init__(context=self._ctx)
+        super().__init__()
+        self._deadline = deadline
         self._make = _tracked_connection(http.client.HTTPSConnection, deadline)
 
     def https_open(self, req: Any) -> Any:
-        return self.do_open(self._make, req, context=self._ctx)
+        # Made here, not in __init__: loading the CA store costs ~50 ms, wasted on http:// URLs.
+        return self.do_open(self._make, req, context=tls_context(self._deadline))
 
 
 class WebhookChannel(Channel):
