@@ -69,6 +69,14 @@ class Contender:
         """Further restart methods worth measuring (method -> action); none by default."""
         return {}
 
+    def kill_candidates(self) -> List[int]:
+        """The worker pids a chaos monkey may kill: the manager's children unless it says better."""
+        return self.worker_pids()
+
+    def manager_view(self) -> List[str]:
+        """What the manager says about its workers (for the report when a worker stays down)."""
+        return [f"worker pid {p}" for p in self.worker_pids()]
+
     def graceful_stop(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -261,6 +269,26 @@ class SupervisorFastAPI(SupervisordBased):
 
     def worker_pids(self) -> List[int]:
         return self.children_matching("supervisor_fastapi.runtime.worker")
+
+    def web_infos(self) -> List[Dict[str, object]]:
+        """supervisord's getAllProcessInfo, web group only (this bench's spec names the app "web")."""
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
+        from supervisor_fastapi.layout import Layout, Names
+
+        transport = SupervisorTransport("", "", f"unix://{Layout(os.path.join(self.folder, 'run')).socket}")
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return [i for i in proxy.supervisor.getAllProcessInfo() if i["group"] == Names("web").web]
+
+    def kill_candidates(self) -> List[int]:
+        # The pids supervisord itself manages (STARTING or RUNNING), as an operator would see them.
+        return sorted(int(i["pid"]) for i in self.web_infos()  # type: ignore[call-overload]
+                      if i["pid"] and i["statename"] in ("STARTING", "RUNNING"))
+
+    def manager_view(self) -> List[str]:
+        return [f"{i['name']} {i['statename']} {i['description']}" for i in self.web_infos()]
 
     def extra_restarts(self) -> Dict[str, Callable[[], None]]:
         # The docs recipe's restart method on this package's conf, whose rpcinterface plugin

@@ -25,6 +25,11 @@ class LoadResult:
     raw: str = field(default="", repr=False)
     failure_window_s: Optional[float] = None  # first to last failure (bench/pyload.py only)
     first_failure_s: Optional[float] = None
+    # bench/pyload.py only: the longest stretch with no successful answer, and the longest
+    # few as [time.monotonic() at its start, seconds].
+    max_gap_s: Optional[float] = None
+    gaps: List[List[float]] = field(default_factory=list)
+    start_monotonic: Optional[float] = None
 
     @property
     def rps(self) -> float:
@@ -39,7 +44,8 @@ class LoadResult:
         return {"requests": self.requests, "duration_s": self.duration_s, "rps": self.rps,
                 "errors": self.errors, "failed": self.failed, "latency_ms": self.latency_ms,
                 "latency_mean_ms": self.latency_mean_ms, "latency_max_ms": self.latency_max_ms,
-                "tool": self.tool, "failure_window_s": self.failure_window_s, "first_failure_s": self.first_failure_s}
+                "tool": self.tool, "failure_window_s": self.failure_window_s, "first_failure_s": self.first_failure_s,
+                "max_gap_s": self.max_gap_s, "gaps": self.gaps, "start_monotonic": self.start_monotonic}
 
 
 def wrk_path() -> Optional[str]:
@@ -89,7 +95,8 @@ def parse(tool: str, output: str) -> LoadResult:
                 latency_ms={k: v / 1000.0 for k, v in d["latency_us"].items()},
                 latency_mean_ms=d["latency_mean_us"] / 1000.0, latency_max_ms=d["latency_max_us"] / 1000.0,
                 tool=tool, raw=output, failure_window_s=d.get("failure_window_s"),
-                first_failure_s=d.get("first_failure_s"))
+                first_failure_s=d.get("first_failure_s"), max_gap_s=d.get("max_gap_s"),
+                gaps=d.get("gaps") or [], start_monotonic=d.get("start_monotonic"))
     raise RuntimeError(f"{tool} printed no result:\n{output[-2000:]}")
 
 

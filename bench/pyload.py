@@ -25,6 +25,7 @@ class Stats:
         self.latencies_us: List[float] = []
         self.errors: Dict[str, int] = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
         self.failure_times: List[float] = []
+        self.success_times: List[float] = []  # time.monotonic() of each 2xx/3xx answer
 
     def fail(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -94,11 +95,24 @@ async def client(host: str, port: int, path: str, close: bool, deadline: float, 
         stats.latencies_us.append((time.perf_counter() - start) * 1e6)
         if status >= 400:
             stats.fail("status")
+        else:
+            stats.success_times.append(time.monotonic())
         if close or server_close:
             writer.close()
             writer, reader = None, None
     if writer is not None:
         writer.close()
+
+
+def longest_gaps(times: List[float], start: float, end: float, keep: int = 5) -> List[List[float]]:
+    """The ``keep`` longest stretches with no successful answer, as [start, seconds], longest first.
+
+    The stretches before the first answer and after the last one count too: a server that
+    stops answering for good shows up as one long gap up to ``end``.
+    """
+    edges = [start] + sorted(times) + [end]
+    gaps = [[a, b - a] for a, b in zip(edges, edges[1:])]
+    return sorted(gaps, key=lambda g: -g[1])[:keep]
 
 
 def percentile(sorted_values: List[float], q: float) -> float:
@@ -119,7 +133,13 @@ async def run(host: str, port: int, path: str, connections: int, duration: float
     elapsed = time.monotonic() - start
     lat = sorted(stats.latencies_us)
     ft = stats.failure_times
+    gaps = longest_gaps(stats.success_times, start, start + elapsed)
     return {
+        # Absolute time.monotonic() values (system-wide on Linux), so that a caller in another
+        # process can line the gaps up with what it did meanwhile (bench/chaos.py: the kills).
+        "start_monotonic": start,
+        "max_gap_s": gaps[0][1] if gaps else elapsed,
+        "gaps": gaps,
         "failure_window_s": (ft[-1] - ft[0]) if ft else 0.0,
         "first_failure_s": (ft[0] - start) if ft else None,
         "requests": len(lat),

@@ -218,6 +218,148 @@ def done_means(s: Summary) -> List[str]:
     return lines
 
 
+# --- chaos and recovery (bench/chaos.py) ------------------------------------------------
+
+CLIENTS = ("connection-per-request", "keep-alive")
+
+
+def chaos_runs(results: Dict[str, Any], key: str, client: str) -> List[Dict[str, Any]]:
+    return [r for r in results.get("chaos", {}).get("runs", []) if r["key"] == key and r["client"] == client]
+
+
+def chaos_med(results: Dict[str, Any], key: str, client: str, field: str) -> Optional[float]:
+    return median([r.get(field) for r in chaos_runs(results, key, client) if r["ok"]])
+
+
+def chaos_ratio(results: Dict[str, Any], client: str, other: str = "uvicorn") -> Optional[float]:
+    """sf's failed requests per kill divided by ``other``'s, same client kind, same run."""
+    a, b = chaos_med(results, "sf", client, "failed_per_kill"), chaos_med(results, other, client, "failed_per_kill")
+    if a is None or b is None:
+        return None
+    return a / b if b else (1.0 if a == 0 else float("inf"))
+
+
+def chaos_table(results: Dict[str, Any]) -> List[str]:
+    chaos = results["chaos"]
+    rows = []
+    for client in CLIENTS:
+        for k in chaos["contenders"]:
+            for r in chaos_runs(results, k, client):
+                if not r["ok"]:
+                    rows.append([NAMES[k], client, f"FAILED: `{r['error'].splitlines()[0]}`"] + [""] * 8)
+                    continue
+                errs = r["load"]["errors"]
+                kinds = ", ".join(f"{e} {v:,}" for e, v in errs.items() if v) or "none"
+                ratio = chaos_ratio(results, client) if k == "sf" else None
+                back = r.get("restored_after_last_kill_s")
+                idle = len(r["idle_ticks"])
+                rows.append([
+                    NAMES[k], client, f"{len(r['kills'])}"
+                    + (f" ({idle} tick{'s' if idle > 1 else ''} found no worker to kill)" if idle else ""),
+                    f"{r.get('replaced', 0)} of {len(r['kills'])}", f_int(r["sent"]), f_int(r["failed"]),
+                    "n/a" if r["failed_per_kill"] is None else f"{r['failed_per_kill']:.1f}",
+                    "—" if k != "sf" else f_ratio(ratio), kinds, f_s(r["max_gap_s"]),
+                    f_s(back) if back is not None
+                    else f"not within {chaos['plan']['restore_timeout']:g} s: " + "; ".join(r["manager_view"]),
+                ])
+    return table(["", "clients", "kills", "replacement spawned", "requests sent", "failed", "failed per kill",
+                  "supervisor-fastapi ÷ uvicorn, failed per kill", "failure kinds",
+                  "longest with no successful answer", "every worker back after the last kill"], rows)
+
+
+def recovery_table(results: Dict[str, Any]) -> List[str]:
+    rec = results["recovery"]
+    rows = []
+    for k in rec["contenders"]:
+        runs = [r for r in rec["runs"] if r["key"] == k]
+        ok = [r for r in runs if r["ok"]]
+        answers = [r["answer_s"] for r in ok]
+        rows.append([NAMES[k], f"**{f_s(median(answers))}**", ", ".join(f"{v:.2f}" for v in answers) or "n/a",
+                     f_s(median([r.get("spawn_s") for r in ok])), f_s(median([r.get("restored_s") for r in ok])),
+                     f"{len(runs) - len(ok)} of {len(runs)}"])
+    return table(["", "kill -9 → new worker answers (median)", "per round, s", "kill -9 → new worker process",
+                  "kill -9 → every worker answers", "rounds failed"], rows)
+
+
+def provenance(results: Dict[str, Any], phase: str) -> str:
+    """Which run a section's figures come from: this one, or an earlier one kept by ``--only``."""
+    info = results.get("phase_info", {}).get(phase)
+    if info:
+        return f"from an earlier run ({info['date']}, commit `{info['commit']}`, `{info['command'].strip()}`)"
+    return f"from this run ({results['info']['date']}, commit `{results['info']['commit']}`)"
+
+
+def chaos_section(results: Dict[str, Any]) -> List[str]:
+    lines = ["## Chaos: `kill -9` of a random worker every 2 s under load", ""]
+    chaos = results.get("chaos")
+    if not chaos:
+        return lines + ["Not run (`--only` without `chaos`).", ""]
+    p = chaos["plan"]
+    lines += [f"Figures {provenance(results, 'chaos')}. A fresh deployment per contender and client kind "
+              f"({', '.join(NAMES[k] for k in chaos['contenders'])}), {results['workers']} workers each. "
+              f"{p['connections']} clients each send {p['rate']:g} requests a second on a fixed schedule "
+              f"({p['connections'] * p['rate']:,.0f} req/s in all; bench/pyload.py `--rate`, so every scheduled "
+              "request is counted once, answered or failed) for "
+              f"{p['lead'] + p['duration'] + p['tail']:g} s: "
+              f"{p['connections'] * p['rate'] * (p['lead'] + p['duration'] + p['tail']):,.0f} requests scheduled; "
+              "fewer sent means the load generator could not keep to its schedule (a busy machine: it does not "
+              "catch up in bursts). After {p['lead']:g} s, every {p['interval']:g} s for "
+              f"{p['duration']:g} s, one worker is killed with SIGKILL: a random one among those the manager "
+              "lists (supervisord's `getAllProcessInfo` of the web group, STARTING or RUNNING, for "
+              "supervisor-fastapi; the manager's child processes for uvicorn and gunicorn) that have answered "
+              "a `GET /pid`, as an OOM killer picks a busy worker; a tick with no such worker kills nothing "
+              "and is counted. A request waiting longer than "
+              f"{p['timeout']:g} s has failed. \"Longest with no successful answer\" is the longest stretch in "
+              "which no client got a 2xx answer, as the load client saw it (the stretch before the first answer "
+              "and after the last one count). \"Replacement spawned\" counts kills after which a worker pid not "
+              "seen before appeared. \"Every worker back\" runs from the last kill until N workers run, no "
+              "killed pid is left and each has answered; it is watched for at most "
+              f"{p['restore_timeout']:g} s, and when that runs out the manager's own view of the workers is "
+              "shown. While a manager holds every worker down, ticks find nothing to kill: its failed requests "
+              "per kill then grow with the length of the outage.", ""]
+    lines += chaos_table(results) + [""]
+    return lines
+
+
+def recovery_section(results: Dict[str, Any]) -> List[str]:
+    lines = ["## Recovery: `kill -9` of one worker until a new one answers", ""]
+    rec = results.get("recovery")
+    if not rec:
+        return lines + ["Not run (`--only` without `recovery`).", ""]
+    lines += [f"Figures {provenance(results, 'recovery')}. {rec['rounds']} round(s); in each, a fresh deployment "
+              "per contender (order rotated from round to round), `kill -9` of one worker, then 4 new "
+              "connections every few ms until a worker pid that did not exist before answers `GET /pid`. "
+              "The next columns are the time until the manager has started a new worker process, and until "
+              "every worker (N of them) has answered.", ""]
+    return lines + recovery_table(results) + [""]
+
+
+def chaos_done_means(results: Dict[str, Any]) -> List[str]:
+    """Issue #8's figures from the chaos and recovery phases (reported, never asserted)."""
+    lines = []
+    for client in CLIENTS:
+        ratio = chaos_ratio(results, client)
+        gap = chaos_med(results, "sf", client, "max_gap_s")
+        if ratio is None and gap is None:
+            continue
+        lines.append(f"- Chaos, {client} clients: supervisor-fastapi's failed requests per kill ÷ `uvicorn "
+                     f"--workers`'s: **{f_ratio(ratio)}** (target ≤ 1.5x: "
+                     f"{'n/a' if ratio is None else 'met' if ratio <= 1.5 else 'NOT met'}); longest time with no "
+                     f"answer: **{f_s(gap)}** (target < 2 s: "
+                     f"{'n/a' if gap is None else 'met' if gap < 2 else 'NOT met'}"
+                     f"; uvicorn {f_s(chaos_med(results, 'uvicorn', client, 'max_gap_s'))}, gunicorn "
+                     f"{f_s(chaos_med(results, 'gunicorn', client, 'max_gap_s'))}).")
+    rec = results.get("recovery")
+    if rec:
+        m = median([r["answer_s"] for r in rec["runs"] if r["key"] == "sf" and r["ok"]])
+        peers = ", ".join(f"{k} {f_s(median([r['answer_s'] for r in rec['runs'] if r['key'] == k and r['ok']]))}"
+                          for k in rec["contenders"] if k != "sf")
+        lines.append(f"- kill -9 → new worker answers, median of {rec['rounds']} round(s): supervisor-fastapi "
+                     f"**{f_s(m)}** (target ≤ 1.0 s: {'n/a' if m is None else 'met' if m <= 1.0 else 'NOT met'}; "
+                     f"{peers}).")
+    return lines
+
+
 # --- plots ------------------------------------------------------------------------------
 
 def _bars(ax: Any, s: Summary, path: str, scale: Callable[[float], float], fmt: Callable[[float], str],
@@ -369,11 +511,13 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "throughput divided by the contender's (above 1 means this package is faster). "
               "A failed request is any request that got no 2xx/3xx answer: refused or reset connection, "
               "read/write error, timeout, or error status.", ""]
-    dm = done_means(s)
+    dm = done_means(s) + chaos_done_means(results)
     if dm:
         lines += ["Figures the project's issues ask for (read off this run, not asserted by the script):", ""]
         lines += dm + [""]
-    errors = [r for r in s.runs if not r["ok"]]
+    errors = [r for r in s.runs if not r["ok"]] + [
+        dict(r, phase=p, round=r.get("round", 0)) for p in ("chaos", "recovery")
+        for r in results.get(p, {}).get("runs", []) if not r["ok"]]
     if errors:
         lines += ["**Failures in this run:**", ""]
         lines += sorted({f"- {r['phase']} round {r['round'] + 1}, {NAMES[r['key']]}: `{r['error'].splitlines()[0]}`"
@@ -398,7 +542,12 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               + ("" if "wrk" in info["load_generator"] else
                  " — **wrk was not installed**; this Python generator saturates a CPU of its own, so throughput "
                  "figures are lower bounds"),
-              f"- Whole run took {results['elapsed_s'] / 60:.1f} min", ""]
+              f"- Whole run took {results['elapsed_s'] / 60:.1f} min"]
+    kept = results.get("phase_info", {})
+    if kept:
+        lines += ["- Phases kept from an earlier run (this one ran with `--only`): "
+                  + "; ".join(f"{p} ({i['date']}, commit `{i['commit']}`)" for p, i in sorted(kept.items()))]
+    lines += [""]
     lines += ["## Reproduce", "", "```sh",
               "sudo apt-get install -y wrk           # Debian/Ubuntu; without it a slower Python generator is used",
               "pip install -e '.[bench]'             # fastapi, gunicorn, uvicorn-worker, uvloop, httptools, "
@@ -406,10 +555,13 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               results["command"].rstrip() if not results["smoke"] else "python bench/run.py",
               "```", "",
               "Options: `--workers N`, `--serve-rounds R` (throughput rounds), `--rounds R` (restart rounds), "
-              "`--duration S` (each throughput run), `--restart-duration S`, `--phases serve,resilience,listener`, "
+              "`--duration S` (each throughput run), `--restart-duration S`, "
+              "`--only serve,resilience,listener,chaos,recovery` (a subset; the others are kept from the previous "
+              "`bench/results.json`, and the report says from which run), `--chaos-duration S`, "
+              "`--chaos-interval S`, `--recovery-rounds N`, "
               "`--contenders docs,sf,uvicorn,gunicorn`, `--stack asyncio-h11` (force the pure-Python loop and "
               "parser on every contender), `--access-log`, `--load python`. `python bench/run.py --smoke` runs "
-              "every step briefly (about a minute), prints the headline table and keeps no files; CI runs it. "
+              "every step briefly (a few minutes), prints the headline table and keeps no files; CI runs it. "
               "Exit status is non-zero when a contender fails to start or a step fails; no performance "
               "threshold is asserted. Raw figures of the run below: "
               f"[`{os.path.basename(raw)}`]({rel_raw}).", ""]
@@ -461,7 +613,9 @@ def write(results: Dict[str, Any], md: str, img: str, raw: str) -> None:
               "round of load. RSS counts shared pages once per process; PSS shares them out. \"Start\" is "
               "from launching the manager until every worker has answered a request.", ""]
     lines += recovery_memory_table(s) + [""]
-    lines += listener_section(results.get("listener"))
+    lines += chaos_section(results)
+    lines += recovery_section(results)
+    lines += listener_section(results.get("listener"), provenance(results, "listener"))
     os.makedirs(os.path.dirname(os.path.abspath(md)), exist_ok=True)
     with open(md, "w") as f:
         f.write("\n".join(lines).rstrip() + "\n")
@@ -488,15 +642,17 @@ def alt_stack_section(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def listener_section(listener: Optional[Dict[str, Any]]) -> List[str]:
+def listener_section(listener: Optional[Dict[str, Any]], source: str = "from this run") -> List[str]:
     lines = ["## Event listener: acknowledgement latency and RSS", ""]
     if not listener:
-        return lines + ["Not run (`--phases` without `listener`).", ""]
+        return lines + ["Not run (`--only` without `listener`).", ""]
     if not listener.get("ran"):
         return lines + [f"Not measured: {listener.get('note')}.", ""]
-    args = " ".join(os.path.relpath(a) if os.path.isabs(a) else a for a in listener["argv"][1:])
+    # The script's path as the repository names it, wherever the run was made from.
+    args = " ".join(f"bench/{os.path.basename(a)}" if os.path.isabs(a) else a for a in listener["argv"][1:])
     lines += [f"Printed by `python {args}`, the listener's own benchmark (it drives the real listener over "
-              "supervisord's event protocol with every alert channel unreachable), run as part of this run"
+              "supervisord's event protocol with every alert channel unreachable); figures "
+              f"{source}"
               + (f"; its own floor check said {listener['verdict']}." if listener.get("verdict") else "."), ""]
     out = listener.get("output", "").strip()
     if listener.get("ok"):

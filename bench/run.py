@@ -2,6 +2,7 @@
 
     python bench/run.py                      # full run: writes docs/benchmarks.md, docs/img/*.png
     python bench/run.py --smoke              # a short run of every step (CI); writes to a temp folder
+    python bench/run.py --only chaos,recovery  # rerun some phases; the others are kept from bench/results.json
 
 Contenders, all serving bench/app.py with the same worker count on 127.0.0.1:
   docs      the Uvicorn docs' Supervisor recipe ([fcgi-program] + uvicorn --fd 0)
@@ -12,8 +13,10 @@ Contenders, all serving bench/app.py with the same worker count on 127.0.0.1:
 Throughput and latency are measured with every contender up at once, one wrk run after the
 other in an order rotated from round to round (A B C D, B C D A, ...), so drift of the
 machine hits all alike. Restarts and kill -9 then run on a fresh deployment per contender
-and round, in the same rotation. The report gives medians over the rounds and the ratios
-measured within the same run.
+and round, in the same rotation. Chaos (bench/chaos.py: kill -9 of a random worker every 2 s
+under load) and recovery (one kill -9, N rounds) run on sf, uvicorn and gunicorn, a fresh
+deployment each. The report gives medians over the rounds and the ratios measured within
+the same run.
 Needs the bench extra (pip install -e '.[bench]') and wrk (apt-get install -y wrk); without
 wrk a slower Python load generator is used and the output says so.
 Exit status: 0 when every contender started and every measurement ran, 1 otherwise.
@@ -32,6 +35,7 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
+import chaos
 import envinfo
 import load
 from contenders import CONTENDERS
@@ -55,7 +59,7 @@ def log(message: str) -> None:
 def parse_args(argv: Any = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true",
-                   help="one short round of every step (about a minute); prints the headline and keeps no "
+                   help="one short round of every step (a few minutes); prints the headline and keeps no "
                         "files unless --out/--img-dir/--json say where")
     p.add_argument("--workers", type=int, default=2, help="workers per contender (default 2)")
     p.add_argument("--rounds", type=int, default=None,
@@ -81,10 +85,63 @@ def parse_args(argv: Any = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="markdown report (default docs/benchmarks.md; smoke: temp folder)")
     p.add_argument("--img-dir", default=None, help="PNG folder (default docs/img; smoke: temp folder)")
     p.add_argument("--json", default=None, help="raw results (default bench/results.json; smoke: temp folder)")
-    p.add_argument("--phases", default="serve,resilience,listener",
+    p.add_argument("--phases", "--only", dest="phases", default=",".join(PHASES),
                    help="comma-separated subset of serve (throughput, latency, memory), resilience (kill -9, "
-                        "restarts), listener (bench/listener_ack.py)")
+                        "restarts), listener (bench/listener_ack.py), chaos (kill -9 every 2 s under load), "
+                        "recovery (kill -9 to a new worker answering, N rounds). A full run's report keeps the "
+                        "phases not run from the previous bench/results.json, each with its own date and commit")
+    p.add_argument("--chaos-duration", type=float, default=None,
+                   help="seconds of kills in each chaos run (default 60; smoke 10)")
+    p.add_argument("--chaos-interval", type=float, default=2.0, help="seconds between kills (default 2)")
+    p.add_argument("--chaos-connections", type=int, default=16,
+                   help="load clients during chaos, each at --chaos-rate requests/s (default 16)")
+    p.add_argument("--chaos-rate", type=float, default=100.0,
+                   help="requests per second per chaos client, fixed schedule (default 100)")
+    p.add_argument("--chaos-seed", type=int, default=8, help="seed of the choice of the worker to kill")
+    p.add_argument("--recovery-rounds", type=int, default=None,
+                   help="kill -9 recovery rounds per contender, a fresh deployment each (default 10; smoke 2)")
     return p.parse_args(argv)
+
+
+PHASES = ("serve", "resilience", "listener", "chaos", "recovery")
+
+
+def make_chaos_plan(a: argparse.Namespace) -> chaos.ChaosPlan:
+    return chaos.ChaosPlan(duration=a.chaos_duration or (10 if a.smoke else 60), interval=a.chaos_interval,
+                           lead=1.0, tail=3.0, connections=a.chaos_connections, rate=a.chaos_rate, timeout=5.0,
+                           restore_timeout=15 if a.smoke else 30,
+                           recovery_rounds=a.recovery_rounds or (2 if a.smoke else 10), seed=a.chaos_seed)
+
+
+def carry_over(results: Dict[str, Any], raw: str, phases: set) -> None:
+    """Copy the phases this run skipped from the previous results file, so the report stays whole.
+
+    Each phase records the run it came from (``phase_info``), and the report says so.
+    """
+    try:
+        with open(raw) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return
+    if old.get("smoke"):
+        return
+    old_info = {"date": old["info"]["date"], "commit": old["info"]["commit"], "command": old["command"]}
+    results["phase_info"] = {p: i for p, i in old.get("phase_info", {}).items() if p not in phases}
+    for p in set(PHASES) - phases:
+        results["phase_info"].setdefault(p, old_info)
+    results["runs"] += [r for r in old.get("runs", []) if r.get("phase", "").split(" ")[0] not in phases]
+    if "serve" not in phases:
+        results["serve_rounds"] = old.get("serve_rounds", results["serve_rounds"])
+        if "alt" in old:
+            results["alt"] = old["alt"]
+    if "resilience" not in phases:
+        results["rounds"] = old.get("rounds", results["rounds"])
+    if not phases & {"serve", "resilience"}:
+        results["plan"] = old.get("plan", results["plan"])
+        results["contenders"] = old.get("contenders", results["contenders"])
+    for p in ("listener", "chaos", "recovery"):
+        if p not in phases and p in old:
+            results[p] = old[p]
 
 
 def make_plan(a: argparse.Namespace, tool: str) -> Plan:
@@ -146,8 +203,8 @@ def main(argv: Any = None) -> int:
     if a.alt_stack is None:
         a.alt_stack = "none" if a.smoke else "asyncio-h11"
     phases = {p.strip() for p in a.phases.split(",") if p.strip()}
-    if phases - {"serve", "resilience", "listener"}:
-        log(f"bench: unknown phase(s) {sorted(phases - {'serve', 'resilience', 'listener'})}")
+    if phases - set(PHASES) or not phases:
+        log(f"bench: unknown phase(s) {sorted(phases - set(PHASES))}; choose from {', '.join(PHASES)}")
         return 2
     tool = load.choose_tool(a.load)
     if tool != "wrk":
@@ -196,13 +253,33 @@ def main(argv: Any = None) -> int:
                 rec.update(resilience_slot(c, plan, log))
                 rec["ok"] = not rec["error"]
                 results["runs"].append(rec)
+    def make(key: str, name: str) -> Any:
+        return CONTENDERS[key](a.workers, free_port(), os.path.join(folder, name), a.stack, a.access_log)
+
+    chaos_keys = [k for k in keys if k in chaos.CHAOS_KEYS]
+    cplan = make_chaos_plan(a)
+    if "chaos" in phases and chaos_keys:
+        log(f"chaos: kill -9 of a random serving worker every {cplan.interval:g} s for {cplan.duration:g} s, "
+            f"{cplan.connections} clients x {cplan.rate:g} req/s, connection-per-request then keep-alive")
+        results["chaos"] = {"contenders": chaos_keys, "plan": cplan.__dict__,
+                            "runs": chaos.chaos_phase(make, chaos_keys, cplan, log)}
+    if "recovery" in phases and chaos_keys:
+        log(f"recovery: kill -9 of one worker to a new worker answering, {cplan.recovery_rounds} round(s), "
+            "a fresh deployment each")
+        results["recovery"] = {"contenders": chaos_keys, "rounds": cplan.recovery_rounds, "plan": cplan.__dict__,
+                               "runs": chaos.recovery_phase(make, chaos_keys, cplan.recovery_rounds, log)}
     if "listener" in phases:
         log("listener acknowledgement benchmark: " + ("bench/listener_ack.py" if os.path.exists(LISTENER_ACK)
                                                      else "bench/listener_ack.py absent, skipped"))
         results["listener"] = run_listener_ack(a.smoke)
     results["elapsed_s"] = time.monotonic() - started
     every = results["runs"] + results.get("alt", {}).get("runs", [])
-    if all(x["ok"] for x in every):
+    fresh = [x for x in every if x.get("phase", "").split(" ")[0] in phases]
+    fresh += [dict(x, phase=p, round=x.get("round", 0)) for p in ("chaos", "recovery") if p in phases
+              for x in results.get(p, {}).get("runs", [])]
+    if set(PHASES) - phases and not a.smoke:
+        carry_over(results, raw, phases)
+    if all(x["ok"] for x in fresh):
         shutil.rmtree(folder, ignore_errors=True)
     else:
         log(f"deployments' folders and logs kept in {folder}")
@@ -220,7 +297,9 @@ def main(argv: Any = None) -> int:
             "removed; pass --out/--img-dir/--json to keep them)")
     else:
         log(f"wrote {md}, {img}/*.png, {raw} in {results['elapsed_s']:.0f} s")
-    failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}: {x['error']}" for x in every if not x["ok"]})
+    failed = sorted({f"{x['phase']} round {x['round'] + 1} {x['key']}"
+                     + (f" ({x['client']})" if x.get("client") else "") + f": {x['error']}"
+                     for x in fresh if not x["ok"]})
     listener = results.get("listener", {})
     if listener.get("ran") and not listener.get("ok"):
         failed.append("bench/listener_ack.py failed:\n" + str(listener.get("output", ""))[-2000:])

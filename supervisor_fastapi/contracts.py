@@ -14,7 +14,8 @@ import errno
 import json
 import os
 import stat
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 # The REMOTE_COMMUNICATION type the listener turns into alerts.
 REMOTE_TYPE = "supervisor-fastapi"
@@ -208,3 +209,155 @@ def read_rss(pid: int) -> Optional[int]:
 
 def is_enospc(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# --- the controller's settings: rendered as the options of [rpcinterface:fastapi_<app>] ----
+#
+# supervisord hands a plugin section's options to its factory exactly as loaded (and, after
+# `reread`, keeps the new ones in options.rpcinterface_factories), so the controller never
+# reads the spec: what it enforces is what supervisord loaded.
+
+POLICY_KEYS = ("restarts", "window", "backoff_initial", "backoff_max", "backoff_reset", "jitter", "retry_fatal")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Crash-loop settings of one supervisor group (the spec's ``[crash_loop]``)."""
+
+    restarts: int = 3
+    window: float = 60.0
+    backoff_initial: float = 2.0
+    backoff_max: float = 300.0
+    backoff_reset: float = 60.0
+    jitter: float = 0.1
+    retry_fatal: bool = True
+
+    def encode(self) -> str:
+        return " ".join(f"{k}={_word(getattr(self, k))}" for k in POLICY_KEYS)
+
+    @classmethod
+    def decode(cls, text: str) -> "Policy":
+        values: Dict[str, Any] = {}
+        for word in text.split():
+            key, sep, raw = word.partition("=")
+            if not sep or key not in POLICY_KEYS:
+                raise ValueError(f"bad crash-loop setting {word!r}")
+            values[key] = raw == "true" if key == "retry_fatal" else int(raw) if key == "restarts" else float(raw)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """What the controller inside supervisord enforces for one app."""
+
+    app: str
+    web: str  # the fcgi group of the web workers
+    state_dir: str  # the workers' ready files (read safely: the app user writes them)
+    migrate: str = ""  # the migration program, "" for none
+    migrate_timeout: float = 0.0
+    groups: Tuple[str, ...] = ()  # groups under crash-loop control (web, [[programs]], watchdog)
+    policy: Policy = Policy()
+    overrides: Tuple[Tuple[str, Policy], ...] = ()  # by group name
+    reminder_interval: float = 3600.0
+
+    def policy_for(self, group: str) -> Policy:
+        return dict(self.overrides).get(group, self.policy)
+
+    def to_options(self) -> List[Tuple[str, str]]:
+        """The plugin section's options (values are plain words; the INI writer escapes them)."""
+        opts = [("app", self.app), ("web", self.web), ("state_dir", self.state_dir)]
+        if self.migrate:
+            opts += [("migrate", self.migrate), ("migrate_timeout", _word(self.migrate_timeout))]
+        opts += [("groups", " ".join(self.groups)), ("crash_loop", self.policy.encode())]
+        opts += [(f"crash_loop.{group}", policy.encode()) for group, policy in self.overrides]
+        opts.append(("reminder_interval", _word(self.reminder_interval)))
+        return opts
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> "ControlConfig":
+        """The inverse of ``to_options``; ValueError names what is wrong."""
+        try:
+            overrides = tuple(sorted((key[len("crash_loop."):], Policy.decode(value))
+                                     for key, value in options.items() if key.startswith("crash_loop.")))
+            return cls(app=options["app"], web=options.get("web") or options["app"], state_dir=options["state_dir"],
+                       migrate=options.get("migrate", ""),
+                       migrate_timeout=float(options.get("migrate_timeout") or 0.0),
+                       groups=tuple(options.get("groups", "").split()),
+                       policy=Policy.decode(options.get("crash_loop", "")), overrides=overrides,
+                       reminder_interval=float(options.get("reminder_interval") or 3600.0))
+        except KeyError as exc:
+            raise ValueError(f"missing option {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --- the listener's settings: one environment variable of its program ---------------------
+#
+# Alert channels carry secrets (webhook URLs are credentials), so they go neither on the
+# command line (ps shows it to every local user) nor in a file the app could read: the
+# conf (root-only when it holds secrets) gives them to the listener's environment, which
+# only root and the listener's own user can read.
+
+LISTENER_ENV = "SUPERVISOR_FASTAPI_LISTENER"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    app: str
+    web: str
+    migrate: str = ""
+    controller: bool = True  # the plugin enforces the gate and holds; False: the listener starts the web group
+    groups: Tuple[str, ...] = ()
+    state_path: str = ""
+    journal_path: str = ""
+    base_dir: str = ""  # where `command` channels run
+    run_dir: str = ""
+    alerts: Tuple[Dict[str, Any], ...] = ()  # {"type", "name", "options": {...}} per [[alerts]]
+    send_retries: int = 3
+
+    def to_env(self) -> str:
+        import base64
+
+        body = {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        return base64.urlsafe_b64encode(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).decode()
+
+    @classmethod
+    def from_env(cls, value: str) -> "ListenerConfig":
+        import base64
+
+        try:
+            body = json.loads(base64.urlsafe_b64decode(value.encode()).decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            body["groups"] = tuple(body.get("groups") or ())
+            body["alerts"] = tuple(body.get("alerts") or ())
+            return cls(**body)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{LISTENER_ENV} is not a supervisor-fastapi listener setting ({exc})") from None
+
+
+# --- alerts from other components: REMOTE_COMMUNICATION events the listener turns into alerts --
+
+
+def remote_alert_body(app: str, kind: str, process: str, summary: str,
+                      details: Optional[Mapping[str, Any]] = None, event: str = "event",
+                      log_of: Optional[str] = None) -> str:
+    """The JSON body of a ``supervisor-fastapi`` REMOTE_COMMUNICATION event (read by listener/protocol)."""
+    return json.dumps({"app": app, "event": event, "kind": kind, "process": process or "",
+                       "summary": " ".join(str(summary).split()), "details": dict(details or {}),
+                       "log_of": log_of}, default=str)
+
+
+def notify(proxy: Any, app: str, kind: str, process: str, summary: str,
+           details: Optional[Mapping[str, Any]] = None) -> None:
+    """Raise a one-off alert through ``app``'s listener (the same (kind, process) at most once a
+    minute; repeats are counted), via ``supervisor.sendRemoteCommEvent``."""
+    proxy.supervisor.sendRemoteCommEvent(REMOTE_TYPE, remote_alert_body(app, kind, process, summary, details))

@@ -56,3 +56,38 @@ def encode_setting(key: str, value: Any) -> List[str]:
     if isinstance(value, (list, tuple)):
         return [word for item in value for word in ("--set", f"{key}={item}")]
     return ["--set", f"{key}={value}"]
+
+
+# Booleans uvicorn's own command line takes as a value (``--ws-per-message-deflate false``);
+# the others are ``--x`` / ``--no-x`` pairs.
+_CLI_VALUE_BOOLS = ("ws_per_message_deflate",)
+
+
+def cli_words(key: str, value: Any) -> List[str]:
+    """``uvicorn`` command-line words for one setting, for targets that run uvicorn's own CLI.
+
+    An ``env`` setting gives no words: uvicorn's CLI reads ``UVICORN_<NAME>`` from the
+    environment (``ssl_keyfile_password_env`` -> ``UVICORN_SSL_KEYFILE_PASSWORD``), which the
+    caller sets from the variable the setting names, so the value never reaches argv.
+    """
+    setting = UVICORN_SETTINGS[key]
+    flag = "--" + key.replace("_", "-")
+    if setting.kind == "env":
+        return []
+    if setting.kind == "bool":
+        if key in _CLI_VALUE_BOOLS:
+            return [flag, "true" if value else "false"]
+        return [flag if value else f"--no-{flag[2:]}"]
+    if key == "forwarded_allow_ips":
+        return [flag, ",".join(value)]
+    if key == "headers":
+        # The worker strips around the colon; uvicorn's CLI does not.
+        return [word for h in value for word in ("--header", ":".join(p.strip() for p in h.split(":", 1)))]
+    if setting.kind == "float":
+        return [flag, repr(float(value))]
+    return [flag, str(value)]
+
+
+def cli_env_name(key: str) -> str:
+    """The variable uvicorn's CLI reads an ``env`` setting from (``UVICORN_SSL_KEYFILE_PASSWORD``)."""
+    return "UVICORN_" + key[: -len("_env")].upper()

@@ -232,3 +232,27 @@ def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Resu
     run_parent = Layout(spec.run_dir).run_dir
     return results + ([] if os.access(os.path.dirname(run_parent) or "/", os.W_OK) or os.path.isdir(run_parent)
                       else [Result(False, "supervisord.run_dir", f"cannot create {run_parent}")])
+
+
+def kubernetes_checks(spec: Spec) -> List[Result]:
+    """`check --target kubernetes`: the keys it needs, the manifests, the Secret, and the keys it ignores."""
+    from ..errors import SpecError
+    from ..generate import kubernetes
+
+    results = [Result(True, "spec", spec.source)]
+    if not spec.kubernetes.image:
+        fix = 'is required here; add image = "registry.example.com/app:1.0" to [kubernetes]'
+        return results + [Result(False, "kubernetes.image", fix)]
+    results.append(Result(True, "kubernetes.image", spec.kubernetes.image))
+    try:
+        docs = kubernetes.manifests(spec)
+    except SpecError as exc:
+        return results + [Result(False, "manifests", str(exc))]
+    results.append(Result(True, "manifests", ", ".join(f"{d['kind']} {d['metadata']['name']}" for d in docs)))
+    secrets = sorted(kubernetes.secret_env_names(spec))
+    if secrets:
+        results.append(Result(True, f"env from Secret {kubernetes.secret_name(spec)}", ", ".join(secrets)
+                              + " (create it before applying; the values are not in the manifests)"))
+    for keys, why in kubernetes.ignored_keys(spec):
+        results.append(Result(True, f"ignored: {keys}", why))
+    return results

@@ -10,22 +10,37 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..contracts import FAILED_STATES, read_worker_states
 from ..errors import UserError
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import Spec
 
 ProcessInfo = Dict[str, Any]
 
 
-def rpc(layout: Layout) -> Any:
-    """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
+def proxy(serverurl: str) -> Any:
+    """The one way this package builds an XML-RPC proxy to a supervisord (``unix://`` or
+    ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport("", "", f"unix://{layout.socket}")
+    transport = SupervisorTransport(os.environ.get("SUPERVISOR_USERNAME", ""),
+                                    os.environ.get("SUPERVISOR_PASSWORD", ""), serverurl)
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def rpc(layout: Layout) -> Any:
+    """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
+    return proxy(f"unix://{layout.socket}")
+
+
+def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
+    """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs without the plugin."""
+    try:
+        return dict(getattr(proxy, Names(app).rpc_namespace).getState())
+    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
+        return None
 
 
 def is_running(layout: Layout) -> bool:
@@ -56,36 +71,48 @@ class Readiness:
         return not self.pending and self.migrating is None
 
 
-def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]]) -> Readiness:
+def _migration_readiness(info: ProcessInfo, r: Readiness) -> None:
+    name, state = info["name"], info["statename"]
+    reason = None
+    if state == "EXITED" and info["exitstatus"] != 0:
+        reason = f"migration exited with status {info['exitstatus']}"
+    elif state in FAILED_STATES:
+        reason = f"migration is {state}"
+    elif state in ("STOPPED", "STOPPING") and info.get("start"):
+        # The controller stops a migration that runs past migrate.timeout; either way the
+        # workers will not start until it is run again.
+        reason = "migration was stopped before it finished (it ran past migrate.timeout, or was stopped by hand)"
+    elif state in ("STARTING", "RUNNING"):
+        r.migrating = name
+    if reason:
+        r.failed.append(name)
+        r.reasons[name] = reason
+
+
+def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
+              control: Optional[Dict[str, Any]] = None) -> Readiness:
     """Which web workers accept connections, which are still coming, which failed.
 
     A worker is ready when supervisord has it RUNNING and its own state file names the
     same pid: the file is written only after uvicorn's startup (lifespan, listen) is done.
     A failed migration fails the whole deployment, since the workers will not start.
+    ``control`` is the controller's state (plugins/rpc getState): a worker the gate holds
+    while the migration runs is pending, not failed.
     """
     r = Readiness()
-    app = spec.app.name
-    for info in infos:
+    names = Names(spec.app.name)
+    processes = (control or {}).get("processes") or {}
+    for info in sorted(infos, key=lambda i: i["group"] != names.migrate):  # the migration first
         name, state = info["name"], info["statename"]
-        if info["group"] == f"{app}_migrate":
-            if state == "EXITED" and info["exitstatus"] != 0:
-                r.failed.append(name)
-                r.reasons[name] = f"migration exited with status {info['exitstatus']}"
-            elif state in FAILED_STATES:
-                r.failed.append(name)
-                r.reasons[name] = f"migration is {state}"
-            elif state in ("STOPPED", "STOPPING") and info.get("start"):
-                # The listener stops a migration that runs past migrate.timeout; either way
-                # the workers will not start until it is run again.
-                r.failed.append(name)
-                r.reasons[name] = ("migration was stopped before it finished (it ran past migrate.timeout, "
-                                   "or was stopped by hand)")
-            elif state in ("STARTING", "RUNNING"):
-                r.migrating = name
+        if info["group"] == names.migrate:
+            _migration_readiness(info, r)
             continue
-        if info["group"] != app:
+        if info["group"] != names.web:
             continue
-        if state in FAILED_STATES:
+        hold = (processes.get(f"{info['group']}:{name}") or {}).get("held") or {}
+        if state == "BACKOFF" and hold.get("kind") == "gate":
+            r.pending.append(name)
+        elif state in FAILED_STATES:
             r.failed.append(name)
             r.reasons[name] = f"{state}" + (f": {info['spawnerr']}" if info.get("spawnerr") else "")
         elif state == "RUNNING" and states.get(name, {}).get("pid") == info["pid"]:
@@ -147,13 +174,18 @@ def _read_pid(path: str) -> Optional[int]:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by whoever adopted it) is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _file_tail(path: str, lines: int) -> str:
@@ -164,5 +196,69 @@ def _file_tail(path: str, lines: int) -> str:
         return ""
 
 
-def web_processes(infos: Iterable[ProcessInfo], app: str) -> List[ProcessInfo]:
-    return [i for i in infos if i["group"] == app]
+# --- orphans: what a supervisord killed with -9 left running ------------------------------
+
+
+@dataclass(frozen=True)
+class Orphan:
+    pid: int
+    name: str  # supervisord's process name (from the child's environment)
+    command: str
+
+
+def orphan_of(environ: bytes, cmdline: bytes, pid: int, serverurl: str) -> Optional[Orphan]:
+    """The process, if its environment says the supervisord at ``serverurl`` started it (pure).
+
+    supervisord gives every child SUPERVISOR_SERVER_URL (its own control socket) and
+    SUPERVISOR_PROCESS_NAME; nothing else on the host has this deployment's socket path there.
+    """
+    env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+    if env.get(b"SUPERVISOR_SERVER_URL", b"").decode("utf-8", "replace") != serverurl:
+        return None
+    name = env.get(b"SUPERVISOR_PROCESS_NAME", b"?").decode("utf-8", "replace")
+    command = " ".join(w.decode("utf-8", "replace") for w in cmdline.split(b"\0") if w)
+    return Orphan(pid, name, command[:200])
+
+
+def find_orphans(layout: Layout, proc: str = "/proc") -> List[Orphan]:
+    """Processes of this deployment still running while its supervisord is gone."""
+    serverurl = f"unix://{layout.socket}"
+    out = []
+    me = os.getpid()
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(os.path.join(proc, entry, "environ"), "rb") as f:
+                environ = f.read(1 << 20)
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as f:
+                cmdline = f.read(1 << 16)
+        except OSError:
+            continue  # gone, or not ours to read
+        found = orphan_of(environ, cmdline, int(entry), serverurl)
+        if found is not None:
+            out.append(found)
+    return sorted(out, key=lambda o: o.name)
+
+
+def describe_orphans(orphans: Sequence[Orphan]) -> str:
+    return ", ".join(f"{o.name} (pid {o.pid})" for o in orphans)
+
+
+def stop_orphans(orphans: Sequence[Orphan], grace: float) -> None:
+    """SIGTERM each orphan's process group (supervisord made every child a group leader), then
+    SIGKILL whatever is left after ``grace`` seconds."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for o in orphans:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(o.pid, sig)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while any(_alive(o.pid) for o in orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not any(_alive(o.pid) for o in orphans):
+            return

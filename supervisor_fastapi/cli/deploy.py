@@ -4,12 +4,13 @@ import errno
 import os
 import tempfile
 import time
+import xmlrpc.client
 from typing import Any, Callable, List, Optional, Tuple
 
 from ..contracts import read_worker_states
 from ..errors import UserError
 from ..generate.conf import render
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import Spec
 from . import checks, control
 from .ops import start_process
@@ -37,10 +38,12 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
 
 def conf_mode(spec: Spec) -> int:
     """The conf's file mode: 0600 when it carries environment values (app.env, programs' and
-    the migration's env: database URLs, API keys), else 0644; never wider than the spec file,
-    which holds the same values."""
+    the migration's env: database URLs, API keys) or alert channels, else 0644; never wider
+    than the spec file, which holds the same values."""
     envs = [spec.app.env] + [p.env for p in spec.programs] + ([spec.migrate.env] if spec.migrate else [])
-    mode = 0o600 if any(envs) else 0o644
+    # The listener's settings (environment= of its section) carry the [[alerts]]: webhook
+    # URLs and headers are secrets too.
+    mode = 0o600 if any(envs) or spec.alerts else 0o644
     try:
         spec_mode = os.stat(spec.source).st_mode & 0o666
     except OSError:
@@ -141,10 +144,15 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
     render_to(spec, conf_path, command)
     if control.is_running(layout):
         progress("supervisord is running: applying the conf")
-        apply_update(control.rpc(layout), progress)
-        if spec.migrate:
-            start_process(control.rpc(layout), f"{spec.app.name}_migrate")
+        proxy = control.rpc(layout)
+        apply_update(proxy, progress)
+        resume(proxy, spec, progress)
     else:
+        orphans = control.find_orphans(layout)
+        if orphans:
+            raise UserError(f"supervisord is not running, but processes it started still are (it was killed?): "
+                            f"{control.describe_orphans(orphans)}; run `supervisor-fastapi down` to stop them, "
+                            "then `up` again")
         problem = checks.bind_problem(spec.server.bind)
         if problem:
             raise UserError(f"server.bind: {problem}")
@@ -168,6 +176,29 @@ def apply_update(proxy: Any, progress: Progress) -> None:
             progress(f"{verb}: {', '.join(sorted(names))}")
 
 
+def resume(proxy: Any, spec: Spec, progress: Progress) -> None:
+    """`up` on a running supervisord: the operator may have fixed what failed. Clear the
+    controller's crash-loop holds, start every web worker that is not running (FATAL,
+    EXITED, STOPPED) and run the migration again, which gates them until it exits 0."""
+    names = Names(spec.app.name)
+    try:
+        released = getattr(proxy, names.rpc_namespace).resume()
+    except xmlrpc.client.Fault:
+        released = []  # no plugin in this supervisord: nothing holds them
+    if released:
+        progress(f"cleared crash-loop holds: {', '.join(released)}")
+    if spec.migrate:
+        start_process(proxy, names.migrate)
+    for info in proxy.supervisor.getAllProcessInfo():
+        if info["group"] == names.web and info["statename"] in ("FATAL", "EXITED", "STOPPED"):
+            try:
+                start_process(proxy, f"{info['group']}:{info['name']}")
+            except xmlrpc.client.Fault as exc:
+                # The gate refused (the migration runs again): it starts them when it exits 0.
+                if "SPAWN_ERROR" not in exc.faultString:
+                    raise
+
+
 def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -> List[str]:
     """Poll until every web worker is ready; on a failure raise with the failing log tail."""
     proxy = control.rpc(layout)
@@ -177,7 +208,7 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
         infos = proxy.supervisor.getAllProcessInfo()
         # Only the files of processes supervisord names: state_dir is the app user's.
         states = read_worker_states(layout.state_dir, [str(i.get("name")) for i in infos])
-        r = control.readiness(spec, infos, states)
+        r = control.readiness(spec, infos, states, control.control_state(proxy, spec.app.name))
         if r.failed:
             name = r.failed[0]
             full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)
@@ -199,9 +230,21 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
         time.sleep(0.1)
 
 
-def down(spec: Spec) -> bool:
-    """Stop supervisord and everything it runs; False if it was not running."""
-    return control.stop_daemon(Layout(spec.run_dir), timeout=spec.server.graceful_timeout + 60)
+def down(spec: Spec, progress: Progress = lambda message: None) -> bool:
+    """Stop supervisord and everything it runs, or what a killed supervisord left running;
+    False if there was nothing to stop."""
+    layout = Layout(spec.run_dir)
+    if control.stop_daemon(layout, timeout=spec.server.graceful_timeout + 60):
+        return True
+    orphans = control.find_orphans(layout)
+    if not orphans:
+        return False
+    progress(f"supervisord is not running; stopping what it left running: {control.describe_orphans(orphans)}")
+    control.stop_orphans(orphans, spec.server.graceful_timeout + 10)
+    left = [o for o in orphans if control._alive(o.pid)]
+    if left:
+        raise UserError(f"could not stop {control.describe_orphans(left)}")
+    return True
 
 
 def url_of(spec: Spec) -> Optional[str]:

@@ -15,9 +15,9 @@ from ..errors import UserError
 from ..generate import systemd
 from ..generate.conf import render
 from ..generate.ini import UnsafeValue
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import SPEC_FILENAME, Spec, load_spec
-from . import checks, control, deploy
+from . import checks, control, deploy, kube
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,8 +57,9 @@ def progress(message: str) -> None:
     click.echo(f"  {message}", err=True)
 
 
-def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False) -> str:
-    words = ["supervisor-fastapi", "render"]
+def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False,
+                       target: str = kube.TARGETS[0]) -> str:
+    words = ["supervisor-fastapi", "render"] + (["--target", target] if target != kube.TARGETS[0] else [])
     if config:
         words += ["-c", config]
     if output:
@@ -66,6 +67,11 @@ def regenerate_command(config: Optional[str], output: Optional[str], fragment: b
     if fragment:
         words.append("--fragment")
     return " ".join(shlex.quote(w) for w in words)
+
+
+def target_option(f: F) -> F:
+    return click.option("--target", type=click.Choice(kube.TARGETS), default=kube.TARGETS[0], show_default=True,
+                        help="supervisord: one host; kubernetes: manifests for a cluster (docs/kubernetes.md).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,17 +97,25 @@ def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
 @main.command("render")
 @config_option
 @click.option("-o", "--output", metavar="PATH", default=None,
-              help="Where to write the conf (default: supervisord.conf beside the spec; - for stdout).")
+              help="Where to write the conf (default: supervisord.conf, or <app>-kubernetes.yaml, beside the spec; "
+                   "- for stdout).")
 @click.option("--fragment", is_flag=True,
               help="Write a conf.d fragment (programs only) for an OS-packaged supervisord.")
 @click.option("--with-plugins", is_flag=True,
               help="With --fragment: also add the rpcinterface/ctlplugin sections (socket hold, "
                    "rolling_restart in supervisorctl); supervisord and supervisorctl then refuse to start "
                    "unless their Python can import supervisor_fastapi.")
+@target_option
 @user_errors
-def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, with_plugins: bool) -> None:
-    """Render the spec into a supervisord conf."""
+def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, with_plugins: bool, target: str) -> None:
+    """Render the spec into a supervisord conf (or Kubernetes manifests)."""
     spec = load_spec(config)
+    if target == "kubernetes":
+        if fragment or with_plugins:
+            raise UserError("--fragment and --with-plugins are for --target supervisord")
+        kube.render(spec, output, regenerate_command(config, output, target=target),
+                    lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
+        return
     command = regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
     plugins = True if with_plugins else None
     if output == "-":
@@ -123,13 +137,17 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
 
 @main.command()
 @config_option
+@target_option
 @user_errors
-def check(config: Optional[str]) -> None:
+def check(config: Optional[str], target: str) -> None:
     """Validate the spec, the generated conf, the bind address, memory capacity and the app's Python."""
     spec = load_spec(config)
-    deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
-    running = control.is_running(Layout(spec.run_dir))
-    results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
+    if target == "kubernetes":
+        results = checks.kubernetes_checks(spec)
+    else:
+        deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
+        running = control.is_running(Layout(spec.run_dir))
+        results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
     for r in results:
         mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
@@ -157,7 +175,7 @@ def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
 def down(config: Optional[str]) -> None:
     """Stop supervisord and every program of this deployment."""
     spec = load_spec(config)
-    click.echo("stopped" if deploy.down(spec) else "not running")
+    click.echo("stopped" if deploy.down(spec, progress) else "not running")
 
 
 @main.command("systemd-unit")
@@ -188,7 +206,7 @@ def demo(workers: int, smoke: bool) -> None:
 @user_errors
 def alert_test(config: Optional[str]) -> None:
     """Send a test alert to every [[alerts]] channel and report each result (exit 1 if any failed)."""
-    from ..listener.alerts import test_report
+    from .alerttest import test_report
 
     lines, ok = test_report(load_spec(config))
     click.echo("\n".join(lines))
@@ -214,7 +232,7 @@ def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str])
     from . import ops
 
     spec = load_spec(config)
-    result = ops.rolling_restart(_ops_edges(spec, serverurl), spec.app.name, progress, timeout)
+    result = ops.rolling_restart(_ops_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
     click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
                + (f", skipped {len(result.skipped)}" if result.skipped else "")
                + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
@@ -233,7 +251,8 @@ def status_cmd(config: Optional[str], as_json: bool, serverurl: Optional[str]) -
 
     spec = load_spec(config)
     edges = _ops_edges(spec, serverurl)
-    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy))
+    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
+                           programs=[p.name for p in spec.programs])
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, default=str))
     else:
@@ -249,4 +268,4 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
     if serverurl is None and not control.is_running(layout):
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
                         "start it with `supervisor-fastapi up`, or pass --serverurl for a conf.d fragment")
-    return ops.local_edges(layout, serverurl)
+    return ops.local_edges(layout, spec.app.name, serverurl)

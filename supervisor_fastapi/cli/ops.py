@@ -7,11 +7,13 @@ supervisorctl plugin (XML-RPC only) and the unit tests (fakes) share one core.
 - ``rolling_restart`` replaces the web workers one at a time. A worker is replaced when
   supervisord has the new process RUNNING *and* its state file names the new pid (the
   worker writes it after uvicorn has started listening); only then does the next old
-  worker stop, so numprocs-1 workers serve throughout. A worker held stopped by the
-  listener's crash-loop guard is skipped (the listener owns its retries). If a new worker
+  worker stop, so numprocs-1 workers serve throughout. While the migration gate is shut
+  it refuses before stopping anything (a new worker could not start); a worker the
+  crash-loop guard holds is skipped (the controller owns its retries). If a new worker
   does not come up, the roll stops there, the remaining old workers keep serving, and an
   alert (``rolling_restart_failed``) goes out through the listener.
-- ``collect_status`` is a pure function from those inputs to rows and problems.
+- ``collect_status`` is a pure function from those inputs to rows and problems, scoped to
+  exactly the app's own groups.
 """
 
 import time
@@ -19,7 +21,8 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, is_ready
+from ..contracts import FAILED_STATES, is_ready, read_json, read_rss
+from ..layout import Layout, Names
 
 ProcessInfo = Dict[str, Any]
 Progress = Callable[[str], None]
@@ -48,6 +51,10 @@ class Edges:
     def listener_state(self) -> Optional[Dict[str, Any]]:
         raise NotImplementedError
 
+    def control_state(self) -> Optional[Dict[str, Any]]:
+        """The controller's state (gate, holds, incidents, spawns), None without the plugin."""
+        raise NotImplementedError
+
     def rss(self, pids: Sequence[int]) -> Dict[int, int]:
         """Bytes by pid, for those it can read."""
         raise NotImplementedError
@@ -65,10 +72,10 @@ class Edges:
 class SupervisorEdges(Edges):
     """Edges over an XML-RPC proxy; state files come from ``read_states``/``read_listener``."""
 
-    def __init__(self, proxy: Any, read_states: Callable[[], Dict[str, Dict[str, Any]]],
+    def __init__(self, proxy: Any, app: str, read_states: Callable[[], Dict[str, Dict[str, Any]]],
                  read_listener: Callable[[], Optional[Dict[str, Any]]],
                  read_rss: Callable[[Sequence[int]], Dict[int, int]]) -> None:
-        self.proxy = proxy
+        self.proxy, self.app = proxy, app
         self._states, self._listener, self._rss = read_states, read_listener, read_rss
 
     def infos(self) -> List[ProcessInfo]:
@@ -79,6 +86,11 @@ class SupervisorEdges(Edges):
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         return self._listener()
+
+    def control_state(self) -> Optional[Dict[str, Any]]:
+        from .control import control_state
+
+        return control_state(self.proxy, self.app)
 
     def rss(self, pids: Sequence[int]) -> Dict[int, int]:
         return self._rss(pids)
@@ -94,15 +106,16 @@ class SupervisorEdges(Edges):
         start_process(self.proxy, namespec)
 
     def alert(self, kind: str, process: str, summary: str, details: Dict[str, Any]) -> None:
-        send_alert(self.proxy, kind, process, summary, details)
+        send_alert(self.proxy, self.app, kind, process, summary, details)
 
 
-def send_alert(proxy: Any, kind: str, process: str, summary: str, details: Optional[Dict[str, Any]] = None) -> None:
-    """Alert through supervisord to the event listener; never raises (an alert must not break an operation)."""
-    from ..listener.notify import notify
+def send_alert(proxy: Any, app: str, kind: str, process: str, summary: str,
+               details: Optional[Dict[str, Any]] = None) -> None:
+    """Alert through supervisord to the app's event listener; never raises (an alert must not break an operation)."""
+    from ..contracts import notify
 
     try:
-        notify(proxy, kind, process, summary, details)
+        notify(proxy, app, kind, process, summary, details)
     except Exception:
         pass
 
@@ -114,16 +127,36 @@ def namespec(info: ProcessInfo) -> str:
     return info["name"] if info["name"] == info["group"] else f"{info['group']}:{info['name']}"
 
 
-def lookup(table: Optional[Dict[str, Any]], info: ProcessInfo) -> Any:
-    """A listener-state entry keyed by process name or by group:name."""
-    if not table:
-        return None
-    return table.get(info["name"], table.get(namespec(info)))
+def full_name(info: ProcessInfo) -> str:
+    """``group:name`` always (the controller's keys)."""
+    return f"{info['group']}:{info['name']}"
 
 
-def open_incident(listener: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
-    entry = lookup((listener or {}).get("incidents"), info)
-    return entry if isinstance(entry, dict) else None
+def control_entry(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Dict[str, Any]:
+    entry = ((control or {}).get("processes") or {}).get(full_name(info))
+    return entry if isinstance(entry, dict) else {}
+
+
+def open_incident(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+    """The crash-loop incident of a process, else its kill incident, else None."""
+    entry = control_entry(control, info)
+    for key in ("incident", "kill_incident"):
+        if isinstance(entry.get(key), dict):
+            return entry[key]
+    return None
+
+
+def hold_of(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+    held = control_entry(control, info).get("held")
+    return held if isinstance(held, dict) else None
+
+
+def gate_refusal(control: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Why no worker may start now (the migration gate is shut), or None."""
+    gate = (control or {}).get("gate")
+    if isinstance(gate, dict) and gate.get("state") not in (None, "open"):
+        return f"the migration gate is shut: {gate.get('detail') or gate.get('state')}"
+    return None
 
 
 # --- rolling restart --------------------------------------------------------------------
@@ -159,11 +192,9 @@ def wait_replaced(edges: Edges, spec_name: str, old_pid: int, timeout: float, cl
             return "FATAL: " + (info.get("spawnerr") or "it exited too quickly on every start attempt")
         if state == "EXITED" and info["pid"] == 0:
             return f"it exited with status {info.get('exitstatus')}"
+        if state == "BACKOFF" and hold_of(edges.control_state(), info) is not None:
+            return f"it crashed and the crash-loop guard holds it: {info.get('spawnerr')}"
         if state == "STOPPED":
-            incident = open_incident(edges.listener_state(), info)
-            if incident is not None:
-                why = incident.get("summary") or incident.get("kind")
-                return f"it crashed and the crash-loop guard holds it: {why}"
             return "it was stopped while starting"
         if info["pid"] and info["pid"] != old_pid and is_ready(info, edges.worker_states()):
             return None
@@ -199,17 +230,22 @@ def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float
     if not workers:
         result.failed, result.reason = group, f"supervisord has no program group {group!r}"
         return result
-    listener = edges.listener_state()
+    control = edges.control_state()
+    refusal = gate_refusal(control)
+    if refusal is not None:
+        # Refuse before stopping anything: a stopped worker could not be started again.
+        result.failed, result.reason = group, f"{refusal}; no worker was stopped"
+        result.untouched = [namespec(i) for i in workers]
+        return result
     names = [namespec(i) for i in workers]
     for index, name in enumerate(names):
         info = _info(edges, name)
         if info is None:
             result.skipped[name] = "no longer configured"
             continue
-        incident = open_incident(listener, info)
-        if incident is not None and info["statename"] != "RUNNING":
-            result.skipped[name] = (f"held by the crash-loop guard ({incident.get('summary', incident.get('kind'))});"
-                                    " the listener retries it")
+        held = hold_of(control, info)
+        if held is not None and info["statename"] != "RUNNING":
+            result.skipped[name] = f"held by the crash-loop guard ({held.get('reason')}); the controller retries it"
             progress(f"{name}: skipped, {result.skipped[name]}")
             continue
         old_pid = info["pid"] if info["statename"] in ("RUNNING", "STARTING") else 0
@@ -265,6 +301,7 @@ class Row:
     ready: Optional[bool] = None
     beat_age: Optional[float] = None
     incident: Optional[Dict[str, Any]] = None
+    held: Optional[Dict[str, Any]] = None
     problem: str = ""
 
 
@@ -275,6 +312,7 @@ class Status:
     last_alert: Optional[Dict[str, Any]]
     listener_data: bool
     holds: Optional[List[Dict[str, Any]]] = None
+    controller: bool = False
 
     @property
     def down(self) -> List[str]:
@@ -287,55 +325,73 @@ class Status:
     def to_json(self) -> Dict[str, Any]:
         return {"ok": self.ok, "down": self.down, "processes": [asdict(r) for r in self.rows],
                 "gate": self.gate, "last_alert": self.last_alert, "listener_data": self.listener_data,
-                "socket_holds": self.holds}
+                "controller": self.controller, "socket_holds": self.holds}
 
 
-def _problem(info: ProcessInfo, web: bool, incident: Optional[Dict[str, Any]], ready: Optional[bool],
+def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Optional[Dict[str, Any]],
              migrate: bool) -> str:
     state = info["statename"]
     if migrate:
         if state == "EXITED" and info.get("exitstatus") != 0:
             return f"migration exited with status {info.get('exitstatus')}"
+        if state in ("STOPPED", "STOPPING") and info.get("start"):
+            return "migration was stopped before it finished (timeout, or by hand)"
         return f"migration is {state}" if state in FAILED_STATES else ""
-    if incident is not None:
+    if incident is not None and incident.get("kind") == "crash_loop":
         return f"open incident: {incident.get('summary') or incident.get('kind')}"
+    if held is not None:
+        return str(info.get("spawnerr") or held.get("reason") or "held")
     if state in FAILED_STATES or state in ("STOPPED", "EXITED"):
         return state + (f": {info['spawnerr']}" if info.get("spawnerr") else "")
     return ""
 
 
+def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Exactly the supervisor groups of ``app``: never another app's, whatever its name."""
+    names = Names(app)
+    groups = {names.web, names.migrate, names.listener, names.watchdog} | {names.program(p) for p in programs}
+    for ns in ((control or {}).get("processes") or {}):
+        groups.add(str(ns).split(":", 1)[0])
+    return sorted(groups)
+
+
+def _restarts(entry: Dict[str, Any], now: float) -> int:
+    """Restarts in the last hour: the controller keeps the last hour of spawns; its first spawn is the start."""
+    recent = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float)) and t > now - HOUR]
+    first = entry.get("first_spawn")
+    return max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
+
+
+def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss: Dict[int, int], now: float,
+         control: Optional[Dict[str, Any]]) -> Row:
+    web = info["group"] == names.web
+    running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
+    incident = open_incident(control, info)
+    held = hold_of(control, info)
+    ready = is_ready(info, states) if web else None
+    beat = states.get(info["name"], {}).get("beat") if web and ready else None
+    return Row(
+        name=namespec(info), group=info["group"], state=info["statename"], pid=info["pid"] if running else 0,
+        uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
+        rss=rss.get(info["pid"]) if running else None, restarts_1h=_restarts(control_entry(control, info), now),
+        ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
+        incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
+        if incident else None, held=held,
+        problem=_problem(info, incident, held, info["group"] == names.migrate))
+
+
 def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
                    listener: Optional[Dict[str, Any]], rss: Dict[int, int], now: float, app: str,
-                   holds: Optional[List[Dict[str, Any]]] = None) -> Status:
-    """Rows for every process of deployment ``app`` (its group and ``<app>_*``); pure."""
-    rows = []
-    for info in infos:
-        group = info["group"]
-        if group != app and not group.startswith(f"{app}_"):
-            continue
-        web = group == app
-        running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
-        spawns = [t for t in lookup((listener or {}).get("spawns"), info) or [] if isinstance(t, (int, float))]
-        # The listener keeps the spawns of the last hour; the oldest one it has is taken as
-        # the first start, which is not a restart (so a single restart after more than an
-        # hour of uptime counts as 0; the listener state has no older history to tell).
-        recent = [t for t in spawns if t > now - HOUR]
-        restarts = len(recent) if len(recent) < len(spawns) else max(0, len(recent) - 1)
-        incident = open_incident(listener, info)
-        ready = is_ready(info, states) if web else None
-        beat = states.get(info["name"], {}).get("beat") if web and ready else None
-        rows.append(Row(
-            name=namespec(info), group=group, state=info["statename"], pid=info["pid"] if running else 0,
-            uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
-            rss=rss.get(info["pid"]) if running else None, restarts_1h=restarts, ready=ready,
-            beat_age=round(max(0.0, now - beat), 1) if beat else None,
-            incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay")}
-            if incident else None,
-            problem=_problem(info, web, incident, ready, group == f"{app}_migrate"),
-        ))
-    gate = (listener or {}).get("gate")
+                   holds: Optional[List[Dict[str, Any]]] = None, control: Optional[Dict[str, Any]] = None,
+                   groups: Optional[Sequence[str]] = None) -> Status:
+    """Rows for every process of deployment ``app`` (exactly its ``groups``); pure."""
+    names = Names(app)
+    wanted = set(groups if groups is not None else app_groups(app, control=control))
+    rows = [_row(info, names, states, rss, now, control) for info in infos if info["group"] in wanted]
+    gate = (control or {}).get("gate")
     return Status(rows=rows, gate=gate if isinstance(gate, dict) else None,
-                  last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds)
+                  last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds,
+                  controller=control is not None)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -364,50 +420,58 @@ def _when(epoch: Any, now: float) -> str:
     return f"{stamp} (in {delta:.0f} s)" if delta >= 0 else f"{stamp} ({-delta:.0f} s ago)"
 
 
-def format_status(status: Status, now: float) -> str:
-    """The human table printed by ``supervisor-fastapi status``."""
-    header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
-    lines = [header]
-    for r in status.rows:
-        notes = []
-        if r.ready is False and r.state == "RUNNING":
-            notes.append("not listening yet")
-        if r.beat_age is not None and r.beat_age > 5:
-            notes.append(f"last beat {r.beat_age:.0f} s ago")
-        if r.incident:
-            notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}; next retry "
-                         f"{_when(r.incident.get('next_retry'), now)}")
-        elif r.problem:
-            notes.append(r.problem)
-        lines.append((r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
-                      "; ".join(notes)))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else "")
-           for row in lines]
-    out = [line.rstrip() for line in out]
+def _notes(r: Row, now: float) -> str:
+    notes = []
+    if r.ready is False and r.state == "RUNNING":
+        notes.append("not listening yet")
+    if r.beat_age is not None and r.beat_age > 5:
+        notes.append(f"last beat {r.beat_age:.0f} s ago")
+    if r.incident:
+        retry = r.incident.get("next_retry")
+        notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}"
+                     + (f"; next retry {_when(retry, now)}" if retry else ""))
+    if r.held and r.held.get("kind") == "gate":
+        notes.append(f"held: {r.held.get('reason')}")
+    elif r.problem and not r.incident:
+        notes.append(r.problem)
+    return "; ".join(notes)
+
+
+def _footer(status: Status, now: float) -> List[str]:
+    out = []
+    if not status.controller:
+        out.append("controller: not loaded (no supervisor-fastapi plugin in supervisord): no crash-loop holds, "
+                   "no gate beyond autostart, restart counts unknown")
+    elif status.gate:
+        detail = status.gate.get("detail")
+        out.append(f"migration gate: {status.gate.get('state')}" + (f" ({detail})" if detail else ""))
     if not status.listener_data:
-        out.append("listener: no state file yet (incidents and restart counts unknown)")
-    elif status.gate and status.gate.get("state") not in (None, "none"):
-        out.append(f"migration gate: {status.gate.get('state')}"
-                   + (f" ({status.gate.get('detail')})" if status.gate.get("detail") else ""))
+        out.append("listener: no state file yet")
     alert = status.last_alert
-    if alert:
-        out.append(f"last alert: {_when(alert.get('at'), now)} {alert.get('kind')}: {alert.get('summary')}")
-    else:
-        out.append("last alert: none")
+    out.append(f"last alert: {_when(alert.get('at'), now)} {alert.get('kind')}: {alert.get('summary')}"
+               if alert else "last alert: none")
     if status.holds is not None:
         out.append("socket held open by the rpcinterface plugin: "
                    + (", ".join(h["url"] for h in status.holds) or "none yet"))
     out.append("ok" if status.ok else f"DOWN: {', '.join(status.down)}")
-    return "\n".join(out)
+    return out
+
+
+def format_status(status: Status, now: float) -> str:
+    """The human table printed by ``supervisor-fastapi status``."""
+    header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
+    lines = [header] + [(r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
+                         _notes(r, now)) for r in status.rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    out = [("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else ""))
+           .rstrip() for row in lines]
+    return "\n".join(out + _footer(status, now))
 
 
 # --- edges for a deployment on this host ------------------------------------------------
 
 
 def local_rss(pids: Sequence[int]) -> Dict[int, int]:
-    from ..contracts import read_rss
-
     out = {}
     for pid in pids:
         value = read_rss(pid)
@@ -416,52 +480,40 @@ def local_rss(pids: Sequence[int]) -> Dict[int, int]:
     return out
 
 
-def local_edges(layout: Any, serverurl: Optional[str] = None) -> SupervisorEdges:
+def local_edges(layout: Layout, app: str, serverurl: Optional[str] = None) -> SupervisorEdges:
     """Edges for the deployment whose files are in ``layout``: this host, its control socket
     or ``serverurl`` (an OS-packaged supervisord running a conf.d fragment)."""
-    import os
-
-    from ..contracts import read_json
     from . import control
 
-    if serverurl:
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(os.environ.get("SUPERVISOR_USERNAME", ""),
-                                        os.environ.get("SUPERVISOR_PASSWORD", ""), serverurl)
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-    else:
-        proxy = control.rpc(layout)
-    return SupervisorEdges(proxy, lambda: control.worker_states(layout),
+    proxy = control.proxy(serverurl) if serverurl else control.rpc(layout)
+    return SupervisorEdges(proxy, app, lambda: control.worker_states(layout),
                            lambda: read_json(layout.listener_state), local_rss)
 
 
-def rpc_edges(proxy: Any, group: str) -> SupervisorEdges:
-    """Edges over XML-RPC only, via the ``fastapi.`` plugin methods (for supervisorctl), for the
-    app whose fcgi group is ``group``."""
+def rpc_edges(proxy: Any, app: str) -> SupervisorEdges:
+    """Edges over XML-RPC only, via the app's plugin methods (``fastapi_<app>.``, for supervisorctl)."""
+    ns = getattr(proxy, Names(app).rpc_namespace)
 
     def rss(pids: Sequence[int]) -> Dict[int, int]:
-        table = proxy.fastapi.getRSS()
-        return {int(pid): int(kb) * 1024 for pid, kb in table.items()}
+        return {int(pid): int(kb) * 1024 for pid, kb in ns.getRSS().items()}
 
-    def listener() -> Optional[Dict[str, Any]]:
-        return proxy.fastapi.getListenerState(group) or None
-
-    return SupervisorEdges(proxy, lambda: dict(proxy.fastapi.getWorkerStates(group)), listener, rss)
+    return SupervisorEdges(proxy, app, lambda: dict(ns.getWorkerStates()), lambda: ns.getListenerState() or None, rss)
 
 
 def status_of(edges: Edges, app: str, holds: Optional[List[Dict[str, Any]]] = None,
-              now: Optional[float] = None) -> Status:
+              now: Optional[float] = None, programs: Sequence[str] = ()) -> Status:
     """Gather everything ``collect_status`` needs through ``edges``."""
     infos = edges.infos()
+    control = edges.control_state()
     pids = [i["pid"] for i in infos if i["pid"]]
     return collect_status(infos, edges.worker_states(), edges.listener_state(), edges.rss(pids),
-                          time.time() if now is None else now, app, holds)
+                          time.time() if now is None else now, app, holds, control,
+                          app_groups(app, programs, control))
 
 
-def socket_holds(proxy: Any) -> Optional[List[Dict[str, Any]]]:
+def socket_holds(proxy: Any, app: str) -> Optional[List[Dict[str, Any]]]:
     """The plugin's held sockets, or None when supervisord runs without the plugin."""
     try:
-        return list(proxy.fastapi.getSocketHolds())
-    except (xmlrpc.client.Fault, OSError):
+        return list(getattr(proxy, Names(app).rpc_namespace).getSocketHolds())
+    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
         return None

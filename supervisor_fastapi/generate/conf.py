@@ -6,11 +6,12 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
-from typing import List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
-from ..layout import Layout
-from ..spec import Program, Spec
+from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig, Policy
+from ..layout import Layout, Names
+from ..spec import Backoff, Program, Spec
 from ..uvicorn_settings import encode_setting
 from . import ini
 
@@ -48,7 +49,52 @@ def worker_argv(spec: Spec) -> List[str]:
 def listener_argv(spec: Spec) -> List[str]:
     # app.python has this package (the worker needs it) and so supervisor: the conf then
     # depends on the spec alone, not on which interpreter ran the CLI.
-    return [spec.app.python, "-m", "supervisor_fastapi.listener", "--spec", spec.source]
+    return [spec.app.python, "-m", "supervisor_fastapi.listener"]
+
+
+def control_config(spec: Spec) -> ControlConfig:
+    """What the controller inside supervisord enforces, from the spec (rendered into the plugin section)."""
+    names, c = Names(spec.app.name), spec.crash_loop
+    groups = (names.web,) + tuple(names.program(p.name) for p in spec.programs)
+    if watchdog_argv(spec) is not None:
+        groups += (names.watchdog,)
+    # [crash_loop.programs.<name>]: <name> is app.name (the web group) or a [[programs]] name.
+    overrides = tuple((names.web if name == spec.app.name else names.program(name), _policy(b))
+                      for name, b in c.overrides)
+    return ControlConfig(app=spec.app.name, web=names.web, state_dir=Layout(spec.run_dir).state_dir,
+                         migrate=names.migrate if spec.migrate else "",
+                         migrate_timeout=spec.migrate.timeout if spec.migrate else 0.0,
+                         groups=groups, policy=_policy(c.default), overrides=tuple(sorted(overrides)),
+                         reminder_interval=spec.listener.reminder_interval)
+
+
+def _policy(b: Backoff) -> Policy:
+    return Policy(restarts=b.restarts, window=b.window, backoff_initial=b.backoff_initial, backoff_max=b.backoff_max,
+                  backoff_reset=b.backoff_reset, jitter=b.jitter, retry_fatal=b.retry_fatal)
+
+
+def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:
+    """The spec's ``[[alerts]]`` as the plain records the listener's settings carry.
+
+    A command channel's record says whom it runs as (its ``user``, else app.user; nobody
+    only with ``run_as_root``) and which variables it must not inherit (the SMTP ones)."""
+    out = []
+    for a in spec.alerts:
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}
+        if a.type == "command":
+            options["user"] = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
+            options["hidden_env"] = listener_only_env(spec)
+        out.append({"type": a.type, "name": a.name, "options": options})
+    return tuple(out)
+
+
+def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
+    names, layout = Names(spec.app.name), Layout(spec.run_dir)
+    return ListenerConfig(app=spec.app.name, web=names.web, migrate=names.migrate if spec.migrate else "",
+                          controller=controller, groups=control_config(spec).groups,
+                          state_path=layout.listener_state, journal_path=layout.alert_journal,
+                          base_dir=spec.base_dir, run_dir=spec.run_dir, alerts=alert_records(spec),
+                          send_retries=spec.listener.send_retries)
 
 
 def listener_only_env(spec: Spec) -> List[str]:
@@ -86,7 +132,7 @@ def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: O
     return opts
 
 
-def web_section(spec: Spec) -> ini.Section:
+def web_section(spec: Spec, controller: bool = True) -> ini.Section:
     s, name = spec.server, spec.app.name
     layout = Layout(spec.run_dir)
     opts: Options = [
@@ -102,8 +148,9 @@ def web_section(spec: Spec) -> ini.Section:
         ("process_name", "%(program_name)s_%(process_num)02d"),
         ("numprocs", str(s.workers)),
         ("priority", str(PRIORITY_WEB)),
-        # With a migration the listener starts the workers once it has exited 0.
-        ("autostart", ini.boolean(spec.migrate is None)),
+        # The controller in supervisord holds them until the migration exits 0; without it
+        # the listener starts them then.
+        ("autostart", ini.boolean(controller or spec.migrate is None)),
         # uvicorn exits 0 after limit_max_requests: that worker must come back too.
         ("autorestart", "true"),
         ("startsecs", str(s.startsecs)),
@@ -121,7 +168,7 @@ def migrate_section(spec: Spec) -> Optional[ini.Section]:
     m = spec.migrate
     if m is None:
         return None
-    name = f"{spec.app.name}_migrate"
+    name = Names(spec.app.name).migrate
     opts: Options = [
         ("command", ini.raw_command(m.command)),
         ("priority", str(PRIORITY_MIGRATE)),
@@ -138,7 +185,7 @@ def migrate_section(spec: Spec) -> Optional[ini.Section]:
 
 
 def program_section(spec: Spec, p: Program) -> ini.Section:
-    name = f"{spec.app.name}_{p.name}"
+    name = Names(spec.app.name).program(p.name)
     opts: Options = [("command", ini.raw_command(p.command))]
     if p.numprocs > 1:
         opts += [("process_name", "%(program_name)s_%(process_num)02d"), ("numprocs", str(p.numprocs))]
@@ -155,8 +202,8 @@ def program_section(spec: Spec, p: Program) -> ini.Section:
     return f"program:{name}", opts + _common(spec, log, p.env, p.directory)
 
 
-def listener_section(spec: Spec) -> ini.Section:
-    name = f"{spec.app.name}_listener"
+def listener_section(spec: Spec, controller: bool = True) -> ini.Section:
+    name = Names(spec.app.name).listener
     layout = Layout(spec.run_dir)
     opts: Options = [
         ("command", ini.command(listener_argv(spec))),
@@ -169,7 +216,10 @@ def listener_section(spec: Spec) -> ini.Section:
         ("startsecs", "1"),
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),
-        # stdout is the event protocol; the listener logs to stderr only.
+        # Its settings, alert channels included: not on the command line, which ps shows to everyone.
+        ("environment", ini.environment({LISTENER_ENV: listener_config(spec, controller).to_env()})),
+        # stdout is the event protocol (never logged); the listener logs to stderr only.
+        ("stdout_logfile", "NONE"),
         ("stderr_logfile", ini.logfile(layout.program_log(name))),
         ("stderr_logfile_maxbytes", "10MB"),
         ("stderr_logfile_backups", "5"),
@@ -207,21 +257,21 @@ def daemon_sections(spec: Spec) -> List[ini.Section]:
 def plugin_sections(spec: Spec, fragment: bool = False) -> List[ini.Section]:
     """supervisor-fastapi's plugins: loaded by supervisord and supervisorctl, which must import this package.
 
-    ``[rpcinterface:fastapi]`` holds the fcgi socket open across restarts (rpcplugin.py);
-    ``[ctlplugin:fastapi]`` adds ``rolling_restart`` and ``fastapi_status`` to supervisorctl.
-    supervisorctl does not read ``[include]`` files, so a fragment carries only the first.
+    ``[rpcinterface:fastapi_<app>]`` is the controller inside supervisord (the gate, crash-loop
+    holds, the socket that stays open; plugins/rpc.py), one section per app so several apps'
+    fragments can share a supervisord; ``[ctlplugin:fastapi]`` adds ``rolling_restart`` and
+    ``fastapi_status`` to supervisorctl, which does not read ``[include]`` files, so a fragment
+    carries only the first.
     """
-    run_dir = ini.escape(Layout(spec.run_dir).run_dir)
-    sections: List[ini.Section] = [
-        (f"rpcinterface:{RPC_NAMESPACE}", [
-            ("supervisor.rpcinterface_factory", "supervisor_fastapi.plugins.rpc:make_rpcinterface"),
-            ("run_dir", run_dir),
-        ]),
-    ]
+    names = Names(spec.app.name)
+    opts = [("supervisor.rpcinterface_factory", "supervisor_fastapi.plugins.rpc:make_rpcinterface"),
+            ("run_dir", ini.escape(Layout(spec.run_dir).run_dir))]
+    opts += [(key, ini.escape(value)) for key, value in control_config(spec).to_options()]
+    sections: List[ini.Section] = [(f"rpcinterface:{names.rpc_namespace}", opts)]
     if not fragment:
         sections.append((f"ctlplugin:{RPC_NAMESPACE}", [
             ("supervisor.ctl_factory", "supervisor_fastapi.plugins.ctl:make_ctlplugin"),
-            ("group", ini.escape(spec.app.name)),
+            ("app", ini.escape(spec.app.name)),
         ]))
     return sections
 
@@ -232,7 +282,8 @@ def watchdog_argv(spec: Spec) -> Optional[List[str]]:
     if m.limit is None and not s.heartbeat_timeout and not s.startup_timeout:
         return None
     argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog", "--group", spec.app.name,
-            "--workers", str(s.workers), "--state-dir", Layout(spec.run_dir).state_dir]
+            "--workers", str(s.workers), "--state-dir", Layout(spec.run_dir).state_dir,
+            "--memo", Layout(spec.run_dir).watchdog_memo]
     if m.limit is not None:
         argv += ["--memory-limit", str(m.limit), "--check-interval", f"{m.check_interval:g}",
                  "--limit-checks", str(m.limit_checks)]
@@ -247,7 +298,7 @@ def watchdog_section(spec: Spec) -> Optional[ini.Section]:
     argv = watchdog_argv(spec)
     if argv is None:
         return None
-    name = f"{spec.app.name}_watchdog"
+    name = Names(spec.app.name).watchdog
     opts: Options = [
         ("command", ini.command(argv)),
         ("priority", str(PRIORITY_PROGRAMS)),
@@ -272,13 +323,14 @@ def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = Non
     unless ``with_plugins`` says that Python has the package.
     """
     sections: List[ini.Section] = [] if fragment else daemon_sections(spec)
-    if with_plugins if with_plugins is not None else not fragment:
+    plugins = with_plugins if with_plugins is not None else not fragment
+    if plugins:
         sections += plugin_sections(spec, fragment)
-    sections.append(listener_section(spec))
+    sections.append(listener_section(spec, plugins))
     migrate = migrate_section(spec)
     if migrate:
         sections.append(migrate)
-    sections.append(web_section(spec))
+    sections.append(web_section(spec, plugins))
     sections += [program_section(spec, p) for p in spec.programs]
     watchdog = watchdog_section(spec)
     if watchdog:
@@ -286,13 +338,29 @@ def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = Non
     return sections
 
 
-def header(spec: Spec, command: str) -> List[str]:
-    return [
+# What a conf rendered without the plugin sections gives up (the header says it, so does `check`).
+NO_PLUGIN_LOSSES = (
+    "no crash-loop holds: supervisord restarts a crashed worker at once, forever, and gives up (FATAL) after "
+    "3 quick start failures",
+    "the migration gate is only autostart=false: the listener starts the workers after the migration exits 0, "
+    "but `supervisorctl start`, `restart` and a rolling restart bring them up whatever the migration did",
+    "the shared socket closes whenever no worker runs (`restart <app>:*` refuses connections for ~1 s)",
+    "status shows no incidents or restart counts",
+)
+
+
+def header(spec: Spec, command: str, plugins: bool = True) -> List[str]:
+    lines = [
         f"Generated by supervisor-fastapi {__version__} from {spec.source}.",
         f"Do not edit: change the spec and run `{command}`.",
     ]
+    if not plugins:
+        lines += ["Rendered without the supervisor-fastapi plugin (no --with-plugins), so this deployment has:"]
+        lines += [f"- {loss}" for loss in NO_PLUGIN_LOSSES]
+    return lines
 
 
 def render(spec: Spec, command: str, fragment: bool = False, with_plugins: Optional[bool] = None) -> str:
     """The conf text for ``spec``; ``command`` is how the user regenerates it (for the header)."""
-    return ini.render(build(spec, fragment, with_plugins), header(spec, command))
+    plugins = with_plugins if with_plugins is not None else not fragment
+    return ini.render(build(spec, fragment, with_plugins), header(spec, command, plugins))

@@ -30,8 +30,8 @@ from email.message import EmailMessage
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from ..contracts import read_small_file
-from ..spec import Alert as AlertSpec
-from ..spec import Spec
+from ..layout import Layout
+from ..spec.model import Alert as AlertSpec
 
 log = logging.getLogger("supervisor_fastapi.listener")
 QUEUE_LIMIT = 1000  # per channel; beyond it alerts go straight to the journal
@@ -553,31 +553,26 @@ def rotate(path: str, keep: int) -> None:
         os.unlink(path)
 
 
-def channels_from_spec(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Channel]:
-    """One channel per ``[[alerts]]``; with none configured, a log file so alerts still land somewhere."""
-    from ..generate.conf import listener_only_env
-
+def channels_from_alerts(alerts: Sequence[Mapping[str, Any]], base_dir: str, run_dir: str,
+                         env: Optional[Mapping[str, str]] = None) -> List[Channel]:
+    """One channel per ``[[alerts]]`` entry ({"type", "name", "options"}, as the conf carries
+    them); with none configured, a log file so alerts still land somewhere."""
     env = os.environ if env is None else env
-    alerts: Sequence[AlertSpec] = spec.alerts or (AlertSpec(type="log", name="log"),)
-    hidden = listener_only_env(spec)
+    records = [AlertSpec(type=str(a["type"]), name=str(a["name"]), options=tuple(dict(a.get("options") or {}).items()))
+               for a in alerts] or [AlertSpec(type="log", name="log")]
     out: List[Channel] = []
-    for a in alerts:
+    for a in records:
         if a.type == "webhook":
             out.append(WebhookChannel(a.name, a.get("url"), a.get("timeout", 5.0), a.get("headers", ())))
         elif a.type == "email":
             out.append(EmailChannel(a.name, dict(a.options), env))
         elif a.type == "command":
-            run_as_root = bool(a.get("run_as_root"))
-            user = a.get("user") or (None if run_as_root else spec.app.user)
-            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), spec.base_dir,
-                                      user=user, run_as_root=run_as_root, hidden_env=hidden))
+            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), base_dir,
+                                      user=a.get("user"), run_as_root=bool(a.get("run_as_root")),
+                                      hidden_env=a.get("hidden_env") or ()))
         else:
-            out.append(LogChannel(a.name, a.get("path") or default_log_path(spec)))
+            out.append(LogChannel(a.name, a.get("path") or Layout(run_dir).alerts_log))
     return out
-
-
-def default_log_path(spec: Spec) -> str:
-    return os.path.join(spec.run_dir, "alerts.log")
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -776,24 +771,9 @@ def send_to_all(channels: Sequence[Channel], msg: Message, retries: int = 0) -> 
     return {c.name: results.get(c.name, "no result") for c in channels}
 
 
-def send_test(spec: Spec, env: Optional[Mapping[str, str]] = None) -> List[Tuple[Channel, Optional[str]]]:
+def send_test(channels: Sequence[Channel], app: str, source: str) -> List[Tuple[Channel, Optional[str]]]:
     """`supervisor-fastapi alert-test`: one test alert to every channel, (channel, error or None) each."""
-    channels = channels_from_spec(spec, env)
     msg = make_message("test", "test", "", "test alert from `supervisor-fastapi alert-test`; no action needed",
-                       {"spec": spec.source}, spec.app.name, time.time())
+                       {"spec": source}, app, time.time())
     results = send_to_all(channels, msg)
     return [(c, results[c.name]) for c in channels]
-
-
-def test_report(spec: Spec) -> Tuple[List[str], bool]:
-    """Lines for `alert-test` and whether every channel took the test alert."""
-    results = send_test(spec)
-    lines = []
-    if not spec.alerts:
-        lines.append(f"no [[alerts]] in {spec.source}: alerts go to the default log file only")
-    for channel, error in results:
-        where = {"webhook": "url", "email": "to", "command": "command", "log": "path"}[channel.type]
-        target = channel.target()
-        status = "sent" if error is None else f"FAILED: {error}"
-        lines.append(f"{channel.name} ({channel.type}, {where} {target}): {status}")
-    return lines, all(error is None for _, error in results)

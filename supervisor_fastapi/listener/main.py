@@ -1,10 +1,11 @@
 """The listener's edges: the stdin/stdout protocol loop, the clock and timer, RPC, alerts, state file.
 
-The loop is: wait for an event or a due timer (``select`` on stdin with a timeout, so
-backoff delays keep ~100 ms precision without TICK events), hand it to the machine,
-queue the actions, acknowledge. Acknowledging never waits on RPC or a channel: RPC
-calls run in a worker thread with ``wait=False``, alerts in the sender threads.
-stdout is the protocol channel; every log line goes to stderr.
+The loop is: wait for an event (``select`` on stdin, waking at least once a second to pick
+up alert results and save state), hand it to the machines, queue the actions,
+acknowledge. Acknowledging never waits on RPC or a channel: RPC calls run in a worker
+thread with ``wait=False``, alerts in the sender threads. stdout is the protocol channel;
+every log line goes to stderr. Signal handlers only set a flag: the loop finishes the
+protocol write it is in and then stops.
 """
 
 import argparse
@@ -20,15 +21,15 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..contracts import LISTENER_ENV, ListenerConfig, is_enospc
 from . import statefile
-from .alerts import Dispatcher, Journal, Message, channels_from_spec, make_message
+from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
-from .state import Action, Alert, Config, Event, Machine, ProcessState, Reconcile, Start, StartFailed, Stop, Tick
+from .state import Action, Alert, Event, Fallback, ProcessState, Relay, RemoteEvent, Start
 
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
 SAVE_EVERY = 0.25  # coalesce state-file writes to at most four a second
-SPEC_CHECK_EVERY = 2.0  # seconds between looks at the spec file's mtime
 TAIL_CHARS = 4000
 TAIL_LINES = 30
 
@@ -43,19 +44,18 @@ def default_proxy(env: Optional[Dict[str, str]] = None) -> Any:
 
 
 class RpcWorker:
-    """Carries out Start/Stop in its own thread with wait=False, in the order they were decided."""
+    """Carries out Start in its own thread with wait=False, in the order they were decided."""
 
     def __init__(self, make_proxy: ProxyFactory) -> None:
         self.make_proxy = make_proxy
-        self.on_start_failed: Optional[Callable[[str, str], None]] = None
-        self._q: queue.Queue[Optional[Action]] = queue.Queue()
+        self._q: queue.Queue[Optional[Start]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="rpc", daemon=True)
 
     def start(self) -> "RpcWorker":
         self._thread.start()
         return self
 
-    def submit(self, action: Action) -> None:
+    def submit(self, action: Start) -> None:
         self._q.put(action)
 
     def close(self, timeout: float = 2.0) -> None:
@@ -68,35 +68,23 @@ class RpcWorker:
             action = self._q.get()
             if action is None:
                 return
-            error = ""
             try:
                 proxy = proxy or self.make_proxy()
                 run_rpc(proxy, action)
             except xmlrpc.client.Fault as exc:
-                # ALREADY_STARTED / NOT_RUNNING are the normal outcome of a race with supervisord.
-                log.info("%s: %s", describe(action), exc.faultString)
-                error = "" if "ALREADY_STARTED" in exc.faultString else exc.faultString
+                # ALREADY_STARTED is the normal outcome of a race with supervisord.
+                log.info("start %s: %s", action.namespec, exc.faultString)
             except Exception as exc:
-                log.warning("%s failed: %s", describe(action), exc)
+                log.warning("start %s failed: %s", action.namespec, exc)
                 proxy = None
-                error = str(exc) or type(exc).__name__
-            if error and isinstance(action, Start) and self.on_start_failed is not None:
-                self.on_start_failed(action.namespec, error)
 
 
-def run_rpc(proxy: Any, action: Action) -> None:
-    if isinstance(action, Start):
-        group, _, name = action.namespec.partition(":")
-        if name == "*":
-            proxy.supervisor.startProcessGroup(group, False)
-        else:
-            proxy.supervisor.startProcess(action.namespec, False)
-    elif isinstance(action, Stop):
-        proxy.supervisor.stopProcess(action.namespec, False)
-
-
-def describe(action: Action) -> str:
-    return f"{type(action).__name__.lower()} {getattr(action, 'namespec', '')}"
+def run_rpc(proxy: Any, action: Start) -> None:
+    group, _, name = action.namespec.partition(":")
+    if name == "*":
+        proxy.supervisor.startProcessGroup(group, False)
+    else:
+        proxy.supervisor.startProcess(action.namespec, False)
 
 
 def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[str]], Message]:
@@ -129,32 +117,25 @@ def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[str]]
 
 
 class Listener:
-    """The protocol loop around a Machine; all I/O is injected."""
+    """The protocol loop around the decision machines; all I/O is injected."""
 
-    def __init__(self, machine: Machine, app: str, state_path: str, rpc: RpcWorker, dispatcher: Dispatcher,
-                 proxy: Any = None, stdin_fd: int = 0, stdout_fd: int = 1,
-                 clock: Callable[[], float] = time.time, changed: Optional[Callable[[], bool]] = None) -> None:
-        self.machine, self.app, self.state_path = machine, app, state_path
-        self.rpc, self.dispatcher, self.proxy = rpc, dispatcher, proxy
+    def __init__(self, config: ListenerConfig, rpc: RpcWorker, dispatcher: Dispatcher, proxy: Any = None,
+                 stdin_fd: int = 0, stdout_fd: int = 1, clock: Callable[[], float] = time.time) -> None:
+        self.config, self.rpc, self.dispatcher, self.proxy = config, rpc, dispatcher, proxy
+        self.relay = Relay(config.app)
+        self.fallback = None if config.controller else Fallback(config)
         self.stdin_fd, self.stdout_fd, self.clock = stdin_fd, stdout_fd, clock
         self.parser = Parser()
         self.last_alert: Optional[Dict[str, Any]] = None
+        self.stop_requested = False
         self._results: queue.Queue[Tuple[Message, Dict[str, str]]] = queue.Queue()
-        self._failed_starts: queue.Queue[Tuple[str, str]] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         self._last_save = 0.0
         self._dirty = False
-        self.changed = changed
-        self._next_check = 0.0
+        self._save_failing = False
         dispatcher.on_result = self._on_result
-        if isinstance(rpc, RpcWorker):
-            rpc.on_start_failed = self._on_start_failed
 
     # -- sender-thread side --
-
-    def _on_start_failed(self, namespec: str, reason: str) -> None:
-        self._failed_starts.put((namespec, reason))
-        self._wake()
 
     def _on_result(self, msg: Message, results: Dict[str, str]) -> None:
         self._results.put((msg, results))
@@ -166,40 +147,34 @@ class Listener:
         except OSError:
             pass
 
+    def request_stop(self, signum: int = 0, frame: Any = None) -> None:
+        """The SIGTERM/SIGINT handler: only a flag and a wake-up; the loop stops between events."""
+        self.stop_requested = True
+        self._wake()
+
     # -- the loop --
 
-    def reconcile(self, saved: Optional[Dict[str, Any]]) -> None:
-        """Fold what supervisord reports now and the previous state file into the machine."""
-        infos: List[Dict[str, Any]] = []
-        if self.proxy is not None:
-            for attempt in range(5):
-                try:
-                    infos = self.proxy.supervisor.getAllProcessInfo()
-                    break
-                except Exception as exc:
-                    log.warning("getAllProcessInfo failed (%s); retrying", exc)
-                    time.sleep(0.2 * (attempt + 1))
-        if saved and saved.get("last_alert"):
+    def restore(self, saved: Optional[Dict[str, Any]]) -> None:
+        """What the previous listener process knew: the last alert (holds live in supervisord)."""
+        if saved and isinstance(saved.get("last_alert"), dict):
             self.last_alert = saved["last_alert"]
-        self._apply(self.machine.observe(Reconcile(infos, saved), self.clock()))
+        self._dirty = True
         self._save(force=True)
 
     def run(self) -> int:
-        """Serve events until supervisord closes stdin."""
+        """Serve events until supervisord closes stdin or a signal asks us to stop."""
         self._write(READY)
-        while True:
-            now = self.clock()
+        while not self.stop_requested:
             timeout = MAX_SLEEP
-            deadline = self.machine.next_deadline()
-            if deadline is not None:
-                timeout = min(timeout, max(0.0, deadline - now))
             if self._dirty:
-                timeout = min(timeout, max(0.0, self._last_save + SAVE_EVERY - now))
-            readable, _, _ = select.select([self.stdin_fd, self._wake_r], [], [], timeout)
+                timeout = min(timeout, max(0.0, self._last_save + SAVE_EVERY - self.clock()))
+            try:
+                readable, _, _ = select.select([self.stdin_fd, self._wake_r], [], [], timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries select on 3.5+
+                continue
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
                 self._drain_results()
-                self._drain_failed_starts()
             if self.stdin_fd in readable:
                 data = os.read(self.stdin_fd, 65536)
                 if not data:
@@ -209,15 +184,9 @@ class Listener:
                     self.handle(headers, payload)
                     self._write(OK)
                     self._write(READY)
-            self._tick()
             self._save()
-            if self.changed is not None and time.monotonic() >= self._next_check:
-                self._next_check = time.monotonic() + SPEC_CHECK_EVERY
-                if self.changed():
-                    # supervisord restarts us (autorestart=true); the new process reads the
-                    # new spec and reconciles from the state file written on the way out.
-                    log.info("the spec changed: exiting so supervisord restarts the listener with it")
-                    return 0
+        log.info("stopping on a signal")
+        return 0
 
     def handle(self, headers: Dict[str, str], payload: str) -> None:
         """One event: decode, decide, queue the actions. Never raises: the event is acked anyway."""
@@ -230,49 +199,31 @@ class Listener:
             log.exception("error handling %s (acknowledged anyway)", headers.get("eventname"))
 
     def _observe(self, event: Event) -> None:
-        if (isinstance(event, ProcessState) and event.name == self.machine.config.migrate_name
-                and self.proxy is not None):
-            # The payload has neither the exit status nor which run it belongs to; one quick
-            # RPC (a handful per migration run) tells both.
-            try:
-                info = self.proxy.supervisor.getProcessInfo(event.namespec)
-                event = dataclasses.replace(event, exitstatus=info.get("exitstatus"),
-                                            run_start=float(info.get("start") or 0))
-            except Exception as exc:
-                log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)
-        self._apply(self.machine.observe(event, self.clock()))
-        self._dirty = True
-
-    def _tick(self) -> None:
-        deadline = self.machine.next_deadline()
-        if deadline is not None and self.clock() >= deadline:
-            try:
-                self._apply(self.machine.observe(Tick(), self.clock()))
-            except Exception:
-                log.exception("error in a timer (continuing)")
-            self._dirty = True
+        now = self.clock()
+        actions: List[Action] = []
+        if isinstance(event, RemoteEvent):
+            actions = self.relay.observe(event, now)
+        elif isinstance(event, ProcessState) and self.fallback is not None:
+            if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
+                # The payload has no exit status; one quick RPC per migration run tells it.
+                try:
+                    info = self.proxy.supervisor.getProcessInfo(event.namespec)
+                    event = dataclasses.replace(event, exitstatus=info.get("exitstatus"))
+                except Exception as exc:
+                    log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)
+            actions = self.fallback.observe(event, now)
+        self._apply(actions)
 
     def _apply(self, actions: List[Action]) -> None:
         for action in actions:
             if isinstance(action, Alert):
                 msg = make_message(action.event, action.kind, action.process, action.summary, action.details,
-                                   self.app, self.clock())
+                                   self.config.app, self.clock())
                 log.warning("alert: %s", msg["text"])
                 self.dispatcher.submit(msg, action.log_of)
             else:
-                log.info("%s", describe(action))
+                log.info("start %s", action.namespec)
                 self.rpc.submit(action)
-
-    def _drain_failed_starts(self) -> None:
-        while True:
-            try:
-                namespec, reason = self._failed_starts.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._observe(StartFailed(namespec, reason))
-            except Exception:
-                log.exception("error handling a failed start of %s", namespec)
 
     def _drain_results(self) -> None:
         while True:
@@ -286,16 +237,24 @@ class Listener:
 
     def _save(self, force: bool = False) -> None:
         now = self.clock()
-        if not force and (not self._dirty or now < self._last_save + SAVE_EVERY):
+        if not self.config.state_path or not self._dirty or (not force and now < self._last_save + SAVE_EVERY):
             return
-        state = self.machine.snapshot(now)
-        state["last_alert"] = self.last_alert
-        state["pid"] = os.getpid()
-        self._dirty, self._last_save = False, now
+        state = {"version": 1, "updated": now, "app": self.config.app, "last_alert": self.last_alert,
+                 "pid": os.getpid()}
+        self._last_save = now
         try:
-            statefile.save(self.state_path, state)
+            statefile.save(self.config.state_path, state)
         except OSError as exc:
-            log.error("cannot write the state file %s: %s", self.state_path, exc)
+            # A full disk: keep acknowledging events, keep the state dirty and try again on
+            # the next save; say so once per outage, not four times a second.
+            if not self._save_failing:
+                log.error("cannot write the state file %s: %s%s", self.config.state_path, exc,
+                          " (disk full; retrying until there is room)" if is_enospc(exc) else "")
+            self._save_failing = True
+            return
+        if self._save_failing:
+            log.info("the state file %s is written again", self.config.state_path)
+        self._save_failing, self._dirty = False, False
 
     def _write(self, text: str) -> None:
         data = text.encode()
@@ -310,76 +269,38 @@ class Listener:
         self.rpc.close()
         self.dispatcher.close()
         self._drain_results()
+        self._dirty = True
         self._save(force=True)
 
 
-def spec_watcher(path: str) -> Callable[[], bool]:
-    """True once the spec file changed and the new version loads (a broken edit keeps the old one)."""
-    from ..errors import UserError
-    from ..spec import load_spec
-
-    def stamp() -> Tuple[float, int]:
-        try:
-            st = os.stat(path)
-            return st.st_mtime, st.st_size
-        except OSError:
-            return 0.0, 0
-
-    seen = [stamp()]
-
-    def changed() -> bool:
-        now = stamp()
-        if now == seen[0]:
-            return False
-        seen[0] = now
-        try:
-            load_spec(path)
-        except UserError as exc:
-            log.error("the spec changed but does not load (%s); keeping the old one", exc)
-            return False
-        return True
-
-    return changed
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``python -m supervisor_fastapi.listener --spec PATH``."""
+    """Entry point of ``python -m supervisor_fastapi.listener`` (settings in $SUPERVISOR_FASTAPI_LISTENER)."""
     parser = argparse.ArgumentParser(prog="python -m supervisor_fastapi.listener",
-                                     description="supervisor-fastapi event listener (run by supervisord)")
-    parser.add_argument("--spec", required=True, help="absolute path of the deployment spec")
-    args = parser.parse_args(argv)
+                                     description="supervisor-fastapi event listener (run by supervisord; its "
+                                     f"settings come from ${LISTENER_ENV}, rendered into the conf)")
+    parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s listener: %(message)s")
-    from ..errors import UserError
-    from ..layout import Layout
-    from ..spec import load_spec
-
     try:
-        spec = load_spec(args.spec)
-    except UserError as exc:
-        log.error("cannot load the spec: %s", exc)
+        config = ListenerConfig.from_env(os.environ.get(LISTENER_ENV, ""))
+    except ValueError as exc:
+        log.error("%s; re-render the conf (supervisor-fastapi render) and `supervisorctl update`", exc)
         return 2
-    layout = Layout(spec.run_dir)
-    os.makedirs(spec.run_dir, exist_ok=True)
-    channels = channels_from_spec(spec)
-    dispatcher = Dispatcher(channels, Journal(layout.alert_journal), spec.listener.send_retries,
+    channels = channels_from_alerts(config.alerts, config.base_dir, config.run_dir)
+    dispatcher = Dispatcher(channels, Journal(config.journal_path), config.send_retries,
                             enrich=make_enricher(default_proxy)).start()
     rpc = RpcWorker(default_proxy).start()
-    listener = Listener(Machine(Config.from_spec(spec)), spec.app.name, layout.listener_state, rpc, dispatcher,
-                        proxy=default_proxy(), changed=spec_watcher(spec.source))
+    listener = Listener(config, rpc, dispatcher, proxy=default_proxy())
     # The sender and RPC threads must not keep the event loop waiting for the GIL for the
     # default 5 ms switch interval: acknowledgements are the latency that matters.
     sys.setswitchinterval(0.0005)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    log.info("started (pid %d): app %s, %d alert channel(s): %s", os.getpid(), spec.app.name, len(channels),
-             ", ".join(f"{c.name} ({c.type})" for c in channels))
+    signal.signal(signal.SIGTERM, listener.request_stop)
+    signal.signal(signal.SIGINT, listener.request_stop)
+    log.info("started (pid %d): app %s, %s, %d alert channel(s): %s", os.getpid(), config.app,
+             "gate and holds in supervisord" if config.controller else "no plugin: fallback gate, no holds",
+             len(channels), ", ".join(f"{c.name} ({c.type})" for c in channels))
     try:
-        listener.reconcile(statefile.load(layout.listener_state))
+        listener.restore(statefile.load(config.state_path) if config.state_path else None)
         return listener.run()
     finally:
         listener.close()

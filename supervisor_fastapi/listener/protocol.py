@@ -9,7 +9,8 @@ import codecs
 import json
 from typing import Dict, List, Optional, Tuple
 
-from .state import REMOTE_TYPE, Event, GroupRemoved, ProcessState, RemoteEvent
+from ..contracts import REMOTE_TYPE
+from .state import Event, GroupRemoved, ProcessState, RemoteEvent
 
 READY = "READY\n"
 OK = "RESULT 2\nOK"
@@ -17,7 +18,8 @@ Headers = Dict[str, str]
 
 
 def parse_headers(line: str) -> Headers:
-    """``a:1 b:2`` -> {"a": "1", "b": "2"} (values may not contain spaces, as in supervisor)."""
+    """``a:1 b:2`` -> {"a": "1", "b": "2"}. Not ``childutils.get_headers``: that raises on a
+    word with no colon or with two, and a listener must not fail on what it is sent."""
     out: Headers = {}
     for word in line.split():
         key, sep, value = word.partition(":")
@@ -87,18 +89,9 @@ def remote_event(data: str) -> RemoteEvent:
     except ValueError:
         return RemoteEvent(kind="unparsable_event", summary=data[:200], details={"raw": data[:2000]})
     details = body.get("details")
+    event = str(body.get("event") or "event")
     return RemoteEvent(kind=str(body.get("kind") or "event"), process=str(body.get("process") or ""),
                        summary=str(body.get("summary") or "").splitlines()[0] if body.get("summary") else "",
-                       details=details if isinstance(details, dict) else {})
-
-
-def encode_event(eventname: str, payload: str, serial: int = 1, pool: str = "listener") -> str:
-    """One event as supervisord writes it (for tests and the benchmark)."""
-    return (f"ver:3.0 server:supervisor serial:{serial} pool:{pool} poolserial:{serial} "
-            f"eventname:{eventname} len:{len(payload)}\n{payload}")
-
-
-def process_state_payload(name: str, group: str, from_state: str, **extra: str) -> str:
-    words = [f"processname:{name}", f"groupname:{group}", f"from_state:{from_state}"]
-    words += [f"{k}:{v}" for k, v in extra.items()]
-    return " ".join(words)
+                       details=details if isinstance(details, dict) else {}, app=str(body.get("app") or ""),
+                       event=event if event in ("open", "reminder", "resolve") else "event",
+                       log_of=str(body["log_of"]) if body.get("log_of") else None)

@@ -1,11 +1,12 @@
 """A ``[ctlplugin:fastapi]`` for supervisorctl: ``rolling_restart`` and ``fastapi_status``.
 
 For operators who live in supervisorctl. Both commands talk XML-RPC only (the
-``fastapi.`` methods of the rpcinterface plugin provide state files and RSS), so they
-also work against a remote supervisord. The logic is ``ops.py``'s, shared with the CLI.
+``fastapi_<app>.`` methods of the rpcinterface plugin provide the controller's state,
+ready files and RSS), so they also work against a remote supervisord. The logic is
+``cli/ops.py``'s, shared with the CLI.
 
-    supervisor> rolling_restart            # the group named in the [ctlplugin:fastapi] section
-    supervisor> rolling_restart web
+    supervisor> rolling_restart            # the app named in the [ctlplugin:fastapi] section
+    supervisor> rolling_restart shop
     supervisor> fastapi_status
     supervisor> fastapi_status --json
 """
@@ -23,13 +24,13 @@ from ..cli import ops
 class FastAPIControllerPlugin(ControllerPluginBase):
     name = "supervisor-fastapi"
 
-    def __init__(self, controller: Any, group: str = "", timeout: str = "60") -> None:
+    def __init__(self, controller: Any, app: str = "", timeout: str = "60") -> None:
         super().__init__(controller)
-        self.group = group
+        self.group = app  # the app's name is its web group's
         self.timeout = float(timeout)
 
-    def _edges(self, group: str) -> ops.SupervisorEdges:
-        return ops.rpc_edges(self.ctl.get_server_proxy(), group)
+    def _edges(self, app: str) -> ops.SupervisorEdges:
+        return ops.rpc_edges(self.ctl.get_server_proxy(), app)
 
     def _fail(self, message: str) -> None:
         self.ctl.output(f"error: {message}")
@@ -44,12 +45,12 @@ class FastAPIControllerPlugin(ControllerPluginBase):
     def do_rolling_restart(self, arg: str) -> None:
         group, _ = self._group_and_flags(arg)
         if not group:
-            self._fail("name the fcgi group: rolling_restart <group>")
+            self._fail("name the app: rolling_restart <app>")
             return
         try:
             result = ops.rolling_restart(self._edges(group), group, self.ctl.output, self.timeout)
         except (xmlrpc.client.Fault, OSError) as exc:
-            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi] loaded in supervisord?)")
+            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi_{group}] loaded in supervisord?)")
             return
         if result.ok:
             self.ctl.output(f"{group}: restarted {len(result.restarted)}"
@@ -58,20 +59,20 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             self._fail(f"rolling restart stopped at {result.failed}: {result.reason}")
 
     def help_rolling_restart(self) -> None:
-        self.ctl.output("rolling_restart [<group>]\tReplace the group's workers one at a time; each new worker\n"
+        self.ctl.output("rolling_restart [<app>]\tReplace the group's workers one at a time; each new worker\n"
                         "\t\t\tlistens before the next old one stops (drain on stop). Stops at a\n"
                         "\t\t\tworker that does not come up, leaving the rest serving, and alerts.")
 
     def do_fastapi_status(self, arg: str) -> None:
         group, as_json = self._group_and_flags(arg)
         if not group:
-            self._fail("name the fcgi group: fastapi_status <group> [--json]")
+            self._fail("name the app: fastapi_status <app> [--json]")
             return
         try:
             proxy = self.ctl.get_server_proxy()
-            status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy))
+            status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy, group))
         except (xmlrpc.client.Fault, OSError) as exc:
-            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi] loaded in supervisord?)")
+            self._fail(f"{getattr(exc, 'faultString', exc)} (is [rpcinterface:fastapi_{group}] loaded in supervisord?)")
             return
         if as_json:
             self.ctl.output(json.dumps(status.to_json(), indent=2, default=str))
@@ -81,10 +82,10 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             self.ctl.exitstatus = LSBInitExitStatuses.GENERIC
 
     def help_fastapi_status(self) -> None:
-        self.ctl.output("fastapi_status [<group>] [--json]\tEvery program and worker of the app: state, pid,\n"
+        self.ctl.output("fastapi_status [<app>] [--json]\tEvery program and worker of the app: state, pid,\n"
                         "\t\t\tuptime, RSS, restarts in the last hour, open incident, last alert.")
 
 
 def make_ctlplugin(controller: Any, **config: str) -> FastAPIControllerPlugin:
-    """The ``supervisor.ctl_factory`` for ``[ctlplugin:fastapi]``; option ``group`` is the default group."""
-    return FastAPIControllerPlugin(controller, config.get("group", ""), config.get("timeout", "60"))
+    """The ``supervisor.ctl_factory`` for ``[ctlplugin:fastapi]``; option ``app`` is the default app."""
+    return FastAPIControllerPlugin(controller, config.get("app", ""), config.get("timeout", "60"))

@@ -1,287 +1,72 @@
-"""An ``[rpcinterface:fastapi]`` plugin, loaded inside supervisord: the socket that never closes.
+"""``[rpcinterface:fastapi_<app>]``: supervisor-fastapi inside supervisord.
 
-supervisord closes an fcgi-program's listening socket as soon as no process of the group
-is alive (``restart web:*``, one worker restarting, every worker crashing): connections
-that arrive in that window are refused. This plugin keeps its own descriptor of every
-fcgi socket supervisord binds, so the kernel socket stays open and queues connections in
-its backlog while no worker accepts.
+One section per app (so several apps' conf.d fragments on one supervisord each bring
+their own); its options are the app's controller settings (contracts.ControlConfig),
+rendered by the generator and handed to the factory by supervisord as loaded. The
+factory:
 
-Holding a descriptor alone is not enough: the next spawn would bind the address again and
-fail with EADDRINUSE. So the plugin wraps ``create_and_bind`` of supervisor's socket
-configs: when it already holds a socket for that URL, supervisord gets a duplicate of it
-("adoption") instead of a new bind. That also carries the socket across
-``supervisorctl update`` of a changed group (stop, remove, add: the new group adopts the
-socket the old one used) and across ``supervisorctl reload`` (supervisord rebuilds every
-group in the same process; this module, and the held sockets, survive).
+- routes supervisord's socket binds through the socket holds (sockets.py), so an fcgi
+  socket stays open across `restart <group>:*`, `update` and `reload`;
+- registers the app's controller (controller.py): the migration gate and crash-loop
+  holds, enforced at the spawn;
+- returns the XML-RPC methods under ``fastapi_<app>.``: the controller's state, `resume`
+  for `up`, the workers' ready files, RSS and the held sockets, for the CLI and the
+  supervisorctl plugin (also against a remote supervisord).
 
-A socket no group serves any more (the program was removed, its ``socket=`` changed, or
-every process of the group is STOPPED/EXITED/FATAL, e.g. ``supervisorctl stop web:*``)
-is released after ``release_after`` seconds, checked on supervisord's TICK_5 and on group
-changes; the grace period lets the add that follows the remove in an ``update`` adopt it.
-
-The XML-RPC methods under ``fastapi.`` give supervisorctl plugins and remote tools what
-they cannot read from another host: worker state files, the listener state, RSS, holds.
-
-Only the standard library, supervisor and this package's stdlib-only worker module are
+Only the standard library, supervisor and this package's stdlib-only modules are
 imported: this runs in supervisord's Python.
 """
 
-import fcntl
 import os
-import resource
-import shlex
-import socket
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
-from ..contracts import read_json, read_rss, read_worker_states
+from ..contracts import ControlConfig, read_json, read_rss, read_worker_states
+from ..layout import LISTENER_STATE
+from .controller import REGISTRY, AppControl
+from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, subscribe
 
-API_VERSION = "2"  # 2: getWorkerStates and getListenerState take the group
-DEFAULT_RELEASE_AFTER = 10.0
-
-Clock = Callable[[], float]
-Log = Callable[[str], None]
-
-
-class SocketHolds:
-    """URL -> a descriptor of the listening socket held by the plugin; adopt instead of re-binding.
-
-    Pure bookkeeping around two injected edges (the original bind, the clock), so it is
-    unit-tested without supervisord.
-    """
-
-    def __init__(self, release_after: float = DEFAULT_RELEASE_AFTER, clock: Clock = time.monotonic,
-                 log: Optional[Log] = None) -> None:
-        self.release_after = release_after
-        self.clock = clock
-        self.log_to = log or (lambda message: None)
-        self.held: Dict[str, socket.socket] = {}
-        self.unused_since: Dict[str, float] = {}
-        self.identity: Dict[str, Any] = {}
-        self.floor = 0
-
-    def log(self, message: str) -> None:
-        # After `reload` supervisord has closed the logger we were given; a failed log
-        # line must never turn into a failed bind.
-        try:
-            self.log_to(message)
-        except Exception:
-            pass
-
-    def bind(self, config: Any, original: Callable[[Any], socket.socket]) -> socket.socket:
-        """What supervisord's ``create_and_bind`` returns: a duplicate of the held socket, or a new one."""
-        url = str(config.url)
-        if url in self.held and not self._intact(url):
-            self.log(f"supervisor-fastapi: the held descriptor of {url} was closed; binding anew")
-            self._forget(url)
-        held = self.held.get(url)
-        if held is not None:
-            self.unused_since.pop(url, None)
-            # Ownership and mode are applied at bind time; re-apply them so a changed
-            # socket_owner/socket_mode still takes effect on an adopted unix socket.
-            for name in ("_chown", "_chmod"):
-                method = getattr(config, name, None)
-                if method is not None:
-                    method()
-            self.log(f"supervisor-fastapi: reusing held socket {url}")
-            return held.dup()
-        sock = original(config)
-        self.held[url] = self._keep(sock)
-        self.identity[url] = _identity(self.held[url].fileno())
-        self.unused_since.pop(url, None)
-        self.log(f"supervisor-fastapi: holding socket {url} (fd {self.held[url].fileno()})")
-        return sock
-
-    def _keep(self, sock: socket.socket) -> socket.socket:
-        """Our own descriptor at or above ``floor``: supervisord's ``reload`` closes every fd in
-        5..minfds (options.cleanup_fds), and a held socket must survive that."""
-        fd = -1
-        if self.floor:
-            try:
-                _ensure_fd_limit(self.floor + 64)
-                fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, self.floor)
-            except OSError as exc:
-                self.log(f"supervisor-fastapi: cannot hold the socket above fd {self.floor} ({exc}); "
-                         "it will be held across restarts and updates but not across reload")
-        if fd == -1:
-            return sock.dup()
-        return socket.socket(fileno=fd)
-
-    def _intact(self, url: str) -> bool:
-        held = self.held[url]
-        return held.fileno() != -1 and _identity(held.fileno()) == self.identity.get(url)
-
-    def _forget(self, url: str) -> None:
-        held = self.held.pop(url)
-        self.identity.pop(url, None)
-        self.unused_since.pop(url, None)
-        if held.fileno() != -1:
-            held.detach()  # the number may belong to another file now: never close it
-
-    def reconcile(self, wanted: List[str]) -> List[str]:
-        """Release sockets no group has used for ``release_after`` seconds; the URLs released."""
-        now = self.clock()
-        released = []
-        for url in list(self.held):
-            if url in wanted:
-                self.unused_since.pop(url, None)
-                continue
-            since = self.unused_since.setdefault(url, now)
-            if now - since >= self.release_after:
-                if self._intact(url):
-                    self.held[url].close()
-                self._forget(url)
-                released.append(url)
-                self.log(f"supervisor-fastapi: released socket {url} (no program uses it)")
-        return released
-
-    def describe(self) -> List[Dict[str, Any]]:
-        return [{"url": url, "fd": s.fileno(), "unused_since": self.unused_since.get(url, 0.0)}
-                for url, s in sorted(self.held.items())]
-
-
-def _identity(fd: int) -> Any:
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _ensure_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise OSError(f"RLIMIT_NOFILE hard limit {hard} is below {needed}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
-# One registry per supervisord process: it must outlive the Supervisor object that
-# `reload` replaces, and the factory runs once per HTTP server (unix and inet).
-HOLDS = SocketHolds()
-_SUPERVISORD: Dict[str, Any] = {}
-
-
-def install_bind_hook(holds: SocketHolds) -> None:
-    """Route supervisor's socket binds through ``holds`` (idempotent)."""
-    from supervisor import datatypes
-
-    for cls in (datatypes.InetStreamSocketConfig, datatypes.UnixStreamSocketConfig):
-        current = cls.__dict__["create_and_bind"]
-        original = getattr(current, "supervisor_fastapi_original", current)
-
-        def create_and_bind(self: Any, _original: Callable[[Any], socket.socket] = original) -> socket.socket:
-            return HOLDS.bind(self, _original)
-
-        create_and_bind.supervisor_fastapi_original = original  # type: ignore[attr-defined]
-        cls.create_and_bind = create_and_bind
-
-
-def fcgi_urls(supervisord: Any) -> List[str]:
-    """The socket URLs of fcgi groups that are meant to serve: some process is starting,
-    running, backing off or stopping. A group stopped by hand or FATAL everywhere lets its
-    socket go after the grace period, so clients are refused instead of left waiting."""
-    from supervisor.states import ProcessStates
-
-    active = (ProcessStates.STARTING, ProcessStates.RUNNING, ProcessStates.BACKOFF, ProcessStates.STOPPING)
-    urls = []
-    for group in list(getattr(supervisord, "process_groups", {}).values()):
-        manager = getattr(group, "socket_manager", None)
-        if manager is None:
-            continue
-        if any(p.get_state() in active for p in group.processes.values()):
-            urls.append(str(manager.config().url))
-    return urls
-
-
-def _on_event(event: Any) -> None:
-    from supervisor import events
-
-    if isinstance(event, events.SupervisorStoppingEvent):
-        # supervisord closes its logger before a reload rebuilds the groups (and adopts
-        # our sockets); the next factory call gives us the new one.
-        HOLDS.log_to = lambda message: None
-        return
-    supervisord = _SUPERVISORD.get("current")
-    if supervisord is not None:
-        HOLDS.reconcile(fcgi_urls(supervisord))
-
-
-def _subscribe() -> None:
-    from supervisor import events
-
-    # events.clear() at every (re)start drops our subscription; subscribe once per run.
-    if not any(callback is _on_event for _kind, callback in events.callbacks):
-        events.subscribe(events.Tick5Event, _on_event)
-        events.subscribe(events.ProcessGroupEvent, _on_event)
-        events.subscribe(events.SupervisorStoppingEvent, _on_event)
-
-
-def state_dir_from_command(command: str) -> Optional[str]:
-    """The ``--state-dir`` of a rendered worker command, None when it has none or cannot be split."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    for i, word in enumerate(words):
-        if word == "--state-dir" and i + 1 < len(words):
-            return words[i + 1]
-        if word.startswith("--state-dir="):
-            return word.split("=", 1)[1]
-    return None
-
-
-def group_run_dir(supervisord: Any, group: str) -> Optional[str]:
-    """The run_dir of the app whose fcgi group is ``group``: the parent of its workers' state dir."""
-    found = getattr(supervisord, "process_groups", {}).get(group)
-    for config in getattr(getattr(found, "config", None), "process_configs", None) or []:
-        state_dir = state_dir_from_command(str(getattr(config, "command", "")))
-        if state_dir:
-            return os.path.dirname(os.path.normpath(state_dir))
-    return None
+API_VERSION = "3"  # 3: one namespace per app; getState/resume (the controller)
 
 
 class FastAPINamespaceRPCInterface:
-    """XML-RPC methods under ``fastapi.``. Byte counts are KiB: XML-RPC ints stop at 2**31."""
+    """XML-RPC methods of one app. Byte counts are KiB: XML-RPC ints stop at 2**31."""
 
-    def __init__(self, supervisord: Any, run_dir: str = "") -> None:
-        self.supervisord = supervisord
-        self.run_dir = run_dir
+    def __init__(self, supervisord: Any, control: AppControl, run_dir: str) -> None:
+        self.supervisord, self.control, self.run_dir = supervisord, control, run_dir
 
     def getAPIVersion(self) -> str:
         """Version of this plugin's API."""
         return API_VERSION
 
+    def getState(self) -> Dict[str, Any]:
+        """The controller's view: gate, holds, incidents and recent spawns of every process of the app."""
+        return xmlrpc_safe(self.control.snapshot())
+
+    def resume(self) -> List[str]:
+        """Clear crash-loop holds and incidents (the operator fixed the cause); the processes released."""
+        return self.control.resume()
+
     def getSocketHolds(self) -> List[Dict[str, Any]]:
         """The sockets held open by the plugin: url, fd, unused_since (0 while in use)."""
         return HOLDS.describe()
 
-    def getWorkerStates(self, group: str = "") -> Dict[str, Any]:
-        """Worker ready/heartbeat files by process name: {pid, ready, beat}, of ``group``'s app."""
-        run_dir = self._run_dir(group)
-        if not run_dir:
-            return {}
-        states = read_worker_states(os.path.join(run_dir, "workers"))
-        return {name: xmlrpc_safe(data) for name, data in states.items()}
+    def getWorkerStates(self) -> Dict[str, Any]:
+        """Worker ready/heartbeat files of the app's web processes: {pid, ready, beat} by name."""
+        group = self.supervisord.process_groups.get(self.control.config.web)
+        names = [str(p.config.name) for p in group.processes.values()] if group is not None else []
+        # Only the names supervisord knows are opened: root reads no other entry of a folder the app user writes.
+        return xmlrpc_safe(read_worker_states(self.control.config.state_dir, names))
 
-    def getListenerState(self, group: str = "") -> Dict[str, Any]:
-        """The event listener's state file of ``group``'s app, {} when there is none yet."""
-        run_dir = self._run_dir(group)
-        if not run_dir:
-            return {}
-        return xmlrpc_safe(read_json(os.path.join(run_dir, "listener-state.json")) or {})
-
-    def _run_dir(self, group: str) -> str:
-        # Several apps' conf.d fragments share one supervisord and one [rpcinterface:fastapi]
-        # (the last fragment's section wins), so each group's own worker command says where
-        # its files are; the section's run_dir is the fallback.
-        found = group_run_dir(self.supervisord, group) if group else None
-        return found or self.run_dir
+    def getListenerState(self) -> Dict[str, Any]:
+        """The event listener's state file (last alert and its results), {} when there is none yet."""
+        return xmlrpc_safe(read_json(os.path.join(self.run_dir, LISTENER_STATE)) or {}) if self.run_dir else {}
 
     def getRSS(self) -> Dict[str, int]:
-        """RSS in KiB of every running process, by pid (as a string)."""
+        """RSS in KiB of every running process of the app, by pid (as a string)."""
         out: Dict[str, int] = {}
         for group in list(self.supervisord.process_groups.values()):
+            if not self.control.owns_group(group.config.name):
+                continue
             for process in list(group.processes.values()):
                 if process.pid:
                     rss = read_rss(process.pid)
@@ -291,29 +76,41 @@ class FastAPINamespaceRPCInterface:
 
 
 def xmlrpc_safe(value: Any) -> Any:
-    """JSON data XML-RPC can carry: no None (keys with null are dropped), no int beyond 32 bits."""
+    """JSON data XML-RPC can carry: no None (keys with null are dropped), no int beyond 32 bits, no inf."""
     if isinstance(value, dict):
         return {str(k): xmlrpc_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [xmlrpc_safe(v) for v in value if v is not None]
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
         return float(value)
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return 0.0
     return value
 
 
-def make_rpcinterface(supervisord: Any, **config: str) -> FastAPINamespaceRPCInterface:
-    """The ``supervisor.rpcinterface_factory`` for ``[rpcinterface:fastapi]``.
+def make_rpcinterface(supervisord: Any, **options: str) -> FastAPINamespaceRPCInterface:
+    """The ``supervisor.rpcinterface_factory`` of ``[rpcinterface:fastapi_<app>]``.
 
-    Options: ``run_dir`` (where worker and listener state files live),
-    ``release_after`` (seconds an unused socket stays held, default 10).
+    Options: contracts.ControlConfig's (``app``, ``web``, ``state_dir``, ``migrate``, ...),
+    ``run_dir`` (the listener's state file) and ``release_after`` (seconds an unused socket
+    stays held, default 10). A bad option stops supervisord with the reason.
     """
-    HOLDS.release_after = float(config.get("release_after", DEFAULT_RELEASE_AFTER))
     logger = getattr(getattr(supervisord, "options", None), "logger", None)
-    if logger is not None:
-        HOLDS.log_to = logger.info
-    _SUPERVISORD["current"] = supervisord
+    log = logger.info if logger is not None else (lambda message: None)
+    HOLDS.release_after = float(options.get("release_after", DEFAULT_RELEASE_AFTER))
+    HOLDS.log_to = log
     HOLDS.floor = int(getattr(getattr(supervisord, "options", None), "minfds", 0) or 0)
-    install_bind_hook(HOLDS)
-    _subscribe()
+    install_bind_hook()
+    subscribe(supervisord)
     HOLDS.reconcile(fcgi_urls(supervisord))
-    return FastAPINamespaceRPCInterface(supervisord, config.get("run_dir", ""))
+    try:
+        config = ControlConfig.from_options(options)
+    except ValueError as exc:
+        raise ValueError(f"[rpcinterface:...] of supervisor-fastapi: {exc}; re-render the conf "
+                         "(supervisor-fastapi render)") from None
+    REGISTRY.start_run(supervisord, log)
+    control = REGISTRY.register(config)
+    return FastAPINamespaceRPCInterface(supervisord, control, options.get("run_dir", ""))
+
+
+make_rpcinterface.supervisor_fastapi_factory = True  # type: ignore[attr-defined]

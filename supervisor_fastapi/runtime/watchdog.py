@@ -23,12 +23,14 @@ loop that feeds it from supervisord and /proc and carries the actions out.
 
 import argparse
 import os
+import signal
 import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..contracts import notify, read_json, read_rss, read_worker_states, write_json_atomic
 from ..spec.model import format_size
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
@@ -237,10 +239,8 @@ def read_workers(infos: Sequence[Dict[str, Any]], states: Dict[str, Dict[str, An
     return out
 
 
-def carry_out(proxy: Any, actions: Sequence[Action], log: Callable[[str], None]) -> None:
+def carry_out(proxy: Any, app: str, actions: Sequence[Action], log: Callable[[str], None]) -> None:
     """Perform the actions over XML-RPC; a failed one is logged, never fatal."""
-    from ..cli.ops import send_alert
-
     for a in actions:
         try:
             if isinstance(a, Kill):
@@ -254,32 +254,27 @@ def carry_out(proxy: Any, actions: Sequence[Action], log: Callable[[str], None])
                 proxy.supervisor.startProcess(a.name, False)
             elif isinstance(a, Alert):
                 log(f"alert {a.kind}: {a.summary}")
-                send_alert(proxy, a.kind, a.process, a.summary, dict(a.details))
+                try:
+                    notify(proxy, app, a.kind, a.process, a.summary, dict(a.details))
+                except Exception as exc:  # an alert must not stop the watchdog
+                    log(f"alert {a.kind} not sent: {exc}")
         except (xmlrpc.client.Fault, OSError) as exc:
             log(f"{type(a).__name__} {getattr(a, 'name', '')} failed: {getattr(exc, 'faultString', exc)}")
 
 
-def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
+def run(config: Config, proxy: Any, state_dir: str, memo: str, log: Callable[[str], None],
         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-        iterations: Optional[int] = None) -> None:
-    """The loop: observe every ``config.tick`` seconds and act."""
-    from ..contracts import read_rss, read_worker_states
-    from ..layout import Layout
-
-    layout = Layout(os.path.dirname(state_dir.rstrip("/")))
-    memo = layout.watchdog_memo
+        stop: Callable[[], bool] = lambda: False) -> None:
+    """The loop: observe every ``config.tick`` seconds and act, until ``stop()``."""
     # A recycle is stop, then start: if this process died in between, the worker would
     # stay stopped (supervisord does not restart a stopped process). Resume it.
     dog = Watchdog(config, recycle=load_recycle(memo, clock()))
-    n = 0
-    while iterations is None or n < iterations:
-        n += 1
+    while not stop():
         try:
             infos = proxy.supervisor.getAllProcessInfo()
-            # Only the files of processes supervisord names: state_dir is the app user's.
-            names = [str(i.get("name")) for i in infos if i.get("group") == config.group]
+            names = [str(i["name"]) for i in infos if i.get("group") == config.group]
             workers = read_workers(infos, read_worker_states(state_dir, names), config.group, read_rss)
-            carry_out(proxy, dog.observe(workers, clock()), log)
+            carry_out(proxy, config.group, dog.observe(workers, clock()), log)
             save_recycle(memo, dog.recycle)
         except (xmlrpc.client.Fault, OSError) as exc:
             log(f"cannot reach supervisord: {getattr(exc, 'faultString', exc)}")
@@ -288,34 +283,32 @@ def run(config: Config, proxy: Any, state_dir: str, log: Callable[[str], None],
 
 
 def load_recycle(path: str, now: float) -> Optional[Recycle]:
-    """The recycle a previous watchdog process left unfinished, if any."""
-    from ..contracts import read_json
-
+    """The recycle a previous watchdog process left unfinished, if any (the memo is ours, in run_dir)."""
     data = read_json(path)
-    if data is None or not isinstance(data.get("name"), str) or not isinstance(data.get("old_pid"), int):
+    try:
+        return Recycle(str(data["name"]), int(data["old_pid"]), now) if data else None
+    except (KeyError, TypeError, ValueError):
         return None
-    return Recycle(data["name"], data["old_pid"], now)
 
 
 def save_recycle(path: str, recycle: Optional[Recycle]) -> None:
     try:
         if recycle is None:
-            if os.path.exists(path):
+            if os.path.lexists(path):
                 os.unlink(path)
             return
-        from ..contracts import write_json_atomic
-
         write_json_atomic(path, {"name": recycle.name, "old_pid": recycle.old_pid})
     except OSError:
-        pass
+        pass  # a full disk: the memo only shortens a rare recovery
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str]:
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str, str]:
     p = argparse.ArgumentParser(prog="python -m supervisor_fastapi.runtime.watchdog",
                                 description="Recycle web workers over memory.limit; kill workers whose loop hangs.")
     p.add_argument("--group", required=True)
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--state-dir", required=True)
+    p.add_argument("--memo", required=True, help="where an unfinished recycle is remembered")
     p.add_argument("--memory-limit", type=int, default=None, help="bytes")
     p.add_argument("--check-interval", type=float, default=10.0)
     p.add_argument("--limit-checks", type=int, default=2)
@@ -323,23 +316,36 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[Config, str]:
     p.add_argument("--startup-timeout", type=float, default=None)
     a = p.parse_args(argv)
     return Config(a.group, a.workers, a.memory_limit, a.check_interval, a.limit_checks, a.heartbeat_timeout,
-                  a.startup_timeout), a.state_dir
+                  a.startup_timeout), a.state_dir, a.memo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from supervisor import childutils
 
-    config, state_dir = parse_args(argv)
+    config, state_dir, memo = parse_args(argv)
+    stopping: List[int] = []
 
     def log(message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} watchdog: {message}", flush=True)
 
+    def request_stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)  # only a flag: the loop ends between two checks
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     log(f"watching {config.group} ({config.workers} workers): "
         + (f"memory.limit {format_size(config.memory_limit)} every {config.check_interval:g} s x "
            f"{config.limit_checks}; " if config.memory_limit is not None else "")
         + (f"heartbeat_timeout {config.heartbeat_timeout:g} s" if config.heartbeat_timeout else "no heartbeat check")
         + (f"; startup_timeout {config.startup_timeout:g} s" if config.startup_timeout else ""))
-    run(config, childutils.getRPCInterface(os.environ), state_dir, log)
+    run(config, childutils.getRPCInterface(os.environ), state_dir, memo, log,
+        sleep=lambda seconds: _sleep_unless(seconds, stopping), stop=lambda: bool(stopping))
+
+
+def _sleep_unless(seconds: float, stopping: List[int]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopping and time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from .load import PYPROJECT_TABLE, SPEC_FILENAME, build_spec, find_spec, load_spec, parse_bind, parse_spec
 from .model import (
+                    SERVICE_TYPES,
                     Alert,
                     App,
                     Backoff,
@@ -9,6 +10,7 @@ from .model import (
                     Budget,
                     CrashLoop,
                     HostDefaults,
+                    Kubernetes,
                     Listener,
                     Memory,
                     Migrate,
@@ -22,4 +24,4 @@ from .model import (
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
            "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Migrate",
-           "Program", "Server", "Spec", "Supervisord", "format_size", "parse_size"]
+           "Program", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES", "format_size", "parse_size"]

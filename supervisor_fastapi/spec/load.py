@@ -18,6 +18,7 @@ from ..layout import RESERVED_PROGRAMS, Names
 from ..uvicorn_settings import UVICORN_SETTINGS, UvicornSetting
 from .model import (  # noqa: F401
     _SIZE_UNITS,
+    SERVICE_TYPES,
     SIZE_RE,
     Alert,
     App,
@@ -26,6 +27,7 @@ from .model import (  # noqa: F401
     Budget,
     CrashLoop,
     HostDefaults,
+    Kubernetes,
     Listener,
     Memory,
     Migrate,
@@ -224,7 +226,8 @@ def _names(kinds: Tuple[type, ...]) -> str:
 
 # --- sections ---------------------------------------------------------------------------
 
-TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener")
+TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener",
+             "kubernetes")
 
 
 def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,
@@ -290,8 +293,11 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
     lt = _Table(data.get("listener", {}), "listener", source, ("reminder_interval", "send_retries"))
     listener = Listener(reminder_interval=float(lt.number("reminder_interval", 3600.0, minimum=1)),
                         send_retries=lt.number("send_retries", 3, integer=True, maximum=20))
+    env_names = {n for table in [app.env, migrate.env if migrate else ()] + [p.env for p in programs] for n, _ in table}
+    kubernetes = _kubernetes(_Table(data.get("kubernetes", {}), "kubernetes", source, KUBERNETES_KEYS), env_names)
     return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
-                programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener)
+                programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener,
+                kubernetes=kubernetes, keys=_key_paths(data))
 
 
 def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
@@ -599,6 +605,63 @@ def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
                                                                             maximum=600)),
                 "user": user, "run_as_root": run_as_root}
     return {"path": t.path_value("path", base_dir, None)}
+
+
+KUBERNETES_KEYS = ("image", "replicas", "namespace", "service_type", "port", "service_port", "python", "directory",
+                   "secret", "secret_env", "run_as_user", "health_path", "prestop_delay")
+IMAGE_RE = re.compile(r"^[a-z0-9][A-Za-z0-9._/:@-]*\Z")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
+
+
+def _kubernetes(t: _Table, env_names: "set[str]") -> Kubernetes:
+    word = re.compile(r"^\S+\Z")
+    service_type = t.text("service_type", "ClusterIP")
+    if service_type not in SERVICE_TYPES:
+        t.fail("service_type", f"must be one of {', '.join(SERVICE_TYPES)}", did_you_mean(service_type, SERVICE_TYPES))
+    secret = t.text("secret", None, pattern=DNS_SUBDOMAIN_RE,
+                    what="a Secret name (lowercase letters, digits, '-', '.')")
+    if secret and len(secret) > 253:
+        t.fail("secret", "is longer than 253 characters")
+    secret_env = t.get("secret_env", (list,), [], "an array of environment variable names")
+    for i, name in enumerate(secret_env):
+        if not isinstance(name, str) or name not in env_names:
+            t.fail(f"secret_env[{i}]", f"{name!r} is not in app.env, migrate.env or programs[].env",
+                   did_you_mean(str(name), env_names) or "list the names of env entries to take from the Secret")
+    directory = t.text("directory", None, pattern=re.compile(r"^/\S*\Z"), what="an absolute path inside the image")
+    uid = t.number("run_as_user", 10001, integer=True, minimum=0, maximum=2**31 - 1)
+    if uid == 0:
+        t.fail("run_as_user", "0 is root", "use the numeric id of an unprivileged user in the image, like 10001")
+    port = t.get("port", (int,), 8000, "an integer")
+    if not 1024 <= port <= 65535:
+        t.fail("port", f"must be between 1024 and 65535, not {port!r}",
+               "a non-root container cannot bind ports below 1024; set service_port = 80 instead")
+    return Kubernetes(
+        image=t.text("image", None, pattern=IMAGE_RE,
+                     what="an image reference like \"registry.example.com/shop:1.4.2\""),
+        replicas=t.number("replicas", 2, integer=True, minimum=0, maximum=1000),
+        namespace=t.text("namespace", None, pattern=DNS_LABEL_RE,
+                         what="a namespace name (lowercase letters, digits and '-', at most 63)"),
+        service_type=service_type,  # checked against SERVICE_TYPES above
+        port=port, service_port=t.number("service_port", 80, integer=True, minimum=1, maximum=65535),
+        python=t.text("python", "python", pattern=word, what="an interpreter path or name without spaces"),
+        directory=directory, secret=secret, secret_env=tuple(sorted(set(secret_env))), run_as_user=uid,
+        health_path=t.text("health_path", None, pattern=re.compile(r"^/[\x21-\x7e]*\Z"),
+                           what="a URL path like \"/healthz\""),
+        prestop_delay=t.number("prestop_delay", 5, integer=True, minimum=0, maximum=300))
+
+
+def _key_paths(data: Mapping[str, Any]) -> "frozenset[str]":
+    """The dotted key paths the file sets: ``server.bind``, ``programs[0].env``; a table's name when it is empty."""
+    out = set()
+    for top, value in data.items():
+        if isinstance(value, dict):
+            out |= {f"{top}.{k}" for k in value} or {top}
+        elif isinstance(value, list):
+            out |= {f"{top}[{i}].{k}" for i, item in enumerate(value) if isinstance(item, dict) for k in item} or {top}
+        else:
+            out.add(top)
+    return frozenset(out)
 
 
 # --- finding and loading the file -------------------------------------------------------

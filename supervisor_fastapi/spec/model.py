@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, FrozenSet, List, Literal, Optional, Tuple, get_args
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -102,10 +102,9 @@ class Migrate:
 class Backoff:
     restarts: int = 3
     window: float = 60.0
-    # 20 s, not Kubernetes' 10 s: supervisord respawns a crashed autorestart process before
-    # any listener hears of the crash, so each failed retry costs two spawns (the listener
-    # stops the extra one); 20 s keeps a 1.5 s crash loop at 6 spawns in its first minute.
-    backoff_initial: float = 20.0
+    # The kubelet's CrashLoopBackOff starts at 10 s too; each retry is one spawn (the hold is
+    # enforced inside supervisord, plugins/controller.py).
+    backoff_initial: float = 10.0
     backoff_max: float = 300.0
     backoff_reset: float = 60.0
     jitter: float = 0.1
@@ -139,6 +138,29 @@ class Listener:
     send_retries: int = 3
 
 
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+SERVICE_TYPES: Tuple[str, ...] = get_args(ServiceType)
+
+
+@dataclass(frozen=True)
+class Kubernetes:
+    """``[kubernetes]``: what the kubernetes render target needs beyond the shared keys."""
+
+    image: Optional[str] = None  # required by the kubernetes target only
+    replicas: int = 2
+    namespace: Optional[str] = None
+    service_type: ServiceType = "ClusterIP"
+    port: int = 8000
+    service_port: int = 80
+    python: str = "python"  # the interpreter inside the image
+    directory: Optional[str] = None  # working folder inside the image (default: its WORKDIR)
+    secret: Optional[str] = None  # the Secret's name (default: <app>-env)
+    secret_env: Tuple[str, ...] = ()
+    run_as_user: int = 10001
+    health_path: Optional[str] = None
+    prestop_delay: int = 5
+
+
 @dataclass(frozen=True)
 class Spec:
     source: str  # absolute path of the spec file
@@ -152,6 +174,10 @@ class Spec:
     crash_loop: CrashLoop = CrashLoop()
     alerts: Tuple[Alert, ...] = ()
     listener: Listener = Listener()
+    kubernetes: Kubernetes = Kubernetes()
+    # Dotted paths of the keys the file sets ("server.bind", "programs[0].env", "alerts"),
+    # so a target can name the ones it ignores.
+    keys: FrozenSet[str] = frozenset()
     from_pyproject: bool = False
 
     @property

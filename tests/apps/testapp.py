@@ -4,7 +4,8 @@ Behaviour is steered by environment variables set in the test's spec:
 - CRASH_AFTER=S: the worker exits with status 1 S seconds after start;
 - CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app);
 - HANG_STARTUP_WHILE=PATH: lifespan start-up does not finish while PATH exists (a database
-  that does not answer); the loop stays free, the worker never listens.
+  that does not answer); the loop stays free, the worker never listens;
+- FAIL_IMPORT_WHILE=PATH: importing the app raises while PATH exists (a bad deploy).
 """
 
 import asyncio
@@ -15,6 +16,9 @@ import time
 from urllib.parse import parse_qs
 
 _hoard = []
+
+if os.environ.get("FAIL_IMPORT_WHILE") and os.path.exists(os.environ["FAIL_IMPORT_WHILE"]):
+    raise RuntimeError("testapp: import failed (FAIL_IMPORT_WHILE exists)")
 
 
 def _crash_timer() -> None:

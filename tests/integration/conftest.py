@@ -25,8 +25,8 @@ import tomli_w
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
-from supervisor_fastapi.generate.conf import Layout
 from supervisor_fastapi.contracts import read_json
+from supervisor_fastapi.layout import Layout, Names
 from supervisor_fastapi.spec import Spec, load_spec
 
 APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")
@@ -115,8 +115,16 @@ class Deployment:
         return next(i["statename"] for i in self.infos() if i["name"] == name)
 
     def listener_state(self) -> Dict[str, Any]:
-        """The event listener's state file, {} while it has written none."""
+        """The event listener's state file (the last alert), {} while it has written none."""
         return read_json(self.layout.listener_state) or {}
+
+    def control_state(self) -> Dict[str, Any]:
+        """The controller's state inside supervisord (gate, holds, incidents, spawns)."""
+        return getattr(self.rpc, Names(self.spec.app.name).rpc_namespace).getState()
+
+    def process_state(self, name: str) -> Dict[str, Any]:
+        """The controller's entry for one process, by its name (``web_00``)."""
+        return next((v for k, v in self.control_state()["processes"].items() if k.split(":")[1] == name), {})
 
     def log(self, name: str) -> str:
         path = os.path.join(self.layout.log_dir, f"{name}.log")

@@ -5,8 +5,8 @@ import re
 import time
 from datetime import datetime
 
+from supervisor_fastapi.contracts import notify
 from supervisor_fastapi.listener.alerts import redact_url
-from supervisor_fastapi.listener.notify import notify
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert
 from .conftest import wait_until
@@ -48,7 +48,7 @@ def test_slow_and_dead_webhooks_never_delay_acks_and_undelivered_alerts_are_jour
         kinds = [f"hung_worker_{i}" for i in range(5)]
         sent = time.time()
         for kind in kinds:
-            notify(d.rpc, kind, "web_01", f"{kind} happened", {"n": 1})
+            notify(d.rpc, "web", kind, "web_01", f"{kind} happened", {"n": 1})
         d.rpc.supervisor.stopProcess("web:web_00")
         d.rpc.supervisor.startProcess("web:web_00", False)
         # The log channel has every alert at once, although the slow webhook holds 3 s each.
@@ -84,7 +84,7 @@ def test_email_over_starttls_with_credentials_from_the_environment(deploy, tmp_p
         d = deploy({"alerts": [{"type": "email", "host": "127.0.0.1", "port": smtp.port, "from": "sf@example.com",
                                 "to": ["ops@example.com"], "username_env": "ALERT_SMTP_USER",
                                 "password_env": "ALERT_SMTP_PASSWORD"}]})
-        notify(d.rpc, "memory_recycle", "web_01", "web_01 used 1.2 GB; recycled", {"rss_mb": 1229})
+        notify(d.rpc, "web", "memory_recycle", "web_01", "web_01 used 1.2 GB; recycled", {"rss_mb": 1229})
         wait_until(lambda: smtp.messages, 10, "the alert email")
         msg = smtp.messages[0][1]
         assert "EVENT memory_recycle: web_01 used 1.2 GB; recycled" in msg["Subject"]

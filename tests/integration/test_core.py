@@ -15,7 +15,7 @@ import pytest
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
-from supervisor_fastapi.generate.conf import Layout
+from supervisor_fastapi.layout import Layout
 
 from .conftest import APPS, wait_until
 

@@ -37,15 +37,17 @@ def test_workers_start_only_after_the_migration_exits_0(deploy, tmp_path):
     d = deploy({"migrate": {"command": migration_script(tmp_path), "env": {"MIGRATE_SECONDS": "2"}}},
                wait=False)
     wait_until(lambda: info(d, "web_migrate")["statename"] == "RUNNING", 15, "the migration to run")
-    # While it runs, no worker is even started.
-    assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"STOPPED"}
+    # While it runs, no worker is even started: the controller holds them, and says why.
+    web = [i for i in d.infos() if i["group"] == "web"]
+    assert {i["statename"] for i in web} == {"BACKOFF"} and all(i["pid"] == 0 for i in web)
+    assert all("held by supervisor-fastapi: waiting for web_migrate" in i["spawnerr"] for i in web)
     wait_ready(d.spec, d.layout, lambda m: None, 30)
     m = info(d, "web_migrate")
     assert m["statename"] == "EXITED" and m["exitstatus"] == 0
     for w in ("web_00", "web_01"):
         assert info(d, w)["start"] >= m["stop"], "a worker started before the migration ended"
     assert d.get("/")[0] == 200
-    assert wait_until(lambda: d.listener_state().get("gate", {}).get("state") == "open", 5, "gate open in state file")
+    assert d.control_state()["gate"]["state"] == "open"
 
 
 def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_again(deploy, tmp_path):
@@ -62,23 +64,22 @@ def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_agai
         assert "exited with status 3" in alert["text"]
         assert alert["details"]["exitstatus"] == 3
         assert 'relation "users" already exists' in alert["details"]["log_tail"]
-        # Workers stay out of RUNNING (they are never started).
+        # Workers are never started: held in BACKOFF with no pid.
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            assert not [i for i in d.infos() if i["group"] == "web" and i["statename"] != "STOPPED"]
+            assert not [i for i in d.infos() if i["group"] == "web" and (i["statename"] != "BACKOFF" or i["pid"])]
             time.sleep(0.2)
         with pytest.raises(UserError, match="status 3"):
             wait_ready(d.spec, d.layout, lambda m: None, 10)
         assert "EXITED" in d.ctl("status", "web_migrate").stdout
-        st = d.listener_state()
-        assert st["gate"]["state"] == "failed" and st["incidents"]["web_migrate"]["kind"] == "migration_failed"
+        assert d.control_state()["gate"]["state"] == "failed"
         assert len(hook.alerts("migration_failed", "open")) == 1
         # Fix the cause and run it again: the gate opens and the workers start.
         flag.unlink()
         d.ctl("start", "web_migrate")
         wait_ready(d.spec, d.layout, lambda m: None, 30)
         wait_until(lambda: hook.alerts("migration_failed", "resolve"), 10, "the resolve alert")
-        assert wait_until(lambda: d.listener_state().get("gate", {}).get("state") == "open", 5, "gate open")
+        assert d.control_state()["gate"]["state"] == "open"
 
 
 def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
@@ -93,7 +94,7 @@ def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
         assert 2.0 <= at - started < 4.5, f"timeout alert {at - started:.2f} s after start"
         assert "migrating: step 1 of 2" in alert["details"]["log_tail"]
         wait_until(lambda: info(d, "web_migrate")["statename"] == "STOPPED", 15, "the migration to be stopped")
-        assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"STOPPED"}
+        assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"BACKOFF"}
         with pytest.raises(UserError, match="stopped before it finished"):
             wait_ready(d.spec, d.layout, lambda m: None, 10)
-        assert d.listener_state()["incidents"]["web_migrate"]["kind"] == "migration_timeout"
+        assert d.control_state()["gate"]["state"] == "timeout"

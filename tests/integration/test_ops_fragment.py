@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 
 from supervisor_fastapi.cli import control
-from supervisor_fastapi.generate.conf import Layout
+from supervisor_fastapi.layout import Layout
 
 from .conftest import APPS, free_port, wait_until
 
@@ -51,7 +51,7 @@ def write_os_conf(folder: str, ctl_group: str = "") -> str:
                 f"[supervisorctl]\nserverurl=unix://{sock}\n[include]\nfiles=conf.d/*.conf\n"
                 # supervisorctl does not read [include]d files: the ctlplugin is added to the main conf.
                 "[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\n"
-                + (f"group={ctl_group}\n" if ctl_group else ""))
+                + (f"app={ctl_group}\n" if ctl_group else ""))
     return main_conf
 
 
@@ -100,8 +100,8 @@ def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
 
 
 def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_supervisord):
-    # Both fragments carry [rpcinterface:fastapi]; supervisord keeps the last one read (web.conf's),
-    # yet the plugin reads each app's files from its own group's worker command.
+    # Each fragment carries its own [rpcinterface:fastapi_<app>]: one controller per app,
+    # each seeing only its own groups and files.
     folder, procs = os_supervisord
     main_conf = write_os_conf(folder)
     write_fragment(folder, "web")
@@ -122,7 +122,7 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
         st = wait_until(lambda group=group: ready_workers(group), 30, f"{group}'s status to report both workers ready")
         assert not [p for p in st["processes"] if p["group"].startswith(other)], "another app's programs leaked in"
     res = ctl(main_conf, "fastapi_status")  # two apps, no group= in [ctlplugin:fastapi]: say which
-    assert res.returncode != 0 and "name the fcgi group" in res.stdout, res.stdout + res.stderr
+    assert res.returncode != 0 and "name the app" in res.stdout, res.stdout + res.stderr
     web_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
     res = ctl(main_conf, "rolling_restart", "web")
     assert "web: restarted 2" in res.stdout, res.stdout + res.stderr

@@ -78,7 +78,7 @@ def test_update_of_changed_group_and_reload_keep_the_socket(deploy):
     r = load.result
     print(f"\nupdate(changed group)+reload connection-per-request: {r.summary()} (after update: {updated} failed)")
     assert r.failures == 0, r.summary()
-    holds = d.rpc.fastapi.getSocketHolds()
+    holds = d.rpc.fastapi_web.getSocketHolds()
     assert [h["url"] for h in holds] == [f"tcp://127.0.0.1:{d.port}"]
 
 
@@ -108,11 +108,11 @@ def test_a_group_stopped_by_hand_lets_its_socket_go_and_gets_it_back(deploy):
 
     wait_until(refused, 30, "the socket of a stopped group to be released")
     print(f"\nsocket released {time.monotonic() - t0:.1f} s after `stop web:*`")
-    assert d.rpc.fastapi.getSocketHolds() == []
+    assert d.rpc.fastapi_web.getSocketHolds() == []
     d.ctl("start", "web:*")
     status, _ = d.get("/")
     assert status == 200
-    assert len(d.rpc.fastapi.getSocketHolds()) == 1
+    assert len(d.rpc.fastapi_web.getSocketHolds()) == 1
 
 
 def test_a_crash_of_every_worker_queues_instead_of_refusing(deploy):

@@ -7,7 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from supervisor.options import ServerOptions, UnhosedConfigParser
 
 from supervisor_fastapi.cli.checks import supervisor_options
-from supervisor_fastapi.generate.conf import Layout, render
+from supervisor_fastapi.generate.conf import render
+from supervisor_fastapi.layout import Layout
 from supervisor_fastapi.spec import HostDefaults, Spec, build_spec
 
 HOST = HostDefaults(python="/opt/app/bin/python", cpu_count=4)

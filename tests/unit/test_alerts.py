@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from supervisor_fastapi.generate.conf import listener_config
 from supervisor_fastapi.listener.alerts import (
     Channel,
     CommandChannel,
@@ -19,7 +20,7 @@ from supervisor_fastapi.listener.alerts import (
     SendError,
     WebhookChannel,
     append_line,
-    channels_from_spec,
+    channels_from_alerts,
     deliver,
     full_text,
     make_message,
@@ -205,8 +206,22 @@ def test_email_uses_starttls_verifies_the_server_and_takes_credentials_from_the_
         assert len(smtp.messages) == 1
 
 
-def test_channels_from_spec_default_to_a_log_file(tmp_path):
+def test_channels_default_to_a_log_file_in_run_dir(tmp_path):
     spec = parse_spec('[app]\nname = "web"\nasgi = "m:app"\n', str(tmp_path / "s.toml"), str(tmp_path),
                       HostDefaults(python="python3", cpu_count=2))
-    [c] = channels_from_spec(spec, {})
+    settings = listener_config(spec)
+    [c] = channels_from_alerts(settings.alerts, settings.base_dir, settings.run_dir, {})
     assert isinstance(c, LogChannel) and c.path == os.path.join(spec.run_dir, "alerts.log")
+
+
+def test_the_listener_settings_carry_every_channel_through_the_conf(tmp_path):
+    from supervisor_fastapi.contracts import ListenerConfig
+
+    text = ('[app]\nname = "web"\nasgi = "m:app"\n[[alerts]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/h"\n'
+            'headers = { X-Token = "t" }\n[[alerts]]\ntype = "email"\nhost = "127.0.0.1"\nfrom = "a@b.c"\n'
+            'to = ["o@b.c", "d@b.c"]\n')
+    spec = parse_spec(text, str(tmp_path / "s.toml"), str(tmp_path), HostDefaults(python="python3", cpu_count=2))
+    settings = ListenerConfig.from_env(listener_config(spec).to_env())
+    hook, mail = channels_from_alerts(settings.alerts, settings.base_dir, settings.run_dir, {})
+    assert isinstance(hook, WebhookChannel) and hook.url == "http://127.0.0.1:9/h" and hook.headers == {"X-Token": "t"}
+    assert isinstance(mail, EmailChannel) and list(mail.opts["to"]) == ["o@b.c", "d@b.c"]

@@ -5,13 +5,14 @@ import os
 import threading
 from typing import Any, Dict, List, Optional
 
+from supervisor_fastapi.contracts import ListenerConfig, notify, remote_alert_body
 from supervisor_fastapi.listener import statefile
 from supervisor_fastapi.listener.alerts import Channel, Dispatcher, Journal, Message
 from supervisor_fastapi.listener.main import Listener
-from supervisor_fastapi.listener.notify import notify
-from supervisor_fastapi.listener.protocol import Parser, decode, encode_event, process_state_payload, remote_event
-from supervisor_fastapi.listener.state import Config, Machine, ProcessState, RemoteEvent
-from supervisor_fastapi.spec import Backoff, CrashLoop
+from supervisor_fastapi.listener.protocol import Parser, decode, remote_event
+from supervisor_fastapi.listener.state import ProcessState, RemoteEvent, Start
+
+from ..wire import encode_event, process_state_payload
 
 
 def test_parser_counts_characters_not_bytes_and_handles_any_chunking():
@@ -49,10 +50,10 @@ def test_notify_sends_what_the_listener_decodes():
                 cls.sent.append((type_, data))
                 return True
 
-    notify(Proxy, "memory_recycle", "web_01", "web_01 used\n1.2 GB", {"rss": 5})
+    notify(Proxy, "web", "memory_recycle", "web_01", "web_01 used\n1.2 GB", {"rss": 5})
     type_, data = Proxy.supervisor.sent[0]
     ev = decode({"eventname": "REMOTE_COMMUNICATION"}, f"type:{type_}\n{data}")
-    assert ev == RemoteEvent("memory_recycle", "web_01", "web_01 used 1.2 GB", {"rss": 5})
+    assert ev == RemoteEvent("memory_recycle", "web_01", "web_01 used 1.2 GB", {"rss": 5}, app="web")
 
 
 class FakeRpc:
@@ -84,17 +85,17 @@ class Clock:
         return self.now
 
 
-def run_listener(tmp_path: Any, wire: bytes, machine: Optional[Machine] = None,
+def run_listener(tmp_path: Any, wire: bytes, config: Optional[ListenerConfig] = None,
                  saved: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run the loop on pipes until EOF; return what it wrote, did and saved."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     rpc, chan = FakeRpc(), Recorder()
     dispatcher = Dispatcher([chan], Journal(str(tmp_path / "journal.jsonl")), 0).start()
-    m = machine or Machine(Config("web", None, CrashLoop(Backoff(restarts=2, backoff_initial=5, jitter=0))))
     path = str(tmp_path / "state.json")
-    listener = Listener(m, "web", path, rpc, dispatcher, None, in_r, out_w, Clock())  # type: ignore[arg-type]
-    listener.reconcile(saved)
+    config = config or ListenerConfig(app="web", web="web", state_path=path)
+    listener = Listener(config, rpc, dispatcher, None, in_r, out_w, Clock())  # type: ignore[arg-type]
+    listener.restore(saved)
     result: Dict[str, Any] = {}
     t = threading.Thread(target=lambda: result.update(rc=listener.run()))
     t.start()
@@ -114,53 +115,64 @@ def run_listener(tmp_path: Any, wire: bytes, machine: Optional[Machine] = None,
             "state": statefile.load(path)}
 
 
-def exited(serial: int) -> str:
-    return encode_event("PROCESS_STATE_EXITED", process_state_payload("web_00", "web", "RUNNING", expected="0",
+def remote(serial: int, app: str = "web", event: str = "open", kind: str = "crash_loop") -> str:
+    body = remote_alert_body(app, kind, "web_00", "web_00 failed 3 times", {"failures": 3}, event=event)
+    return encode_event("REMOTE_COMMUNICATION", f"type:supervisor-fastapi\n{body}", serial)
+
+
+def exited(serial: int, name: str = "web_00", group: str = "web", expected: str = "0") -> str:
+    return encode_event("PROCESS_STATE_EXITED", process_state_payload(name, group, "RUNNING", expected=expected,
                                                                       pid="7"), serial)
 
 
-def test_the_loop_acks_every_event_and_acts_on_them(tmp_path):
-    r = run_listener(tmp_path, (exited(1) + exited(2)).encode())
-    assert r["out"] == "READY\n" + "RESULT 2\nOKREADY\n" * 2
+def test_the_loop_acks_every_event_and_relays_the_controllers_alerts(tmp_path):
+    r = run_listener(tmp_path, (remote(1) + exited(2) + remote(3, app="other")).encode())
+    assert r["out"] == "READY\n" + "RESULT 2\nOKREADY\n" * 3
     assert r["rc"] == 0
-    assert [m["kind"] for m in r["sent"]] == ["crash_loop"]
-    assert r["state"]["incidents"]["web_00"]["kind"] == "crash_loop"
+    assert [(m["event"], m["kind"]) for m in r["sent"]] == [("open", "crash_loop")]  # another app's is not ours
+    assert r["rpc"] == []  # with the controller, the listener starts nothing
     assert r["state"]["last_alert"]["results"] == {"rec": "sent"}
 
 
-def test_a_handler_error_is_logged_and_the_event_still_acknowledged(tmp_path, caplog):
-    class Broken(Machine):
-        def observe(self, event, now):  # type: ignore[override]
-            if isinstance(event, ProcessState):
-                raise RuntimeError("bug")
-            return super().observe(event, now)
+def test_without_the_plugin_the_listener_starts_the_web_group_after_the_migration(tmp_path):
+    config = ListenerConfig(app="web", web="web", migrate="web_migrate", controller=False,
+                            state_path=str(tmp_path / "state.json"))
+    r = run_listener(tmp_path, exited(1, "web_migrate", "web_migrate", expected="1").encode(), config)
+    assert r["rpc"] == [Start("web:*")]
 
-    m = Broken(Config("web", None))
-    r = run_listener(tmp_path, (exited(1) + exited(2) + exited(3)).encode(), machine=m)
+
+def test_a_handler_error_is_logged_and_the_event_still_acknowledged(tmp_path, caplog, monkeypatch):
+    from supervisor_fastapi.listener import state
+
+    def broken(self, event, now):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(state.Relay, "observe", broken)
+    r = run_listener(tmp_path, (remote(1) + remote(2) + remote(3)).encode())
     assert r["out"] == "READY\n" + "RESULT 2\nOKREADY\n" * 3  # never FAIL, never a loop
-    assert "error handling PROCESS_STATE_EXITED (acknowledged anyway)" in caplog.text
+    assert "error handling REMOTE_COMMUNICATION (acknowledged anyway)" in caplog.text
 
 
-def test_a_saved_hold_survives_a_restart_even_when_supervisord_does_not_answer(tmp_path):
-    saved = {"version": 1, "gate": {"state": "none"}, "spawns": {},
-             "incidents": {"web_00": {"kind": "crash_loop", "opened": 990.0, "next_retry": 1000.0 + 3600,
-                                      "delay": 5.0, "summary": "s"}}}
-    m = Machine(Config("web", None))
-    r = run_listener(tmp_path, b"", machine=m, saved=saved)
-    # No proxy here, so reconcile gets no process list: the incident is kept, nothing started.
-    assert r["rpc"] == [] and r["state"]["incidents"]["web_00"]["next_retry"] == 4600.0
+def test_the_last_alert_survives_a_listener_restart(tmp_path):
+    saved = {"version": 1, "last_alert": {"at": 990.0, "kind": "crash_loop", "event": "open", "summary": "s",
+                                          "results": {"rec": "sent"}}}
+    r = run_listener(tmp_path, b"", saved=saved)
+    assert r["state"]["last_alert"]["at"] == 990.0
 
 
-def test_the_listener_notices_a_changed_spec_but_not_a_broken_one(tmp_path):
-    from supervisor_fastapi.listener.main import spec_watcher
+def test_a_full_disk_does_not_stop_the_loop_and_the_state_is_saved_once_there_is_room(tmp_path, monkeypatch, caplog):
+    from supervisor_fastapi.listener import main
 
-    path = tmp_path / "supervisor-fastapi.toml"
-    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n')
-    changed = spec_watcher(str(path))
-    assert changed() is False
-    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n[listener]\nsend_retries = 1\n')
-    os.utime(path, (1, 1))
-    assert changed() is True and changed() is False
-    path.write_text('[app]\nname = "web"\nasgi = "m:app"\n[listener]\nsend_retrys = 1\n')
-    os.utime(path, (2, 2))
-    assert changed() is False
+    real_save, calls = statefile.save, []
+
+    def flaky(path, state):
+        calls.append(path)
+        if len(calls) <= 2:
+            raise OSError(28, "No space left on device")
+        real_save(path, state)
+
+    monkeypatch.setattr(main.statefile, "save", flaky)
+    r = run_listener(tmp_path, (remote(1) + remote(2)).encode())
+    assert r["out"] == "READY\n" + "RESULT 2\nOKREADY\n" * 2
+    assert r["state"] is not None and r["state"]["last_alert"]["kind"] == "crash_loop"
+    assert caplog.text.count("cannot write the state file") == 1  # once per outage, not per attempt

@@ -2,19 +2,20 @@
 
 import json
 
-from supervisor_fastapi.cli.ops import Edges, collect_status, format_status, rolling_restart
+from supervisor_fastapi.cli.ops import Edges, app_groups, collect_status, format_status, rolling_restart
 
 
 class FakeSupervisor(Edges):
     """Processes as dicts; start() spawns a new pid that becomes ready after ``ready_after`` polls."""
 
-    def __init__(self, names, broken=(), incidents=None, states=None):
+    def __init__(self, names, broken=(), control=None, states=None):
         self.procs = {n: {"name": n, "group": "web", "statename": states.get(n, "RUNNING") if states else "RUNNING",
                           "pid": 100 + i, "start": 1000.0, "now": 1060.0, "spawnerr": "", "exitstatus": 0}
                       for i, n in enumerate(names)}
         self.files = {n: {"pid": p["pid"], "beat": 1059.0} for n, p in self.procs.items()}
         self.broken = set(broken)
-        self.listener = {"incidents": incidents or {}}
+        self.listener = {}
+        self.control = control if control is not None else {"gate": None, "processes": {}}
         self.log, self.alerts, self.next_pid, self.pending = [], [], 500, {}
 
     def infos(self):
@@ -36,6 +37,9 @@ class FakeSupervisor(Edges):
 
     def listener_state(self):
         return self.listener
+
+    def control_state(self):
+        return self.control
 
     def rss(self, pids):
         return {pid: 50 * 1024 * 1024 for pid in pids}
@@ -95,13 +99,21 @@ def test_a_worker_that_does_not_come_up_stops_the_roll_and_alerts():
 
 
 def test_a_worker_held_by_the_crash_loop_guard_is_skipped():
-    fake = FakeSupervisor(["web_00", "web_01"], incidents={"web_00": {"kind": "crash_loop", "summary": "crashed 3x",
-                                                                      "next_retry": 2000.0}},
-                          states={"web_00": "STOPPED"})
+    held = {"web:web_00": {"held": {"kind": "crash", "reason": "crash loop: retry 1 after a 2 s backoff"}}}
+    fake = FakeSupervisor(["web_00", "web_01"], control={"gate": None, "processes": held},
+                          states={"web_00": "BACKOFF"})
     fake.procs["web_00"]["pid"] = 0
     r, _ = roll(fake)
     assert r.ok and list(r.skipped) == ["web:web_00"] and r.restarted == ["web:web_01"]
     assert ("start", "web_00") not in fake.log
+
+
+def test_a_shut_migration_gate_refuses_the_roll_before_stopping_anything():
+    gate = {"state": "failed", "detail": "web_migrate exited with status 3"}
+    fake = FakeSupervisor(["web_00", "web_01"], control={"gate": gate, "processes": {}})
+    r, _ = roll(fake)
+    assert not r.ok and "the migration gate is shut: web_migrate exited with status 3" in r.reason
+    assert "no worker was stopped" in r.reason and fake.log == []
 
 
 def test_timeout_when_the_new_worker_never_listens():
@@ -130,17 +142,21 @@ INFOS = [
     {"name": "other", "group": "other", "statename": "FATAL", "pid": 0, "start": 0, "now": 4600,
      "spawnerr": "", "exitstatus": 0},
 ]
-LISTENER = {"gate": {"state": "open", "detail": ""},
-            "incidents": {"web_01": {"kind": "crash_loop", "opened": 4500.0, "next_retry": 4660.0, "delay": 60,
-                                     "summary": "web_01 crashed 3 times in 60 s"}},
-            "spawns": {"web_01": [100.0, 4000.0, 4400.0, 4500.0], "web_00": [4000.0]},
-            "last_alert": {"at": 4500.0, "kind": "crash_loop", "summary": "web_01 crashed 3 times in 60 s",
+INFOS += [{"name": "web_admin_00", "group": "web_admin", "statename": "FATAL", "pid": 0, "start": 0, "now": 4600,
+           "spawnerr": "", "exitstatus": 0}]  # another app, named like this one's programs
+LISTENER = {"last_alert": {"at": 4500.0, "kind": "crash_loop", "summary": "web_01 crashed 3 times in 60 s",
                            "results": {"log": "ok"}}}
+CONTROL = {"since": 100.0, "gate": {"state": "open", "detail": "web_migrate exited 0"},
+           "processes": {"web:web_01": {"state": "BACKOFF",
+                                        "incident": {"kind": "crash_loop", "opened": 4500.0, "next_retry": 4660.0,
+                                                     "delay": 60, "summary": "web_01 failed 3 times in 60 s"},
+                                        "spawns": [4000.0, 4400.0, 4500.0], "first_spawn": 100.0},
+                         "web:web_00": {"state": "RUNNING", "spawns": [4000.0], "first_spawn": 4000.0}}}
 
 
 def test_status_rows_cover_every_program_of_the_app_only():
     s = collect_status(INFOS, {"web_00": {"pid": 10, "beat": 4599.0}}, LISTENER, {10: 60 * 1024 * 1024}, 4600.0,
-                       "web")
+                       "web", control=CONTROL, groups=app_groups("web", [], CONTROL))
     rows = {r.name: r for r in s.rows}
     assert list(rows) == ["web:web_00", "web:web_01", "web_listener", "web_migrate"]
     web0 = rows["web:web_00"]
@@ -160,7 +176,7 @@ def test_status_without_listener_data_is_graceful():
     s = collect_status(INFOS[:1], {"web_00": {"pid": 10, "beat": 4599.0}}, None, {}, 4600.0, "web")
     assert s.ok and s.rows[0].rss is None
     text = format_status(s, 4600.0)
-    assert "no state file yet" in text and text.endswith("ok")
+    assert "listener: no state file yet" in text and "controller: not loaded" in text and text.endswith("ok")
 
 
 def test_waits_for_another_worker_in_transition_before_stopping():

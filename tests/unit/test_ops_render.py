@@ -12,13 +12,18 @@ def spec(server="", memory="", run_dir="/tmp/r"):
                       HostDefaults(python="/py", cpu_count=2))
 
 
-def test_standalone_conf_loads_both_plugins():
+def test_standalone_conf_loads_both_plugins_with_the_controllers_settings():
+    from supervisor_fastapi.contracts import ControlConfig
+    from supervisor_fastapi.generate.conf import control_config
+
     text = render(spec(), "x")
-    assert "[rpcinterface:fastapi]\nsupervisor.rpcinterface_factory=supervisor_fastapi.plugins.rpc:make_rpcinterface" \
-        in text
-    assert "run_dir=/tmp/r\n" in text
-    assert ("[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\ngroup=web"
+    assert ("[rpcinterface:fastapi_web]\nsupervisor.rpcinterface_factory=supervisor_fastapi.plugins.rpc:"
+            "make_rpcinterface\nrun_dir=/tmp/r\napp=web\nweb=web\nstate_dir=/tmp/r/workers\n") in text
+    assert ("[ctlplugin:fastapi]\nsupervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin\napp=web"
             in text)
+    section = text.split("[rpcinterface:fastapi_web]\n")[1].split("\n\n")[0]
+    options = dict(line.split("=", 1) for line in section.splitlines())
+    assert ControlConfig.from_options(options) == control_config(spec())
 
 
 def test_fragment_leaves_plugins_out_unless_asked():
@@ -26,7 +31,7 @@ def test_fragment_leaves_plugins_out_unless_asked():
     assert "ctlplugin:fastapi" not in render(spec(), "x", fragment=True)
     text = render(spec(), "x", fragment=True, with_plugins=True)
     # supervisorctl never reads [include]d files: the ctlplugin goes in the main conf by hand.
-    assert "[rpcinterface:fastapi]" in text and "[ctlplugin:fastapi]" not in text
+    assert "[rpcinterface:fastapi_web]" in text and "[ctlplugin:fastapi]" not in text
     assert "[supervisord]" not in text
 
 
@@ -34,7 +39,7 @@ def test_watchdog_only_when_a_limit_is_set():
     assert "web_watchdog" not in render(spec(), "x")
     text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x")
     assert ("command=/py -m supervisor_fastapi.runtime.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
-            "--memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
+            "--memo /tmp/r/watchdog-state.json --memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
     text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True)
     assert "[program:web_watchdog]" in text and "--heartbeat-timeout 15\n" in text
 

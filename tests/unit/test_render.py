@@ -6,7 +6,8 @@ import shlex
 import pytest
 
 from supervisor_fastapi.generate import conf as render_mod
-from supervisor_fastapi.generate.conf import LISTENER_BUFFER, STOP_MARGIN, Layout, build, worker_argv
+from supervisor_fastapi.generate.conf import LISTENER_BUFFER, STOP_MARGIN, build, worker_argv
+from supervisor_fastapi.layout import Layout
 from supervisor_fastapi.runtime.worker import decode_settings, parse_args
 
 from ._core_helpers import HOST, conf_of, data, load, make_dirs, program_configs, raw_sections, spec_of
@@ -146,7 +147,10 @@ def test_programs_and_migrate(run_dir):
         "program:web_migrate", "fcgi-program:web", "program:web_beat", "program:web_jobs"]
     assert sections["program:web_migrate"]["startsecs"] == "0"
     assert sections["program:web_migrate"]["autorestart"] == "false"
-    assert sections["fcgi-program:web"]["autostart"] == "false"  # the listener starts it after the migration
+    # The controller in supervisord holds the workers until the migration exits 0 ...
+    assert sections["fcgi-program:web"]["autostart"] == "true"
+    # ... and without the plugin the listener starts them then.
+    assert raw_sections(render_mod.render(spec, "x", fragment=True))["fcgi-program:web"]["autostart"] == "false"
     groups = program_configs(load(text))
     assert [n for n, _ in groups["web_jobs"]] == ["web_jobs_00", "web_jobs_01", "web_jobs_02"]
     assert groups["web_jobs"][0][1].autostart is False and groups["web_jobs"][0][1].directory == "/srv/jobs"

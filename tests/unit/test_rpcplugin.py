@@ -2,7 +2,8 @@
 
 import socket
 
-from supervisor_fastapi.plugins.rpc import SocketHolds, xmlrpc_safe
+from supervisor_fastapi.plugins.rpc import xmlrpc_safe
+from supervisor_fastapi.plugins.sockets import SocketHolds
 
 
 class Cfg:
@@ -90,39 +91,3 @@ def test_listener_state_fits_xmlrpc():
     safe = xmlrpc_safe(data)
     assert safe == {"incidents": {"web_00": {"opened": 1.5, "delay": float(2**40)}}, "spawns": {"web_00": [1, 2]}}
     xmlrpc.client.dumps((safe,))
-
-
-def test_state_dir_comes_from_the_rendered_worker_command():
-    from supervisor_fastapi.plugins.rpc import state_dir_from_command
-
-    cmd = "/v/bin/python -m supervisor_fastapi.runtime.worker m:app --state-dir '/srv/my app/run/workers' --set x=1"
-    assert state_dir_from_command(cmd) == "/srv/my app/run/workers"
-    assert state_dir_from_command("python -m w --state-dir=/r/workers") == "/r/workers"
-    assert state_dir_from_command("uvicorn --fd 0 m:app") is None
-    assert state_dir_from_command("python 'unclosed") is None
-    assert state_dir_from_command("python --state-dir") is None
-
-
-def test_each_group_reads_its_own_apps_files_and_the_option_is_the_fallback(tmp_path):
-    import json
-    from types import SimpleNamespace as NS
-
-    from supervisor_fastapi.plugins.rpc import FastAPINamespaceRPCInterface
-
-    def group(run_dir):
-        return NS(config=NS(process_configs=[NS(command=f"py -m supervisor_fastapi.runtime.worker m:app --state-dir "
-                                                        f"{run_dir}/workers")]))
-
-    for app in ("web", "api"):
-        (tmp_path / app / "workers").mkdir(parents=True)
-        (tmp_path / app / "workers" / f"{app}_00").write_text(json.dumps({"pid": 7, "ready": 1.0}))
-        (tmp_path / app / "listener-state.json").write_text(json.dumps({"app": app}))
-    supervisord = NS(process_groups={"web": group(tmp_path / "web"), "api": group(tmp_path / "api"),
-                                     "other": NS(config=NS(process_configs=[NS(command="celery worker")]))})
-    # The section's run_dir is the api app's (the last fragment read), yet web gets web's files.
-    rpc = FastAPINamespaceRPCInterface(supervisord, str(tmp_path / "api"))
-    assert list(rpc.getWorkerStates("web")) == ["web_00"]
-    assert rpc.getListenerState("web") == {"app": "web"}
-    assert list(rpc.getWorkerStates("api")) == ["api_00"]
-    assert rpc.getListenerState("other") == {"app": "api"}  # not a rendered worker: the fallback
-    assert list(rpc.getWorkerStates()) == ["api_00"]

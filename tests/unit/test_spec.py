@@ -295,6 +295,7 @@ def test_docs_spec_md_lists_every_key():
         "programs[]": data(programs=[{"name": "a", "command": "x", z: 1}]),
         "migrate": data(migrate={"command": "x", z: 1}), "supervisord": data(supervisord={z: 1}),
         "crash_loop": data(crash_loop={z: 1}), "listener": data(listener={z: 1}),
+        "kubernetes": data(kubernetes={z: 1}),
     }
     missing = [f"{t}.{k}" for t, d in tables.items() for k in _known_keys(d) if f"`{t}.{k}" not in doc]
     for kind in ("webhook", "email", "command", "log"):
@@ -304,3 +305,43 @@ def test_docs_spec_md_lists_every_key():
         if (f"`server.uvicorn.{k}`" if k not in UVICORN_OWNED else f"`{k}`") not in doc:
             missing.append(f"server.uvicorn.{k}")
     assert not missing, f"docs/spec.md does not document: {', '.join(missing)}"
+
+
+# --- [kubernetes] ------------------------------------------------------------------------
+
+
+def test_kubernetes_table_defaults_and_values():
+    k = spec_of(data()).kubernetes
+    assert (k.image, k.replicas, k.namespace, k.service_type, k.port, k.service_port) == \
+        (None, 2, None, "ClusterIP", 8000, 80)
+    assert k.run_as_user == 10001 and k.prestop_delay == 5 and k.secret_env == ()
+    table = {"image": "r/a:1", "secret_env": ["B", "A", "B"], "service_type": "NodePort"}
+    k = spec_of(data(app={"env": {"B": "x", "A": "y"}}, kubernetes=table)).kubernetes
+    assert k.image == "r/a:1" and k.secret_env == ("A", "B") and k.service_type == "NodePort"
+
+
+@pytest.mark.parametrize("table,match", [
+    ({"imag": "x"}, "kubernetes.imag: unknown key; did you mean 'image'?"),
+    ({"replicas": "2"}, "kubernetes.replicas: must be an integer, not a string '2'"),
+    ({"replicas": True}, "kubernetes.replicas: must be an integer, not a boolean"),
+    ({"service_type": "Loadbalancer"}, "kubernetes.service_type: must be one of ClusterIP, NodePort, LoadBalancer; "
+                                       "did you mean 'LoadBalancer'?"),
+    ({"port": 80}, "kubernetes.port: must be between 1024 and 65535, not 80; a non-root container"),
+    ({"image": "has space:1"}, "kubernetes.image: 'has space:1' is not an image reference"),
+    ({"namespace": "Shop"}, "kubernetes.namespace: 'Shop' is not a namespace name"),
+    ({"secret_env": ["DATABASE_UR"]}, "kubernetes.secret_env[0]: 'DATABASE_UR' is not in app.env, migrate.env or "
+                                      "programs[].env; did you mean 'DATABASE_URL'?"),
+    ({"secret_env": "DATABASE_URL"}, "kubernetes.secret_env: must be an array of environment variable names"),
+    ({"run_as_user": 0}, "kubernetes.run_as_user: 0 is root"),
+    ({"health_path": "healthz"}, "kubernetes.health_path: 'healthz' is not a URL path"),
+    ({"directory": "app"}, "kubernetes.directory: 'app' is not an absolute path inside the image"),
+    ({"prestop_delay": 1.5}, "kubernetes.prestop_delay: must be an integer"),
+    ({"secret": "Bad_Name"}, "kubernetes.secret: 'Bad_Name' is not a Secret name"),
+])
+def test_kubernetes_table_errors(table, match):
+    err(data(app={"env": {"DATABASE_URL": "x"}}, kubernetes=table), match)
+
+
+def test_spec_records_the_keys_the_file_sets():
+    s = spec_of(data(server={"bind": "tcp://0.0.0.0:80"}, programs=[{"name": "a", "command": "x"}], listener={}))
+    assert s.keys == {"app.name", "app.asgi", "server.bind", "programs[0].name", "programs[0].command", "listener"}

@@ -20,7 +20,7 @@ from supervisor_fastapi import contracts
 from supervisor_fastapi.cli import checks, deploy
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate import ini
-from supervisor_fastapi.generate.conf import render
+from supervisor_fastapi.generate.conf import alert_records, render
 from supervisor_fastapi.layout import Layout
 from supervisor_fastapi.listener import alerts
 from supervisor_fastapi.listener.alerts import (
@@ -341,13 +341,14 @@ def test_command_channel_runs_as_its_user_without_the_listeners_secrets(monkeypa
     assert (uid, password) == (65534, None) and gid != 0 and home == "/nonexistent"
 
 
-def test_channels_from_spec_default_the_command_user_to_app_user():
+def test_command_channels_default_to_app_user():
     spec = parse_spec(spec_text('[[alerts]]\ntype = "command"\ncommand = "x"\n'
                                 '[[alerts]]\ntype = "command"\nname = "r"\ncommand = "x"\nrun_as_root = true\n'
                                 '[[alerts]]\ntype = "command"\nname = "n"\ncommand = "x"\nuser = "nobody"\n')
                       .replace('python = ', 'user = "www-data"\npython = '), "/srv/app/s.toml", "/srv/app", HOST)
-    users = [(c.user, c.run_as_root) for c in alerts.channels_from_spec(spec, {})]  # type: ignore[attr-defined]
-    assert users == [("www-data", False), (None, True), ("nobody", False)]
+    channels = alerts.channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})
+    users = [(c.user, c.run_as_root, c.hidden_env) for c in channels]  # type: ignore[attr-defined]
+    assert users == [("www-data", False, ()), (None, True, ()), ("nobody", False, ())]
 
 
 # --- the conf: secrets blanked, mode, duplicate sections ---------------------------------------
@@ -364,7 +365,10 @@ def test_smtp_variables_are_blanked_for_every_program_but_the_listener():
     for name in ("fcgi-program:shop", "program:shop_migrate", "program:shop_q", "program:shop_watchdog"):
         env = sections[name]["environment"]
         assert 'SMTP_PASSWORD=""' in env and 'SMTP_USER=""' in env, name
-    assert "environment" not in sections["eventlistener:shop_listener"]
+    assert 'SMTP_PASSWORD=""' not in sections["eventlistener:shop_listener"].get("environment", "")
+    # A command channel does not inherit them either.
+    records = alert_records(parse(EMAIL + '[[alerts]]\ntype = "command"\ncommand = "x"\nrun_as_root = true\n'))
+    assert records[1]["options"]["hidden_env"] == ["SMTP_PASSWORD", "SMTP_USER"]
     # Named in app.env on purpose: passed on.
     spec = parse(EMAIL + '[app.env]\nSMTP_USER = "me"\n')
     assert 'SMTP_USER="me"' in raw_sections(render(spec, "t"))["fcgi-program:shop"]["environment"]

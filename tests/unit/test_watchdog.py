@@ -121,9 +121,9 @@ def test_args_round_trip_through_the_rendered_command():
                       '[supervisord]\nrun_dir="/tmp/r"\n', "/x/s.toml", "/x")
     argv = watchdog_argv(spec)
     assert argv is not None and argv[:3] == [spec.app.python, "-m", "supervisor_fastapi.runtime.watchdog"]
-    config, state_dir = parse_args(argv[3:])
+    config, state_dir, memo = parse_args(argv[3:])
     assert config == Config("web", 3, int(1.5 * 1024**3), 5.0, 2, 10.0, 90.0)
-    assert state_dir == "/tmp/r/workers"
+    assert (state_dir, memo) == ("/tmp/r/workers", "/tmp/r/watchdog-state.json")
     assert Stop("a") != Start("a")
 
 

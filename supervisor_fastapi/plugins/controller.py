@@ -1,0 +1,557 @@
+"""The control plane inside supervisord: crash-loop holds and the migration gate, enforced
+where the spawn happens.
+
+An event listener learns of a crash after supervisord has already acted on it (the
+respawn of an autorestart process happens in the next pass of its main loop, before the
+listener's answer arrives), so a listener can only stop the extra spawn afterwards, and
+its holds outlive the supervisord that made them. Code loaded inside supervisord (this
+module, via the ``[rpcinterface:fastapi_<app>]`` factory) sees every spawn and every exit
+synchronously. Per process of an app it wraps three methods of supervisord's own process
+object:
+
+- ``spawn``: the gate. While the app's migration has not succeeded in this supervisord
+  run, a web worker is not spawned, whoever asks (autostart, autorestart, `start`,
+  `restart`, `update`, `reload`, a rolling restart): it is put in BACKOFF with a
+  description that says why, and released when the migration exits 0.
+- ``finish`` (supervisord reaped it): how the run ended (ready? killed? crashed?) goes to
+  the pure crash-loop machine (crashloop.py), whose decision is applied before the next
+  pass: restart at once, or hold in supervisord's own BACKOFF state with ``delay`` set to
+  the retry time (one spawn per retry; `supervisorctl status` says "held by
+  supervisor-fastapi until HH:MM:SS"), or give up (FATAL).
+- the loop wake-up: a signal wakeup fd makes supervisord's poll return as soon as a child
+  dies (it otherwise notices within its 1 s poll timeout), and a decision to restart at
+  once wakes the next pass too, so a killed worker is replaced in milliseconds.
+
+Holds, incidents and the gate live in this process's memory only: they belong to one
+supervisord run. A listener restart keeps them; a new supervisord, or `reload`, starts
+from nothing (every worker starts at once, the migration runs again and gates them).
+Alerts go out as REMOTE_COMMUNICATION events, which supervisord buffers for the listener.
+
+Standard library and supervisor only: this runs in supervisord's Python.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..contracts import REMOTE_TYPE, ControlConfig, read_worker_state
+from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
+from .gate import Gate, GateWatch, Migration, gate_of
+
+Log = Callable[[str], None]
+HELD_PREFIX = "held by supervisor-fastapi"
+TICK_EVERY = 0.1  # the timers run at most this often (every loop pass asks)
+FOREVER = float("inf")
+
+
+def _states() -> Any:
+    from supervisor.states import ProcessStates
+
+    return ProcessStates
+
+
+def _statename(process: Any) -> str:
+    from supervisor.states import getProcessStateDescription
+
+    return str(getProcessStateDescription(process.get_state()))
+
+
+def namespec(process: Any) -> str:
+    group = process.group.config.name if getattr(process, "group", None) is not None else process.config.name
+    return f"{group}:{process.config.name}"
+
+
+class Waker:
+    """A self-pipe in supervisord's poll set: written by the signal wakeup fd (SIGCHLD) and
+    by ``poke``; its ``readable`` runs ``on_pass`` once per main-loop pass (before the poll)."""
+
+    def __init__(self, on_pass: Callable[[], None], log: Log) -> None:
+        self.on_pass, self.log = on_pass, log
+        self.r, self.w = os.pipe()
+        for fd in (self.r, self.w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self.previous_wakeup = -1
+        try:
+            self.previous_wakeup = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:  # not the main thread: kills are noticed at the 1 s poll
+            log(f"supervisor-fastapi: no signal wakeup fd ({exc})")
+
+    # The asyncore-dispatcher methods supervisord's loop calls.
+    def readable(self) -> bool:
+        try:
+            self.on_pass()
+        except Exception as exc:  # never break supervisord's loop
+            self.log(f"supervisor-fastapi: controller error: {exc!r}")
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read_event(self) -> None:
+        try:
+            while os.read(self.r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def handle_write_event(self) -> None:
+        pass
+
+    def handle_error(self) -> None:
+        pass
+
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"\0")
+        except OSError:
+            pass  # full: a wake-up is pending anyway
+
+    def close(self) -> None:
+        """Called while supervisord still owns these descriptor numbers (see Registry._on_stopping)."""
+        try:
+            if signal.set_wakeup_fd(-1) != self.w:
+                signal.set_wakeup_fd(self.previous_wakeup)
+        except (ValueError, OSError):
+            pass
+        for fd in (self.r, self.w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class Held:
+    """A process the controller keeps in BACKOFF: until a time (crash loop) or the gate opens."""
+
+    kind: str  # "crash" | "gate"
+    reason: str
+    until: float = FOREVER  # wall clock, for display and status
+    until_mono: float = FOREVER  # what is enforced: a wall-clock jump must not shorten or stretch a hold
+
+
+class AppControl:
+    """The controller of one app: its processes' crash-loop machines, holds and gate."""
+
+    def __init__(self, config: ControlConfig, supervisord: Any, emit: Callable[[Dict[str, Any]], None],
+                 poke: Callable[[], None], log: Log, clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.config, self.supervisord = config, supervisord
+        self.emit, self.poke, self.log, self.clock, self.rand = emit, poke, log, clock, rand
+        self.loops: Dict[str, ProcessLoop] = {}
+        self.holds: Dict[str, Held] = {}
+        self.timed_out: Dict[float, bool] = {}  # migration laststart -> stopped by us for its timeout
+        self.gate: Gate = self._gate()
+        self.gate_watch = GateWatch()
+        self.gate_watch.state = self.gate.state
+        self.started = self.clock()
+
+    # -- which processes are ours --
+
+    def owns_group(self, group: str) -> bool:
+        c = self.config
+        return group == c.web or group in c.groups or (bool(c.migrate) and group == c.migrate)
+
+    def controlled(self, process: Any) -> bool:
+        group = process.group.config.name if getattr(process, "group", None) is not None else ""
+        return group == self.config.web or group in self.config.groups
+
+    def loop(self, process: Any) -> ProcessLoop:
+        ns = namespec(process)
+        found = self.loops.get(ns)
+        if found is None:
+            group = ns.split(":", 1)[0]
+            found = self.loops[ns] = ProcessLoop(process.config.name, ns, self.config.policy_for(group),
+                                                 self.config.reminder_interval, self.rand)
+        return found
+
+    # -- hooks called from the wrapped process methods --
+
+    def refusal(self, process: Any) -> Optional[str]:
+        """Why ``process`` must not be spawned now, or None."""
+        if process.group.config.name != self.config.web or not self.config.migrate:
+            return None
+        gate = self._gate()  # now, not as of the last pass: the migration may have just exited
+        return None if gate.open else gate.detail
+
+    def spawned(self, process: Any) -> None:
+        ns = namespec(process)
+        self.holds.pop(ns, None)
+        if self.controlled(process):
+            self.loop(process).started(self.clock())
+
+    def spawn_failed(self, process: Any) -> None:
+        """spawn() itself failed (no such command, fork failure): a start failure."""
+        self._decide(process, "start_failure", None, detail=str(process.spawnerr or "spawn error"))
+
+    def finished(self, process: Any, was: str, stopping: bool, sig: Optional[int], ready: bool) -> None:
+        if not self.controlled(process):
+            if self.config.migrate and process.config.name == self.config.migrate:
+                self.on_pass()
+            return
+        expected = process.exitstatus in getattr(process.config, "exitcodes", (0,))
+        served = ready if process.group.config.name == self.config.web else was in ("RUNNING", "STOPPING")
+        cause = classify(stopping=stopping, served=served, expected=expected, signal=sig)
+        self._decide(process, cause, sig)
+
+    def _decide(self, process: Any, cause: Any, sig: Optional[int], detail: str = "") -> None:
+        now = self.clock()
+        if not detail:
+            detail = (f"killed by signal {sig}" if sig else f"exit status {process.exitstatus}"
+                      if process.exitstatus is not None else "exited before it was RUNNING")
+        decision, alerts = self.loop(process).exited(cause, now, detail, sig, process.exitstatus)
+        self._alert(alerts)
+        S = _states()
+        if isinstance(decision, Restart):
+            if process.get_state() == S.BACKOFF:
+                # supervisord's own BACKOFF would wait 1, 2, 3 s and then give up (FATAL).
+                process.delay, process.backoff = 0, 0
+            self.poke()
+        elif isinstance(decision, Hold):
+            self.hold(process, decision.until, "crash", decision.reason)
+        elif isinstance(decision, GiveUp):
+            self.holds.pop(namespec(process), None)
+            if process.get_state() == S.EXITED:
+                process.change_state(S.BACKOFF)
+            if process.get_state() == S.BACKOFF:
+                process.give_up()
+            process.spawnerr = f"{HELD_PREFIX}: {decision.reason}"
+
+    def hold(self, process: Any, until: float, kind: str, reason: str) -> None:
+        """Keep ``process`` in supervisord's BACKOFF until ``until`` (wall clock) or, for the
+        gate, until it opens. The wrapped ``transition`` enforces it: supervisord's own
+        ``delay`` cannot, because supervisord takes a delay more than ``backoff`` seconds ahead
+        for a clock that went back and pulls it in (``_check_and_adjust_for_system_clock_rollback``),
+        and a ``backoff`` above ``startretries`` makes it give up (FATAL)."""
+        S = _states()
+        if process.get_state() in (S.EXITED, S.STOPPED, S.FATAL):
+            process.change_state(S.BACKOFF)
+        if process.get_state() != S.BACKOFF:
+            return
+        process.backoff, process.delay = 0, 0
+        when = "" if until == FOREVER else " until " + time.strftime("%H:%M:%S", time.localtime(until))
+        process.spawnerr = f"{HELD_PREFIX}{when}: {reason}"
+        mono = FOREVER if until == FOREVER else time.monotonic() + max(0.0, until - self.clock())
+        self.holds[namespec(process)] = Held(kind, reason, until, mono)
+
+    def holding(self, process: Any) -> bool:
+        """Called before each ``transition`` of ``process``: True to skip it (it stays held)."""
+        held = self.holds.get(namespec(process))
+        if held is None:
+            return False
+        if process.get_state() != _states().BACKOFF:
+            self.holds.pop(namespec(process), None)  # stopped or given up by hand meanwhile
+            return False
+        if held.kind == "gate" or time.monotonic() < held.until_mono:
+            return True
+        self.release(process)  # due: supervisord spawns it in this very transition
+        return False
+
+    def release(self, process: Any) -> None:
+        """Let supervisord spawn a held process on its next transition."""
+        if self.holds.pop(namespec(process), None) is not None and process.get_state() == _states().BACKOFF:
+            process.delay, process.backoff, process.spawnerr = 0, 0, None
+            self.poke()
+
+    # -- per pass --
+
+    def on_pass(self) -> None:
+        now = self.clock()
+        self._check_migration(now)
+        before, self.gate = self.gate, self._gate()
+        if before.state != self.gate.state:
+            self._gate_changed()
+        S = _states()
+        for process in self._processes():
+            ns = namespec(process)
+            state = process.get_state()
+            if not self.controlled(process):
+                continue
+            loop = self.loop(process)
+            if state == S.RUNNING:
+                loop.running(now)
+            if ns in self.holds and state != S.BACKOFF:
+                self.holds.pop(ns, None)  # stopped (or given up) by hand
+            if state == S.STOPPED and loop.incident is not None:
+                self._alert(loop.stopped_by_operator(now))
+            self._alert(loop.tick(now))
+
+    def _processes(self) -> List[Any]:
+        out = []
+        for group in list(getattr(self.supervisord, "process_groups", {}).values()):
+            if self.owns_group(group.config.name):
+                out.extend(group.processes.values())
+        return out
+
+    def _migration(self) -> Optional[Any]:
+        if not self.config.migrate:
+            return None
+        group = getattr(self.supervisord, "process_groups", {}).get(self.config.migrate)
+        return next(iter(group.processes.values()), None) if group is not None else None
+
+    def _gate(self) -> Gate:
+        if not self.config.migrate:
+            return Gate("open", "no migration")
+        p = self._migration()
+        if p is None:
+            return gate_of(Migration(""), self.config.migrate, self.config.migrate_timeout)
+        return gate_of(Migration(_statename(p), float(p.laststart or 0), p.exitstatus,
+                                 p.exitstatus in getattr(p.config, "exitcodes", (0,)), str(p.spawnerr or ""),
+                                 self.timed_out.get(float(p.laststart or 0), False)),
+                       self.config.migrate, self.config.migrate_timeout)
+
+    def _check_migration(self, now: float) -> None:
+        p, timeout = self._migration(), self.config.migrate_timeout
+        if p is None or not timeout:
+            return
+        if _statename(p) in ("STARTING", "RUNNING") and p.laststart and now > p.laststart + timeout:
+            if not self.timed_out.get(float(p.laststart)):
+                self.timed_out[float(p.laststart)] = True
+                self.log(f"supervisor-fastapi: {self.config.migrate} ran past its timeout ({timeout:g} s); stopping it")
+                p.stop()
+
+    def _gate_changed(self) -> None:
+        web = [p for p in self._processes() if p.group.config.name == self.config.web]
+        S = _states()
+        running = sum(1 for p in web if p.get_state() in (S.STARTING, S.RUNNING))
+        held = [p for p in web if getattr(self.holds.get(namespec(p)), "kind", "") == "gate"]
+        for a in self.gate_watch.observe(self.gate, self.config.migrate, running, len(held)):
+            self._emit(a.event, a.kind, self.config.migrate, a.summary, a.details,
+                       log_of=f"{self.config.migrate}:{self.config.migrate}" if a.event == "open" else None)
+        if self.gate.open:
+            for p in held:
+                self.release(p)
+        else:
+            for p in held:  # keep the description current ("waiting" -> "failed")
+                self.hold(p, FOREVER, "gate", self.gate.detail)
+
+    def forget_group(self, group: str) -> None:
+        """`update` removed ``group`` (a changed group comes back as new processes): its
+        incidents are closed, not carried over to a release that may have fixed them."""
+        now = self.clock()
+        for ns in [ns for ns in self.loops if ns.split(":", 1)[0] == group]:
+            loop = self.loops.pop(ns)
+            self.holds.pop(ns, None)
+            self._alert(loop.close(now, "removed from supervisord (update); incident closed"))
+
+    # -- operator actions --
+
+    def resume(self) -> List[str]:
+        """`up`: the operator may have fixed the cause; clear crash-loop holds and start at once."""
+        now, released = self.clock(), []
+        for process in self._processes():
+            if not self.controlled(process):
+                continue
+            self._alert(self.loop(process).resume(now))
+            held = self.holds.get(namespec(process))
+            if held is not None and held.kind == "crash":
+                self.release(process)
+                released.append(namespec(process))
+        return released
+
+    def snapshot(self) -> Dict[str, Any]:
+        now = self.clock()
+        procs: Dict[str, Any] = {}
+        for process in self._processes():
+            ns = namespec(process)
+            entry: Dict[str, Any] = {"state": _statename(process)}
+            if self.controlled(process):
+                entry.update(self.loop(process).snapshot(now))
+            held = self.holds.get(ns)
+            if held is not None:
+                entry["held"] = {"until": None if held.until == FOREVER else held.until, "kind": held.kind,
+                                 "reason": held.reason}
+            procs[ns] = entry
+        return {"app": self.config.app, "since": self.started, "now": now,
+                "gate": {"state": self.gate.state, "detail": self.gate.detail} if self.config.migrate else None,
+                "processes": procs}
+
+    # -- alerts --
+
+    def _alert(self, alerts: List[Alert]) -> None:
+        for a in alerts:
+            self._emit(a.event, a.kind, a.process, a.summary, dict(a.details), a.log_of)
+
+    def _emit(self, event: str, kind: str, process: str, summary: str, details: Dict[str, Any],
+              log_of: Optional[str] = None) -> None:
+        self.log(f"supervisor-fastapi: alert {event} {kind}: {summary}")
+        self.emit({"app": self.config.app, "event": event, "kind": kind, "process": process, "summary": summary,
+                   "details": details, "log_of": log_of})
+
+
+class Registry:
+    """The controllers of one supervisord run, and the hooks into its process objects."""
+
+    def __init__(self) -> None:
+        self.supervisord: Any = None
+        self.apps: Dict[str, AppControl] = {}
+        self.waker: Optional[Waker] = None
+        self.log: Log = lambda message: None
+        self._last_pass = 0.0
+
+    def start_run(self, supervisord: Any, log: Log) -> None:
+        """Called by every factory call; a new Supervisor object (start, reload) starts afresh."""
+        self.log = log
+        if supervisord is self.supervisord:
+            return
+        # Without a SupervisorStoppingEvent (never seen, but) the old numbers may be reused
+        # already: forget them rather than close someone else's descriptor.
+        self._drop_waker(close=False)
+        self.supervisord, self.apps = supervisord, {}
+        self.waker = Waker(self.on_pass, self._safe_log)
+        from supervisor import events
+
+        socket_map = supervisord.options.get_socket_map()
+        socket_map[self.waker.r] = self.waker
+        events.subscribe(events.ProcessGroupAddedEvent, self._on_group_event)
+        events.subscribe(events.ProcessGroupRemovedEvent, self._on_group_event)
+        events.subscribe(events.SupervisorStoppingEvent, self._on_stopping)
+
+    def register(self, config: ControlConfig) -> AppControl:
+        existing = self.apps.get(config.app)
+        if existing is not None:
+            existing.config = config
+            return existing
+        assert self.waker is not None
+        control = AppControl(config, self.supervisord, _emit_remote, self.waker.poke, self._safe_log)
+        self.apps[config.app] = control
+        self._wrap_all()
+        return control
+
+    def _safe_log(self, message: str) -> None:
+        try:
+            self.log(message)
+        except Exception:
+            pass
+
+    def on_pass(self) -> None:
+        now = time.monotonic()
+        if now - self._last_pass < TICK_EVERY:
+            return
+        self._last_pass = now
+        for control in list(self.apps.values()):
+            control.on_pass()
+
+    def _on_group_event(self, event: Any) -> None:
+        # After `reread` supervisord holds the new plugin options; an `update` applies them.
+        from supervisor import events
+
+        self._refresh_configs()
+        if isinstance(event, events.ProcessGroupRemovedEvent):
+            for control in self.apps.values():
+                control.forget_group(str(event.group))
+        self._wrap_all()
+
+    def _on_stopping(self, event: Any) -> None:
+        # supervisord is shutting down or reloading (its ordered stop gives up BACKOFF holds
+        # itself). A reload closes descriptors 5..minfds and reopens others under the same
+        # numbers, so the pipe is closed now, while the numbers are still ours.
+        self._drop_waker(close=True)
+        self.log = lambda message: None
+
+    def _drop_waker(self, close: bool) -> None:
+        waker, self.waker = self.waker, None
+        if waker is None:
+            return
+        if self.supervisord is not None:
+            self.supervisord.options.get_socket_map().pop(waker.r, None)
+        if close:
+            waker.close()
+
+    def _refresh_configs(self) -> None:
+        options = getattr(self.supervisord, "options", None)
+        for _name, factory, extras in getattr(options, "rpcinterface_factories", None) or []:
+            if getattr(factory, "supervisor_fastapi_factory", False) and "app" in extras:
+                try:
+                    config = ControlConfig.from_options(extras)
+                except ValueError as exc:
+                    self._safe_log(f"supervisor-fastapi: keeping the loaded settings: {exc}")
+                    continue
+                if config.app in self.apps:
+                    self.apps[config.app].config = config
+
+    def _wrap_all(self) -> None:
+        for group in list(getattr(self.supervisord, "process_groups", {}).values()):
+            for control in self.apps.values():
+                if control.owns_group(group.config.name):
+                    for process in group.processes.values():
+                        wrap(process, control)
+
+
+REGISTRY = Registry()
+
+
+def _emit_remote(body: Dict[str, Any]) -> None:
+    from supervisor import events
+
+    events.notify(events.RemoteCommunicationEvent(REMOTE_TYPE, json.dumps(body, default=str)))
+
+
+def _was_ready(process: Any, pid: int, control: AppControl) -> bool:
+    """Whether the web worker that was ``pid`` had started serving (its ready file names it)."""
+    if process.group.config.name != control.config.web:
+        return False  # programs have no ready files: finished() uses RUNNING instead
+    state = read_worker_state(os.path.join(control.config.state_dir, str(process.config.name)))
+    return state is not None and state.get("pid") == pid
+
+
+def wrap(process: Any, control: AppControl) -> None:
+    """Route ``process``'s spawn and finish through ``control`` (idempotent)."""
+    if getattr(process, "_supervisor_fastapi", None) is control:
+        return
+    cls = type(process)
+    spawn_original = cls.spawn.__get__(process, cls)
+    finish_original = cls.finish.__get__(process, cls)
+    transition_original = cls.transition.__get__(process, cls)
+
+    def transition() -> None:
+        try:
+            if control.holding(process):
+                return
+        except Exception as exc:
+            control.log(f"supervisor-fastapi: controller error in transition: {exc!r}")
+        transition_original()
+
+    def spawn() -> Optional[int]:
+        try:
+            reason = control.refusal(process)
+        except Exception as exc:
+            control.log(f"supervisor-fastapi: gate check failed ({exc!r}); spawning")
+            reason = None
+        if reason is not None:
+            control.hold(process, FOREVER, "gate", reason)
+            return None
+        pid = spawn_original()
+        try:
+            if pid is None and not process.pid and process.get_state() == _states().BACKOFF:
+                control.spawn_failed(process)
+            elif process.pid:
+                control.spawned(process)
+        except Exception as exc:
+            control.log(f"supervisor-fastapi: controller error after spawn: {exc!r}")
+        return pid
+
+    def finish(pid: int, sts: int) -> None:
+        was = _statename(process)
+        stopping = bool(getattr(process, "killing", False))
+        sig = os.WTERMSIG(sts) if os.WIFSIGNALED(sts) else None
+        ready = False
+        try:
+            ready = _was_ready(process, pid, control)
+        except Exception:
+            pass
+        finish_original(pid, sts)
+        try:
+            control.finished(process, was, stopping, sig, ready)
+        except Exception as exc:
+            control.log(f"supervisor-fastapi: controller error after exit: {exc!r}")
+
+    process.spawn = spawn
+    process.finish = finish
+    process.transition = transition
+    process._supervisor_fastapi = control
