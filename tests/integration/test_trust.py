@@ -19,7 +19,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from supervisor_fastapi.listener.notify import notify
+from supervisor_fastapi.contracts import notify
 
 from .conftest import wait_until
 
@@ -170,7 +170,7 @@ def test_no_secret_is_readable_by_nobody_or_reaches_the_workers(deploy, app_pyth
                             {"type": "log"}]), start=False)
     open_for_others(d.folder)
     d.start(wait=True, timeout=60)
-    notify(d.rpc, "memory_recycle", "web_01", "test alert", {})
+    notify(d.rpc, "web", "memory_recycle", "web_01", "test alert", {})
     wait_until(lambda: (d.listener_state().get("last_alert") or {}).get("results", {}).get("hook"), 20,
                "the webhook failure in the listener state")
     results = d.listener_state()["last_alert"]["results"]
