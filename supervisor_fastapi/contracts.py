@@ -15,7 +15,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 # The REMOTE_COMMUNICATION type the listener turns into alerts.
 REMOTE_TYPE = "supervisor-fastapi"
@@ -24,6 +24,12 @@ FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 # A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.
 MAX_STATE_BYTES = 4096
 MAX_JSON_BYTES = 256 * 1024
+# A folder the app user writes is listed at most this far: a million entries must not
+# make a root reader spend seconds (or megabytes) on names it would not read anyway.
+MAX_DIR_ENTRIES = 1024
+# Longest integer literal a reader converts: int() of a long digit string is quadratic on
+# Python < 3.11, and no file between our processes holds a number that long.
+MAX_INT_DIGITS = 40
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -55,13 +61,19 @@ def read_small_file(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[byte
         os.close(fd)
 
 
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError("integer literal too long")
+    return int(text)
+
+
 def parse_json_object(data: Optional[bytes]) -> Optional[Dict[str, Any]]:
-    """A JSON object from ``data``, None for anything else (deep nesting included)."""
+    """A JSON object from ``data``, None for anything else (deep nesting, huge integers included)."""
     if data is None:
         return None
     try:
-        value = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError, UnicodeDecodeError):
+        value = json.loads(data.decode("utf-8"), parse_int=_parse_int)
+    except (ValueError, RecursionError, UnicodeDecodeError, MemoryError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -76,7 +88,11 @@ def write_json_atomic(path: str, data: Mapping[str, Any], mode: int = 0o600) -> 
     full disk leaves the old file in place (the OSError reaches the caller)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     body = json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+    # O_EXCL: never write through whatever already sits at the temporary name (a link
+    # planted there, or the leftover of a crashed process with our pid).
+    _unlink_quietly(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         view = memoryview(body)
         while view:
@@ -152,17 +168,35 @@ def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
             "beat": st.st_mtime}
 
 
-def read_worker_states(state_dir: str, names: Optional[Any] = None) -> Dict[str, Dict[str, Any]]:
+def _listed(state_dir: str) -> List[str]:
+    """Plain names in ``state_dir``, at most MAX_DIR_ENTRIES of them (lstat-free: scandir's d_type)."""
+    names: List[str] = []
+    try:
+        with os.scandir(state_dir) as entries:
+            for entry in entries:
+                if len(names) >= MAX_DIR_ENTRIES:
+                    break
+                if entry.name.endswith(".tmp") or entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except OSError:
+        return []
+    return names
+
+
+def read_worker_states(state_dir: str, names: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
     """Every worker's state by process name. With ``names`` only those files are opened
-    (root reads expected names only); without, every plain entry of the folder."""
+    (what a root reader should pass: the process names supervisord reports); without,
+    the regular files of the folder, at most MAX_DIR_ENTRIES."""
     if names is None:
-        try:
-            names = [n for n in os.listdir(state_dir) if not n.endswith(".tmp") and not n.startswith(".")]
-        except OSError:
-            return {}
+        names = _listed(state_dir)
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
-        if not name or "/" in name or name in (".", ".."):
+        if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
             continue
         data = read_worker_state(os.path.join(state_dir, name))
         if data is not None:

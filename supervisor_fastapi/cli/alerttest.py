@@ -17,9 +17,7 @@ def test_report(spec: Spec) -> Tuple[List[str], bool]:
         lines.append(f"no [[alerts]] in {spec.source}: alerts go to the default log file only")
     for channel, error in results:
         where = {"webhook": "url", "email": "to", "command": "command", "log": "path"}[channel.type]
-        target = getattr(channel, "url", None) or getattr(channel, "command", None) or getattr(channel, "path", None)
-        if channel.type == "email":
-            target = ", ".join(channel.opts["to"])  # type: ignore[attr-defined]
+        target = channel.target()  # a webhook's secret path and query shown as ***
         status = "sent" if error is None else f"FAILED: {error}"
         lines.append(f"{channel.name} ({channel.type}, {where} {target}): {status}")
     return lines, all(error is None for _, error in results)

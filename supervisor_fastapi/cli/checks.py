@@ -3,6 +3,7 @@
 import errno
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -120,6 +121,92 @@ def python_problem(python: str, directory: str, asgi: str) -> Optional[str]:
     return None
 
 
+def run_dir_problem(path: str, uid: int = 0) -> Optional[str]:
+    """Why someone other than ``uid`` (root) could replace or write ``path`` or a folder above it,
+    or None. A folder is safe when ``uid`` owns it and group and others cannot write it; a
+    sticky folder (like /tmp) is safe above it, since nobody else may rename what is in it."""
+    real = os.path.realpath(path)
+    chain = []
+    cur = real
+    while True:
+        chain.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    for i, folder in enumerate(chain):
+        try:
+            st = os.stat(folder)
+        except FileNotFoundError:
+            continue  # created below by make_dirs, as root, 0711
+        except OSError as exc:
+            return f"cannot inspect {folder}: {exc.strerror}"
+        own = path if i == 0 else folder
+        if i > 0 and st.st_mode & stat.S_ISVTX:
+            continue
+        if st.st_uid != uid:
+            owner = _user_name(st.st_uid)
+            return (f"{own} belongs to {owner}, who could swap the files root reads there; "
+                    + (f"run `chown root {folder}`" if i == 0 else
+                       "put supervisord.run_dir under a folder only root can write, like /run/<app> or /var/lib/<app>"))
+        if st.st_mode & 0o022:
+            return (f"{folder} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):04o}), who could "
+                    f"swap the files root reads there; run `chmod go-w {folder}`"
+                    + ("" if i == 0 else " or choose a supervisord.run_dir under a folder only root can write"))
+    return None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def secret_file_problem(path: str) -> Optional[str]:
+    """Why a password_file is not root's alone (the listener reads it as root), or None."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file (a symlink is not followed)"
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        return (f"{path} is readable by others than root (owner {_user_name(st.st_uid)}, mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run `chown root {path} && chmod 600 {path}`")
+    return None
+
+
+def trust_checks(spec: Spec, euid: int) -> List[Result]:
+    """Who runs as whom, and whether secrets and run_dir are root's alone (as root only)."""
+    if euid != 0:
+        return []
+    out = [Result(True, "supervisord.run_dir", f"{spec.run_dir}: only root can write it")]
+    if spec.app.user:
+        out.append(Result(True, f"app.user {spec.app.user} runs the web workers, the migration and [[programs]]",
+                          "the event listener and the watchdog run as root: they hold the alert credentials and "
+                          "talk to supervisord's control socket, neither of which app.user may reach "
+                          "(see docs/security.md)"))
+    for i, a in enumerate(spec.alerts):
+        key = f"alerts[{i}] ({a.name})"
+        if a.type == "command":
+            user = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
+            if user:
+                out.append(Result(True, f"{key}: the command runs as {user}"))
+            elif a.get("run_as_root"):
+                out.append(Result(True, f"{key}: the command runs as root", "run_as_root = true"))
+            else:
+                out.append(Result(False, f"{key}: the command would run as root",
+                                  "set user = \"...\" on the alert (or app.user), or run_as_root = true"))
+        if a.type == "email" and a.get("password_file"):
+            problem = secret_file_problem(a.get("password_file"))
+            out.append(Result(problem is None, f"{key}: password_file is root's alone",
+                              problem or a.get("password_file")))
+    return out
+
+
 def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Result]:
     """Every check for ``spec``; the CLI prints them."""
     results = [Result(True, "spec", spec.source)]
@@ -141,6 +228,7 @@ def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Resu
         results.append(Result(False, "app.directory", f"{spec.app.directory} does not exist"))
     problem = python_problem(spec.app.python, spec.app.directory, spec.app.asgi)
     results.append(Result(problem is None, "app.python runs the worker", problem or spec.app.python))
+    results += trust_checks(spec, os.geteuid())
     run_parent = Layout(spec.run_dir).run_dir
     return results + ([] if os.access(os.path.dirname(run_parent) or "/", os.W_OK) or os.path.isdir(run_parent)
                       else [Result(False, "supervisord.run_dir", f"cannot create {run_parent}")])

@@ -1,11 +1,13 @@
 """up / down: write the conf, start or update supervisord, wait for every worker to accept."""
 
+import errno
 import os
 import tempfile
 import time
 import xmlrpc.client
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
+from ..contracts import read_worker_states
 from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names
@@ -16,14 +18,17 @@ from .ops import start_process
 Progress = Callable[[str], None]
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` so that readers see the old file or the new one, never half of one."""
+def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` so that readers see the old file or the new one, never half of one.
+
+    mkstemp creates the file 0600 and it is chmodded to ``mode`` only when complete, so the
+    text is never readable more widely than ``mode`` allows, not even for a moment."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".supervisor-fastapi-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+            os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -31,21 +36,89 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def conf_mode(spec: Spec) -> int:
+    """The conf's file mode: 0600 when it carries environment values (app.env, programs' and
+    the migration's env: database URLs, API keys) or alert channels, else 0644; never wider
+    than the spec file, which holds the same values."""
+    envs = [spec.app.env] + [p.env for p in spec.programs] + ([spec.migrate.env] if spec.migrate else [])
+    # The listener's settings (environment= of its section) carry the [[alerts]]: webhook
+    # URLs and headers are secrets too.
+    mode = 0o600 if any(envs) or spec.alerts else 0o644
+    try:
+        spec_mode = os.stat(spec.source).st_mode & 0o666
+    except OSError:
+        spec_mode = 0o600
+    return (mode & spec_mode) | 0o600
+
+
+# What each folder under run_dir may be: run_dir is traversable (the workers reach workers/
+# through it) but not listable; logs/ is root's; workers/ is the app user's own.
+RUN_DIR_MODE = 0o711
+LOG_DIR_MODE = 0o700
+STATE_DIR_MODE = 0o700
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _own_dir(path: str, mode: int, owner: Optional[Tuple[int, int]] = None) -> None:
+    """Create ``path`` (or take the existing one) without following a symlink at its name, then
+    set its mode and owner through the open descriptor: a ``workers`` symlink to a root
+    folder is refused, never given away."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UserError(f"{path} is a symlink or not a folder; remove it (`rm {path}`) and run again; "
+                            "supervisor-fastapi creates it") from None
+        raise
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        if owner is not None or os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def make_dirs(spec: Spec) -> None:
-    """run_dir and its log and state folders: supervisord refuses a conf whose log folder is missing."""
+    """run_dir and its log and state folders: supervisord refuses a conf whose log folder is missing.
+
+    As root (supervisord then runs as root), run_dir must be root's alone: root reads and
+    writes files there at fixed names, so whoever can write it could make root follow a
+    link or give away a folder."""
     layout = Layout(spec.run_dir)
-    for d in layout.dirs():
-        os.makedirs(d, exist_ok=True)
-    if spec.app.user and os.geteuid() == 0:
+    root = os.geteuid() == 0
+    if root:
+        problem = checks.run_dir_problem(layout.run_dir)
+        if problem:
+            raise UserError(f"{spec.source}: supervisord.run_dir: {problem}")
+    parent = os.path.dirname(layout.run_dir)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    _own_dir(layout.run_dir, RUN_DIR_MODE)
+    _own_dir(layout.log_dir, LOG_DIR_MODE)
+    owner = None
+    if spec.app.user and root:
         # Workers run as app.user and write their ready/heartbeat files in state_dir; a
         # root-owned folder made every worker die at startup with PermissionError.
         import pwd
 
         try:
             entry = pwd.getpwnam(spec.app.user)
+            owner = (entry.pw_uid, entry.pw_gid)
         except KeyError:
-            return  # `check` and supervisord's parser report the unknown user
-        os.chown(layout.state_dir, entry.pw_uid, entry.pw_gid)
+            pass  # `check` and supervisord's parser report the unknown user
+    _own_dir(layout.state_dir, STATE_DIR_MODE, owner)
+    # supervisord appends to its log with the umask it inherits (022 under systemd): made
+    # here first, the file is root's alone from the start.
+    try:
+        os.close(os.open(layout.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0),
+                         0o600))
+    except OSError as exc:
+        raise UserError(f"{layout.logfile}: {exc.strerror}; remove it and run again") from None
 
 
 def default_conf_path(spec: Spec) -> str:
@@ -61,7 +134,7 @@ def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False) 
         if err:  # a renderer bug, not a user error: keep the old file and say so
             raise UserError(f"the generated conf does not load in supervisord ({err}); nothing was written. "
                             "Please report this with your spec.")
-    write_atomic(conf_path, text)
+    write_atomic(conf_path, text, conf_mode(spec))
     return text
 
 
@@ -133,7 +206,9 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
     last = ""
     while True:
         infos = proxy.supervisor.getAllProcessInfo()
-        r = control.readiness(spec, infos, control.worker_states(layout), control.control_state(proxy, spec.app.name))
+        # Only the files of processes supervisord names: state_dir is the app user's.
+        states = read_worker_states(layout.state_dir, [str(i.get("name")) for i in infos])
+        r = control.readiness(spec, infos, states, control.control_state(proxy, spec.app.name))
         if r.failed:
             name = r.failed[0]
             full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)

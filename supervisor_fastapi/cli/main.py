@@ -14,6 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..generate import systemd
 from ..generate.conf import render
+from ..generate.ini import UnsafeValue
 from ..layout import Layout, Names
 from ..spec import SPEC_FILENAME, Spec, load_spec
 from . import checks, control, deploy, kube
@@ -37,6 +38,10 @@ def user_errors(f: F) -> F:
         except UserError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except UnsafeValue as exc:
+            # The loader refuses such values with the key; this is the net under it.
+            click.secho(f"error: a value cannot be written to supervisord.conf: {exc}", fg="red", err=True)
+            sys.exit(UserError.exit_code)
         except OSError as exc:
             # A path the user gave (or the spec implies) that cannot be read or written:
             # `-o /missing/dir/x.conf`, a run_dir under a read-only folder, ...
@@ -119,7 +124,7 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
     path = output or deploy.default_conf_path(spec)
     if plugins:
         deploy.make_dirs(spec)
-        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True))
+        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True), deploy.conf_mode(spec))
     else:
         deploy.render_to(spec, path, command, fragment=fragment)
     click.echo(f"wrote {path}", err=True)

@@ -6,7 +6,7 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig, Policy
@@ -74,9 +74,18 @@ def _policy(b: Backoff) -> Policy:
 
 
 def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:
-    """The spec's ``[[alerts]]`` as the plain records the listener's settings carry."""
-    return tuple({"type": a.type, "name": a.name,
-                  "options": {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}} for a in spec.alerts)
+    """The spec's ``[[alerts]]`` as the plain records the listener's settings carry.
+
+    A command channel's record says whom it runs as (its ``user``, else app.user; nobody
+    only with ``run_as_root``) and which variables it must not inherit (the SMTP ones)."""
+    out = []
+    for a in spec.alerts:
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}
+        if a.type == "command":
+            options["user"] = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
+            options["hidden_env"] = listener_only_env(spec)
+        out.append({"type": a.type, "name": a.name, "options": options})
+    return tuple(out)
 
 
 def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
@@ -88,11 +97,32 @@ def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
                           send_retries=spec.listener.send_retries)
 
 
+def listener_only_env(spec: Spec) -> List[str]:
+    """Variables only the listener may see: the SMTP credentials named by email alerts.
+
+    supervisord passes its whole environment to every child; ``NAME=""`` in a program's
+    environment= is the only way a conf can take one back."""
+    names: Set[str] = set()
+    for a in spec.alerts:
+        if a.type == "email":
+            names.update(n for n in (a.get("username_env"), a.get("password_env")) if n)
+    return sorted(names)
+
+
+def _blanked(spec: Spec) -> Options:
+    return [("environment", ini.environment({n: "" for n in listener_only_env(spec)}))] \
+        if listener_only_env(spec) else []
+
+
 def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: Optional[str] = None) -> Options:
     opts: Options = [("directory", ini.escape(directory or spec.app.directory))]
     if spec.app.user:
         opts.append(("user", ini.escape(spec.app.user)))
-    merged = dict(spec.app.env)
+    # The app's own files keep the usual 022 whatever supervisord's (077, see daemon_sections).
+    opts.append(("umask", "022"))
+    # The spec's own env wins: naming a variable there passes it on deliberately.
+    merged = {n: "" for n in listener_only_env(spec)}
+    merged.update(spec.app.env)
     merged.update(env)
     if merged:
         opts.append(("environment", ini.environment(merged)))
@@ -209,6 +239,9 @@ def daemon_sections(spec: Spec) -> List[ini.Section]:
             ("loglevel", spec.supervisord.log_level),
             ("pidfile", ini.escape(layout.pidfile)),
             ("childlogdir", ini.escape(layout.log_dir)),
+            # Its logs, and the listener's and watchdog's files, are root's alone (when it
+            # daemonizes; under systemd the unit sets UMask=).
+            ("umask", "077"),
             ("identifier", ini.escape(f"supervisor-fastapi:{spec.app.name}")),
             # Workers hold the shared socket plus their own connections; listeners and
             # workers must not inherit more than that.
@@ -279,7 +312,7 @@ def watchdog_section(spec: Spec) -> Optional[ini.Section]:
         ("stdout_logfile_maxbytes", "10MB"),
         ("stdout_logfile_backups", "5"),
     ]
-    return f"program:{name}", opts
+    return f"program:{name}", opts + _blanked(spec)
 
 
 def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = None) -> List[ini.Section]:

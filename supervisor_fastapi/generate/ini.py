@@ -124,9 +124,14 @@ Section = Tuple[str, List[Tuple[str, str]]]
 def render(sections: Iterable[Section], header: Sequence[str] = ()) -> str:
     """Join sections into conf text. Option values must already be escaped by this module."""
     out: List[str] = [f"; {check(line)}" if line else ";" for line in header]
+    seen = set()
     for name, options in sections:
         if not _SECTION_NAME.match(name):
             raise UnsafeValue(f"section name {name!r} is not safe")
+        # supervisord's parser merges two sections of one name silently: refuse instead.
+        if name in seen:
+            raise UnsafeValue(f"section [{name}] would appear twice")
+        seen.add(name)
         if out:
             out.append("")
         out.append(f"[{name}]")

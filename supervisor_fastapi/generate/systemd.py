@@ -31,6 +31,9 @@ TimeoutStopSec={stop}
 Restart=always
 RestartSec=2
 LimitNOFILE=65536
+# supervisord's own log and the listener's files are root's alone; the app's programs set
+# umask=022 in the conf.
+UMask=0077
 WorkingDirectory={spec.base_dir}
 
 [Install]

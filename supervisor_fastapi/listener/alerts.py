@@ -6,7 +6,10 @@ dead webhook delays neither the event loop nor the other channels. What still ca
 delivered goes to the journal (JSON lines in run_dir); nothing is dropped silently.
 """
 
+import base64
+import errno
 import fcntl
+import http.client
 import json
 import logging
 import os
@@ -15,14 +18,18 @@ import shlex
 import smtplib
 import socket
 import ssl
+import stat
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from email.message import EmailMessage
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
+from ..contracts import read_small_file
 from ..layout import Layout
 from ..spec.model import Alert as AlertSpec
 
@@ -79,6 +86,166 @@ class Channel:
     def send(self, msg: Message) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def secrets(self) -> List[str]:
+        """Strings that must never appear in an error, a log line or the state file."""
+        return []
+
+    def target(self) -> str:
+        """Where it sends, safe to print."""
+        return ""
+
+
+# --- secrets in URLs --------------------------------------------------------------------------
+
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]`` with the rest hidden: a webhook's path and query are its
+    password (Slack, Discord, Teams...), and ``user:password@`` is one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"{url.split(':', 1)[0]}://{REDACTED}"
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = f"{REDACTED}@" if parts.username is not None or parts.password is not None else ""
+    rest = "/" + REDACTED if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{userinfo}{host}{port}{rest}"
+
+
+def url_secrets(url: str) -> List[str]:
+    """The secret pieces of ``url``, longest first (the whole URL, its path and query, its password)."""
+    out = [url]
+    try:
+        parts = urllib.parse.urlsplit(url)
+        out += [p for p in (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else "",
+                            parts.password or "", parts.path + ("?" + parts.query if parts.query else ""),
+                            parts.path, parts.query) if p and p.strip("/")]
+        # urllib may report the unquoted form.
+        out += [urllib.parse.unquote(p) for p in list(out)]
+    except ValueError:
+        pass
+    return sorted(set(out), key=len, reverse=True)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret replaced (whole URLs by their redacted form)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 3 and secret in text:
+            text = text.replace(secret, redact_url(secret) if "://" in secret else REDACTED)
+    return text
+
+
+# --- deadlines: a timeout for the whole request, not for each socket operation ----------------
+
+
+class Deadline:
+    """Shuts down every socket of one request when ``seconds`` have passed, so a server that
+    trickles one byte at a time (each byte restarting the socket timeout) is cut off too.
+
+    Sockets are tracked as objects: shutdown(2) goes to the descriptor the object still
+    owns, and an object already closed (or detached into an SSL socket) has none, so a
+    descriptor number reused elsewhere is never touched."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._socks: List[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+    def track(self, sock: T) -> T:
+        with self._lock:
+            self._socks.append(sock)  # type: ignore[arg-type]
+            if self.expired:
+                _shutdown(sock)  # type: ignore[arg-type]
+        return sock
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for sock in self._socks:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        # The plain socket method, also for an SSLSocket: its own shutdown() would tear down
+        # the TLS state under the thread that is reading.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+class _TrackingContext(ssl.SSLContext):
+    """An SSL context whose sockets are tracked by a Deadline, the TLS handshake included."""
+
+    deadline: Optional[Deadline] = None
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        handshake = kwargs.get("do_handshake_on_connect", True)
+        kwargs["do_handshake_on_connect"] = False
+        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        if self.deadline is not None:
+            self.deadline.track(wrapped)
+        if handshake:
+            wrapped.do_handshake()
+        return wrapped
+
+
+def tls_context(deadline: Deadline) -> ssl.SSLContext:
+    """The default client context (certificates and host names verified), tracked by ``deadline``."""
+    ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_default_certs()
+    ctx.deadline = deadline
+    return ctx
+
+
+def _tracked_connection(cls: Any, deadline: Deadline) -> Callable[..., Any]:
+    def make(host: str, **kwargs: Any) -> Any:
+        conn = cls(host, **kwargs)
+        create = conn._create_connection
+        conn._create_connection = lambda *a, **k: deadline.track(create(*a, **k))
+        return conn
+
+    return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._make = _tracked_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(self._make, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+        self._make = _tracked_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req: Any) -> Any:
+        # Made here, not in __init__: loading the CA store costs ~50 ms, wasted on http:// URLs.
+        return self.do_open(self._make, req, context=tls_context(self._deadline))
+
 
 class WebhookChannel(Channel):
     type = "webhook"
@@ -86,19 +253,70 @@ class WebhookChannel(Channel):
     def __init__(self, name: str, url: str, timeout: float = 5.0, headers: Sequence[Tuple[str, str]] = ()) -> None:
         self.name, self.url, self.timeout, self.headers = name, url, timeout, dict(headers)
 
+    def secrets(self) -> List[str]:
+        try:
+            auth = list(self._request_url()[1].values())
+        except ValueError:
+            auth = []
+        return url_secrets(self.url) + [v for v in list(self.headers.values()) + auth if len(v) >= 3]
+
+    def target(self) -> str:
+        return redact_url(self.url)
+
+    def _request_url(self) -> Tuple[str, Dict[str, str]]:
+        """The URL urllib can open, and a Basic Authorization header for ``user:password@``
+        (urllib itself would take it for part of the host name)."""
+        parts = urllib.parse.urlsplit(self.url)
+        if "@" not in parts.netloc:
+            return self.url, {}
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        token = base64.b64encode(urllib.parse.unquote(userinfo).encode()).decode()
+        return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), {"Authorization": f"Basic {token}"}
+
     def send(self, msg: Message) -> None:
         body = json.dumps(msg, default=str).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "supervisor-fastapi-listener"}
+        url, auth = self._request_url()
+        headers.update(auth)
         headers.update(self.headers)
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - URL from the spec
-                resp.read(65536)
-        except urllib.error.HTTPError as exc:
-            raise SendError(f"HTTP {exc.code} from {self.url}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SendError(f"POST {self.url}: {reason}") from None
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        where = redact_url(self.url)
+        with Deadline(self.timeout) as deadline:
+            opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+            try:
+                with opener.open(req, timeout=self.timeout) as resp:
+                    resp.read(65536)
+            except urllib.error.HTTPError as exc:
+                raise SendError(f"HTTP {exc.code} from {where}") from None
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+                if deadline.expired:
+                    raise SendError(f"POST {where}: timed out: no complete answer within {self.timeout:g} s") from None
+                reason = getattr(exc, "reason", exc)
+                raise SendError(redact(f"POST {where}: {reason}", self.secrets())) from None
+        if deadline.expired:  # pragma: no cover - the answer completed as the timer fired
+            raise SendError(f"POST {where}: timed out: no complete answer within {self.timeout:g} s")
+
+
+class _SMTP(smtplib.SMTP):
+    deadline: Optional[Deadline] = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        return self.deadline.track(sock) if self.deadline else sock
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL):
+    deadline: Optional[Deadline] = None
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
+        # The raw socket is tracked before the TLS handshake; the context tracks the TLS one.
+        raw = socket.create_connection((host, port), timeout, self.source_address)
+        if self.deadline:
+            self.deadline.track(raw)
+        return self.context.wrap_socket(raw, server_hostname=host)
+
+
+PASSWORD_FILE_BYTES = 4096
 
 
 class EmailChannel(Channel):
@@ -107,15 +325,47 @@ class EmailChannel(Channel):
     def __init__(self, name: str, opts: Mapping[str, Any], env: Mapping[str, str]) -> None:
         self.name, self.opts, self.env = name, dict(opts), env
 
+    def _password(self) -> Optional[str]:
+        path, pass_env = self.opts.get("password_file"), self.opts.get("password_env")
+        if path:
+            data = read_small_file(path, PASSWORD_FILE_BYTES)
+            if data is None:
+                raise SendError(f"password_file {path} cannot be read (missing, not a regular file, a symlink, or "
+                                f"over {PASSWORD_FILE_BYTES} bytes)")
+            try:
+                return data.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise SendError(f"password_file {path} is not UTF-8 text") from None
+        if pass_env:
+            if not self.env.get(pass_env):
+                raise SendError(f"environment variable {pass_env} is not set (named by password_env); set it in "
+                                "supervisord's environment")
+            return self.env[pass_env]
+        return None
+
     def _credentials(self) -> Optional[Tuple[str, str]]:
-        user_env, pass_env = self.opts.get("username_env"), self.opts.get("password_env")
-        if not user_env and not pass_env:
+        user_env = self.opts.get("username_env")
+        if user_env and not self.env.get(user_env):
+            raise SendError(f"environment variable {user_env} is not set (named by username_env); set it in "
+                            "supervisord's environment")
+        user = self.opts.get("username") or (self.env.get(user_env) if user_env else None)
+        password = self._password()
+        if user is None and password is None:
             return None
-        missing = [n for n in (user_env, pass_env) if n and n not in self.env]
-        if missing:
-            raise SendError(f"environment variable {', '.join(missing)} is not set (named by username_env/"
-                            "password_env); set it in supervisord's environment")
-        return self.env.get(user_env or "", ""), self.env.get(pass_env or "", "")
+        return user or "", password or ""
+
+    def secrets(self) -> List[str]:
+        out = []
+        try:
+            creds = self._credentials()
+        except SendError:
+            creds = None
+        if creds and len(creds[1]) >= 3:
+            out.append(creds[1])
+        return out
+
+    def target(self) -> str:
+        return ", ".join(self.opts["to"])
 
     def send(self, msg: Message) -> None:
         o = self.opts
@@ -126,33 +376,85 @@ class EmailChannel(Channel):
         email.set_content(full_text(msg))
         creds = self._credentials()
         timeout = float(o.get("timeout", 10.0))
-        try:
-            if o.get("ssl"):
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(o["host"], int(o["port"]), timeout=timeout,
-                                                      context=ssl.create_default_context())
-            else:
-                smtp = smtplib.SMTP(o["host"], int(o["port"]), timeout=timeout)
-            with smtp:
-                if o.get("starttls") and not o.get("ssl"):
-                    smtp.starttls(context=ssl.create_default_context())
-                if creds:
-                    smtp.login(*creds)
-                smtp.send_message(email)
-        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            raise SendError(f"SMTP {o['host']}:{o['port']}: {exc}") from None
+        where = f"SMTP {o['host']}:{o['port']}"
+        with Deadline(timeout) as deadline:
+            try:
+                smtp: smtplib.SMTP
+                if o.get("ssl"):
+                    smtp = _SMTP_SSL(timeout=timeout, context=tls_context(deadline))
+                else:
+                    smtp = _SMTP(timeout=timeout)
+                smtp.deadline = deadline
+                smtp._host = o["host"]  # type: ignore[union-attr]  # what starttls() verifies against
+                with smtp:
+                    code, reply = smtp.connect(o["host"], int(o["port"]))
+                    if code != 220:
+                        raise smtplib.SMTPConnectError(code, reply)
+                    if o.get("starttls") and not o.get("ssl"):
+                        smtp.starttls(context=tls_context(deadline))
+                    if creds:
+                        smtp.login(*creds)
+                    smtp.send_message(email)
+            except (smtplib.SMTPException, OSError, ssl.SSLError, ValueError) as exc:
+                if deadline.expired:
+                    raise SendError(f"{where}: timed out: no complete answer within {timeout:g} s") from None
+                raise SendError(redact(f"{where}: {exc}", [creds[1]] if creds else [])) from None
 
 
 class CommandChannel(Channel):
+    """Runs a command with the alert as JSON on stdin: as ``user`` (default app.user), or as
+    root only when the spec says ``run_as_root = true``; the listener's credentials are
+    removed from its environment."""
+
     type = "command"
 
-    def __init__(self, name: str, command: str, timeout: float = 10.0, cwd: Optional[str] = None) -> None:
+    def __init__(self, name: str, command: str, timeout: float = 10.0, cwd: Optional[str] = None,
+                 user: Optional[str] = None, run_as_root: bool = False, hidden_env: Sequence[str] = ()) -> None:
         self.name, self.command, self.timeout, self.cwd = name, command, timeout, cwd
+        self.user, self.run_as_root, self.hidden_env = user, run_as_root, tuple(hidden_env)
+
+    def target(self) -> str:
+        return self.command
+
+    def _identity(self) -> Dict[str, Any]:
+        """subprocess arguments that drop to ``user``; {} to run as we are."""
+        euid = os.geteuid()
+        if self.user is None:
+            if euid == 0 and not self.run_as_root:
+                raise SendError("refusing to run the command as root: set user = \"...\" on this alert (or "
+                                "app.user), or run_as_root = true to allow it")
+            return {}
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(self.user)
+        except KeyError:
+            raise SendError(f"user {self.user!r} does not exist") from None
+        if entry.pw_uid == euid:
+            return {}
+        if euid != 0:
+            raise SendError(f"cannot run the command as {self.user!r}: the listener is not root")
+        env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
+        env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+        if sys.version_info >= (3, 9):
+            groups = [g.gr_gid for g in _groups_of(entry.pw_name)]
+            return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups, "env": env}
+        uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name  # pragma: no cover - Python 3.8
+
+        def drop() -> None:  # pragma: no cover - Python 3.8
+            os.initgroups(name, gid)
+            os.setgid(gid)
+            os.setuid(uid)
+
+        return {"preexec_fn": drop, "env": env}  # pragma: no cover - Python 3.8
 
     def send(self, msg: Message) -> None:
+        identity = self._identity()
+        identity.setdefault("env", {k: v for k, v in os.environ.items() if k not in self.hidden_env})
         try:
             proc = subprocess.run(shlex.split(self.command), input=json.dumps(msg, default=str), text=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout,
-                                  cwd=self.cwd)
+                                  cwd=self.cwd, **identity)
         except subprocess.TimeoutExpired:
             raise SendError(f"{self.command!r} did not finish within {self.timeout:g} s") from None
         except OSError as exc:
@@ -162,38 +464,78 @@ class CommandChannel(Channel):
             raise SendError(f"{self.command!r} exited with status {proc.returncode} {err[0][:200]}".rstrip())
 
 
+def _groups_of(user: str) -> List[Any]:
+    import grp
+
+    return [g for g in grp.getgrall() if user in g.gr_mem]
+
+
 class LogChannel(Channel):
     type = "log"
 
     def __init__(self, name: str, path: str) -> None:
         self.name, self.path = name, path
 
+    def target(self) -> str:
+        return self.path
+
     def send(self, msg: Message) -> None:
         try:
             append_line(self.path, msg)
         except OSError as exc:
-            raise SendError(f"{self.path}: {exc}") from None
+            raise SendError(f"{self.path}: {exc.strerror or exc}") from None
+
+
+# Files the listener writes are its own: created 0600, opened without following a link.
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_own(path: str, flags: int) -> int:
+    """Open ``path`` for writing, refusing anything but a regular file of ours with one link
+    (a FIFO would block, a hard link to another file would be written through)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not a regular file of ours (a link, FIFO or another user's file?)", path)
+    return fd
 
 
 def append_line(path: str, obj: Any, max_bytes: int = ROTATE_BYTES, keep: int = ROTATE_KEEP) -> None:
-    """Append one JSON line (one write call, so a reader never sees half a line); when the file
-    has reached ``max_bytes``, first rotate it to ``path.1`` (``path.1`` to ``path.2``, ...,
-    keeping ``keep``). An exclusive flock on ``path.lock`` makes check, rotation and write one
+    """Append one JSON line, whole or not at all (a short write is retried, and a failed one
+    cut back off, so a reader never sees half a line); when the file has reached
+    ``max_bytes``, first rotate it to ``path.1`` (``path.1`` to ``path.2``, ..., keeping
+    ``keep``). An exclusive flock on ``path.lock`` makes check, rotation and write one
     step for the listener's threads and an ``alert-test`` in another process alike: a lock on
-    the log file itself would not do, since two writers can hold locks on two generations."""
+    the log file itself would not do, since two writers can hold locks on two generations.
+    Raises OSError when the line was not written."""
     line = (json.dumps(obj, default=str, sort_keys=True) + "\n").encode()
-    lock = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o640)
+    lock = _open_own(f"{path}.lock", os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            size = os.stat(path).st_size
+            size = os.lstat(path).st_size
         except FileNotFoundError:
             size = 0
         if size and size + len(line) > max_bytes:
             rotate(path, keep)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = _open_own(path, _APPEND_FLAGS)
         try:
-            os.write(fd, line)
+            start = os.fstat(fd).st_size
+            view = memoryview(line)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    if n <= 0:  # pragma: no cover - write(2) returns >0 or raises
+                        raise OSError(errno.EIO, "write returned 0", path)
+                    view = view[n:]
+            except OSError:
+                try:
+                    os.ftruncate(fd, start)  # no half line (the disk was full mid-line)
+                except OSError:
+                    pass
+                raise
         finally:
             os.close(fd)
     finally:
@@ -225,7 +567,9 @@ def channels_from_alerts(alerts: Sequence[Mapping[str, Any]], base_dir: str, run
         elif a.type == "email":
             out.append(EmailChannel(a.name, dict(a.options), env))
         elif a.type == "command":
-            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), base_dir))
+            out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), base_dir,
+                                      user=a.get("user"), run_as_root=bool(a.get("run_as_root")),
+                                      hidden_env=a.get("hidden_env") or ()))
         else:
             out.append(LogChannel(a.name, a.get("path") or Layout(run_dir).alerts_log))
     return out
@@ -245,7 +589,7 @@ def deliver(channel: Channel, msg: Message, retries: int, sleep: Callable[[float
             channel.send(msg)
             return None
         except Exception as exc:  # a channel bug must not kill its thread either
-            error = str(exc) or type(exc).__name__
+            error = redact(str(exc) or type(exc).__name__, channel.secrets())
             if not quiet:
                     log.warning("alert %s via %s failed (attempt %d/%d): %s", msg.get("kind"), channel.name,
                             attempt + 1, retries + 1, error)
@@ -259,14 +603,17 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
 
-    def write(self, msg: Message, channel: str, error: str, now: Optional[float] = None) -> None:
+    def write(self, msg: Message, channel: str, error: str, now: Optional[float] = None) -> bool:
+        """Journal one undelivered alert; False when even that failed (it is then on stderr only)."""
         entry = {"at": time.time() if now is None else now, "channel": channel, "error": error, "alert": msg}
         with self._lock:
             try:
                 append_line(self.path, entry)
+                return True
             except OSError as exc:  # the last resort: stderr, which supervisord keeps in a log
                 log.error("cannot write alert journal %s: %s; undelivered alert: %s", self.path, exc,
                           json.dumps(entry, default=str))
+                return False
 
 
 ResultCallback = Callable[[Message, Dict[str, str]], None]
@@ -330,8 +677,8 @@ class Dispatcher:
             try:
                 self._queues[c.name].put_nowait((ident, msg))
             except queue.Full:
-                self.journal.write(msg, c.name, "queue full: the channel is too far behind")
-                self._done(ident, msg, c.name, "journaled: queue full")
+                ok = self.journal.write(msg, c.name, "queue full: the channel is too far behind")
+                self._done(ident, msg, c.name, ("journaled" if ok else "LOST (journal not writable)") + ": queue full")
         if not self.channels:
             self._finish(ident, msg)
 
@@ -355,8 +702,8 @@ class Dispatcher:
                 self._done(ident, msg, channel.name, "sent")
             else:
                 self._down.add(channel.name)
-                self.journal.write(msg, channel.name, error)
-                self._done(ident, msg, channel.name, f"journaled: {error}")
+                ok = self.journal.write(msg, channel.name, error)
+                self._done(ident, msg, channel.name, f"{'journaled' if ok else 'LOST (journal not writable)'}: {error}")
 
     def _done(self, ident: int, msg: Message, channel: str, result: str) -> None:
         with self._lock:

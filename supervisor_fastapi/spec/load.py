@@ -9,11 +9,12 @@ import math
 import os
 import re
 import sys
+import urllib.parse
 from typing import Any, Dict, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
-from ..layout import Layout
+from ..layout import RESERVED_PROGRAMS, Layout, Names
 from ..uvicorn_settings import UVICORN_OWNED, UVICORN_SETTINGS, UvicornSetting
 from .model import (  # noqa: F401
     _SIZE_UNITS,
@@ -44,6 +45,8 @@ else:  # pragma: no cover - exercised on the oldest supported Python in CI
     import tomli as tomllib
 
 SPEC_FILENAME = "supervisor-fastapi.toml"
+# Larger integers mean nothing here (2**53: exactly representable as a float; ~8 PB).
+MAX_INT = 2**53
 PYPROJECT_TABLE = "supervisor-fastapi"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?\Z")
@@ -53,6 +56,20 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Names supervisor uses for its own environment; a spec overriding them would break the
 # listener's RPC connection or the worker's identity.
 RESERVED_ENV = ("SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME", "SUPERVISOR_ENABLED")
+
+
+# uvicorn settings for which 0 parses but breaks the worker.
+UVICORN_POSITIVE = {
+    "limit_concurrency": "0 answers every request with 503; remove the key for no limit",
+    "limit_max_requests": "0 makes each worker exit at once; remove the key for no limit",
+    "ws_max_size": "0 refuses every websocket message",
+    "ws_max_queue": "0 refuses every websocket message",
+    "h11_max_incomplete_event_size": "0 refuses every request",
+}
+# No control characters (CR/LF/NUL ...) and no whitespace: in a URL, host or address they
+# would only fail when an alert is sent, or split an SMTP or HTTP header.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+ADDRESS_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\Z")
 
 
 # --- the table reader -------------------------------------------------------------------
@@ -70,7 +87,7 @@ class _Table:
         self.data: Dict[str, Any] = data
         for key in data:
             if key not in known:
-                self.fail(key, "unknown key", did_you_mean(key, known) or f"known keys: {', '.join(known)}")
+                self.fail(_show(key), "unknown key", did_you_mean(key, known) or f"known keys: {', '.join(known)}")
 
     def key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -109,7 +126,10 @@ class _Table:
             return value
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
-            self.fail(key, f"must be {bound}, not {value!r}")
+            self.fail(key, f"must be {bound}, not {value if abs(value) <= MAX_INT else 'a huge number'}")
+        # TOML integers are unbounded: float() of a 400-digit one raises OverflowError.
+        if abs(value) > MAX_INT:
+            self.fail(key, f"is too large (at most {MAX_INT})")
         return value
 
     def flag(self, key: str, default: bool) -> bool:
@@ -121,17 +141,19 @@ class _Table:
             return value
         try:
             n = value if isinstance(value, int) else parse_size(value)
-        except ValueError as exc:
-            self.fail(key, str(exc))
+        except (ValueError, OverflowError) as exc:
+            self.fail(key, str(exc) if isinstance(exc, ValueError) else "is too large")
         if n <= 0:
             self.fail(key, "must be larger than zero")
+        if n > MAX_INT:
+            self.fail(key, f"is too large (at most {format_size(MAX_INT)})")
         return n
 
     def env(self, key: str) -> Tuple[Tuple[str, str], ...]:
         table = self.get(key, (dict,), {}, "a table of NAME = \"value\"")
         pairs = []
         for name, value in table.items():
-            where = f"{key}.{name}"
+            where = f"{key}.{_show(name)}"
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", name):
                 self.fail(where, "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
             if name in RESERVED_ENV:
@@ -173,6 +195,12 @@ class _Table:
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
+def _show(key: str) -> str:
+    """A TOML key as it goes in a message: quoted when it holds a control character, so the
+    message stays one line."""
+    return repr(key) if _CONTROL_RE.search(key) else key
+
+
 def _kind(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "a table"}.get(type(value), type(value).__name__)
@@ -192,18 +220,40 @@ def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefault
                table: Optional[str] = None) -> Spec:
     """Parse spec text; ``table`` selects ``[tool.<table>]`` when reading pyproject.toml."""
     host = host or HostDefaults()
+    data = _toml(text, source)
+    if table:
+        tool = data.get("tool", {})
+        if not isinstance(tool, dict):
+            raise SpecError(source, "tool", f"must be a table, not {_kind(tool)}", f"use [tool.{table}.app] tables")
+        found = tool.get(table)
+        if found is None:
+            raise SpecError(source, f"tool.{table}", "table not found", f"add a [tool.{table}.app] table")
+        if not isinstance(found, dict):
+            raise SpecError(source, f"tool.{table}", f"must be a table, not {_kind(found)}",
+                            f"use [tool.{table}.app] tables")
+        data = found
+    _check_location(source, base_dir)
+    return build_spec(data, source, base_dir, host)
+
+
+def _toml(text: str, source: str) -> Dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(source, "", f"is not valid TOML: {exc}",
                         "fix the syntax at the line and column shown") from None
+    except RecursionError:
+        raise SpecError(source, "", "is nested too deeply to read", "flatten the arrays or tables") from None
     except UnicodeError as exc:  # pragma: no cover - tomllib raises TOMLDecodeError for most of these
         raise SpecError(source, "", f"is not valid text: {exc}") from None
-    if table:
-        data = data.get("tool", {}).get(table)
-        if data is None:
-            raise SpecError(source, f"tool.{table}", "table not found", f"add a [tool.{table}.app] table")
-    return build_spec(data, source, base_dir, host)
+
+
+def _check_location(source: str, base_dir: str) -> None:
+    """The spec's path reaches the conf (the listener's --spec, default folders): refuse one it cannot carry."""
+    problem = ini.problem_with(base_dir) or ini.problem_with(os.path.basename(source) or source)
+    if problem:
+        raise SpecError(repr(source), "", f"the spec file's path {problem}",
+                        "move the spec (or the folder) to a path without it")
 
 
 def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDefaults) -> Spec:
@@ -294,7 +344,8 @@ def parse_bind(value: str, base_dir: str) -> Bind:
             raise ValueError("'*' parses but fails at bind in supervisord; use 0.0.0.0 for every interface")
         if not HOST_RE.match(host):
             raise ValueError(f"{host!r} is not a host name or IPv4 address")
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        # ASCII only: int() accepts other scripts' digits ("\u0668\u0660"), isdigit() even "\u00b2".
+        if not re.match(r"^[0-9]{1,5}\Z", port) or not 0 < int(port) < 65536:
             raise ValueError(f"port {port!r} must be a number from 1 to 65535")
         return Bind(kind="tcp", host=host, port=int(port))
     raise ValueError(f"{value!r} must start with tcp:// or unix://")
@@ -358,6 +409,8 @@ def _uvicorn_value(t: _Table, key: str, setting: UvicornSetting) -> Any:
                "name the variable that holds the value, like \"SHOP_TLS_KEY_PASSWORD\"; never the value itself")
     if kind in ("int", "float") and value < 0:
         t.fail(key, "must not be negative")
+    if key in UVICORN_POSITIVE and value < 1:
+        t.fail(key, f"must be at least 1, not {value!r}", UVICORN_POSITIVE[key])
     if kind == "str":
         t.safe(key, value)
         if setting.choices and value not in setting.choices:
@@ -385,14 +438,25 @@ def _memory(t: _Table) -> Memory:
 def _programs(data: Any, source: str, base_dir: str, app: App) -> Tuple[Program, ...]:
     if not isinstance(data, list):
         raise SpecError(source, "programs", f"must be an array of tables ([[programs]]), not {_kind(data)}")
-    seen = {app.name, "migrate", "listener"}
+    names = Names(app.name)
+    # Full supervisor names already taken: the web group and the programs we render.
+    taken = {names.web: "the web workers", names.migrate: "the migration", names.listener: "the event listener",
+             names.watchdog: "the watchdog"}
     out = []
     for i, item in enumerate(data):
         t = _Table(item, f"programs[{i}]", source, ("name", "command", "numprocs", "env", "directory", "autostart"))
         name = t.text("name", pattern=NAME_RE, what="a name matching [a-z][a-z0-9_-]*")
-        if name in seen:
-            t.fail("name", f"{name!r} is already used", "give each program its own name")
-        seen.add(name)
+        if name == app.name:
+            # crash_loop.programs.<name> could not tell the program from the web workers.
+            t.fail("name", f"{name!r} is already used: it is app.name", "give each program its own name")
+        if name in RESERVED_PROGRAMS:
+            t.fail("name", f"{name!r} is reserved: supervisor-fastapi renders {names.program(name)} for "
+                   f"{taken[names.program(name)]}", "choose another name")
+        full = names.program(name)
+        if full in taken:
+            t.fail("name", f"{name!r} is already used (supervisor program {full} is {taken[full]})",
+                   "give each program its own name")
+        taken[full] = f"programs[{i}]"
         out.append(Program(name=name, command=t.command("command"),
                            numprocs=t.number("numprocs", 1, integer=True, minimum=1, maximum=512),
                            env=t.env("env"), directory=t.path_value("directory", base_dir, None),
@@ -438,9 +502,9 @@ def _crash_loop(data: Any, source: str, app: App, programs: Tuple[Program, ...])
 
 ALERT_KEYS: Dict[str, Tuple[str, ...]] = {
     "webhook": ("url", "timeout", "headers"),
-    "email": ("host", "port", "starttls", "ssl", "from", "to", "username_env", "password_env", "timeout",
-              "subject_prefix"),
-    "command": ("command", "timeout"),
+    "email": ("host", "port", "starttls", "ssl", "from", "to", "username", "username_env", "password_env",
+              "password_file", "timeout", "subject_prefix"),
+    "command": ("command", "timeout", "user", "run_as_root"),
     "log": ("path",),
 }
 
@@ -467,8 +531,15 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
 def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
     if kind == "webhook":
         url = t.text("url")
-        if not re.match(r"^https?://[^\s/]+", url):
-            t.fail("url", f"{url!r} is not an http:// or https:// URL")
+        if not re.match(r"^https?://[^\s/]+", url) or re.search(r"\s", url) or _CONTROL_RE.search(url):
+            t.fail("url", "is not an http:// or https:// URL without spaces or control characters")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            t.fail("url", f"is not a usable URL ({exc})")
+        if not parts.hostname:
+            t.fail("url", "has no host name")
         headers = t.get("headers", (dict,), {}, "a table of header = \"value\"")
         for h, v in headers.items():
             if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+\Z", h) or ini.problem_with(v):
@@ -478,24 +549,47 @@ def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
     if kind == "email":
         to = t.get("to", (str, list), what="an address or an array of addresses")
         to_list = [to] if isinstance(to, str) else to
-        for addr in [t.text("from")] + list(to_list):
-            if not isinstance(addr, str) or not re.match(r"^[^@\s]+@[^@\s]+\Z", addr):
-                t.fail("to" if addr != t.data["from"] else "from", f"{addr!r} is not an email address")
-        opts = {"host": t.text("host", "127.0.0.1"), "port": t.number("port", 587, integer=True, minimum=1,
-                                                                       maximum=65535),
+        if not to_list:
+            t.fail("to", "is empty", "give at least one address")
+        if not ADDRESS_RE.match(t.text("from")):
+            t.fail("from", f"{t.data['from']!r} is not an email address")
+        for addr in to_list:
+            if not isinstance(addr, str) or not ADDRESS_RE.match(addr):
+                t.fail("to", f"{addr!r} is not an email address")
+        prefix = t.text("subject_prefix", "[supervisor-fastapi]")
+        if _CONTROL_RE.search(prefix):
+            t.fail("subject_prefix", "contains a control character (a line break would end the Subject header)")
+        if "password_env" in t.data and "password_file" in t.data:
+            t.fail("password_file", "password_env and password_file cannot both be set", "keep one")
+        if "username" in t.data and "username_env" in t.data:
+            t.fail("username", "username and username_env cannot both be set", "keep one")
+        username = t.text("username", None)
+        if username is not None and (not username or _CONTROL_RE.search(username)):
+            t.fail("username", "must be a non-empty string without control characters")
+        opts = {"host": t.text("host", "127.0.0.1", pattern=HOST_RE, what="a host name or IPv4 address"),
+                "port": t.number("port", 587, integer=True, minimum=1, maximum=65535),
                 "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],
                 "to": tuple(to_list), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=120)),
                 "username_env": t.text("username_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
                 "password_env": t.text("password_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
-                "subject_prefix": t.text("subject_prefix", "[supervisor-fastapi]")}
+                "username": username,
+                "password_file": t.path_value("password_file", base_dir, None),
+                "subject_prefix": prefix}
         if opts["ssl"] and opts["starttls"] and "starttls" in t.data:
             t.fail("ssl", "ssl (implicit TLS) and starttls cannot both be on")
         if opts["ssl"]:
             opts["starttls"] = False
         return opts
     if kind == "command":
+        user = t.text("user", None, pattern=USER_RE, what="a user name")
+        if user and ":" in user:
+            t.fail("user", f"{user!r} is not a user name (no group)", f"use {user.split(':')[0]!r}")
+        run_as_root = t.flag("run_as_root", False)
+        if run_as_root and user:
+            t.fail("run_as_root", "run_as_root = true and user cannot both be set", "keep one")
         return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1,
-                                                                            maximum=600))}
+                                                                            maximum=600)),
+                "user": user, "run_as_root": run_as_root}
     return {"path": t.path_value("path", base_dir, None)}
 
 
@@ -573,9 +667,10 @@ def find_spec(config: Optional[str], cwd: str) -> Tuple[str, Optional[str]]:
     if os.path.isfile(pyproject):
         try:
             with open(pyproject, "rb") as f:
-                if PYPROJECT_TABLE in tomllib.load(f).get("tool", {}):
-                    return pyproject, PYPROJECT_TABLE
-        except (OSError, tomllib.TOMLDecodeError):
+                tool = tomllib.load(f).get("tool", {})
+            if isinstance(tool, dict) and PYPROJECT_TABLE in tool:
+                return pyproject, PYPROJECT_TABLE
+        except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeError):
             pass
     raise UserError(f"no {SPEC_FILENAME} here ({cwd}) and no [tool.{PYPROJECT_TABLE}] in pyproject.toml; "
                     "run `supervisor-fastapi init` or pass -c PATH")

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 
 from supervisor_fastapi.contracts import notify
+from supervisor_fastapi.listener.alerts import redact_url
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert
 from .conftest import wait_until
@@ -106,13 +107,14 @@ def test_alert_test_reports_each_channel(deploy, tmp_path):
     with WebhookReceiver() as hook:
         d = deploy({"alerts": [{"type": "webhook", "name": "up", "url": hook.url},
                                {"type": "webhook", "name": "down", "url": f"http://127.0.0.1:{closed_port()}/"},
-                               {"type": "command", "name": "script", "command": f"tee {tmp_path}/alert.json"},
+                               {"type": "command", "name": "script", "command": f"tee {tmp_path}/alert.json",
+                                "run_as_root": True},
                                {"type": "log", "name": "file", "path": str(tmp_path / "alerts.log")}]},
                    start=False)
         out = d.cli("alert-test")
         assert out.returncode == 1, out.stdout + out.stderr
         lines = out.stdout.splitlines()
-        assert lines[0].startswith(f"up (webhook, url {hook.url}): sent")
+        assert lines[0].startswith(f"up (webhook, url {redact_url(hook.url)}): sent")
         assert lines[1].startswith("down (webhook, url http://127.0.0.1:") and "FAILED" in lines[1]
         assert lines[2] == f"script (command, command tee {tmp_path}/alert.json): sent"
         assert lines[3] == f"file (log, path {tmp_path}/alerts.log): sent"

@@ -297,7 +297,7 @@ def test_supervisord_killed_with_9_up_names_the_orphans_and_down_stops_them(depl
 def test_a_full_run_dir_loses_no_incident_and_the_state_is_saved_once_there_is_room(deploy, tmp_path):
     run_dir = tmp_path / "full"
     run_dir.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(run_dir)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(run_dir)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     d = None
     try:

@@ -130,14 +130,15 @@ def test_webhook_posts_json_with_text_and_headers_and_fails_on_http_errors():
 
 def test_command_gets_the_alert_json_on_stdin(tmp_path):
     out = tmp_path / "got.json"
-    CommandChannel("c", f"{sys.executable} -c 'import sys; open(\"{out}\", \"w\").write(sys.stdin.read())'").send(msg())
+    CommandChannel("c", f"{sys.executable} -c 'import sys; open(\"{out}\", \"w\").write(sys.stdin.read())'",
+                   run_as_root=True).send(msg())
     assert json.loads(out.read_text())["process"] == "web_00"
     with pytest.raises(SendError, match="exited with status 3"):
-        CommandChannel("c", f"{sys.executable} -c 'import sys; sys.exit(3)'").send(msg())
+        CommandChannel("c", f"{sys.executable} -c 'import sys; sys.exit(3)'", run_as_root=True).send(msg())
     with pytest.raises(SendError, match="No such file"):
-        CommandChannel("c", "/nonexistent/notify").send(msg())
+        CommandChannel("c", "/nonexistent/notify", run_as_root=True).send(msg())
     with pytest.raises(SendError, match="did not finish within 0.2 s"):
-        CommandChannel("c", "sleep 5", timeout=0.2).send(msg())
+        CommandChannel("c", "sleep 5", timeout=0.2, run_as_root=True).send(msg())
 
 
 def test_log_channel_appends_json_lines(tmp_path):

@@ -139,6 +139,7 @@ def to_toml(d):
 def assert_clear_error(exc):
     text = str(exc)
     assert text.startswith(f"{SRC}: ") and len(text) > len(SRC) + 6, text
+    assert "\n" not in text and "\r" not in text, f"not one line: {text!r}"
     if isinstance(exc, SpecError):
         assert exc.problem and (exc.key == "" or text.startswith(f"{SRC}: {exc.key}: "))
 
@@ -287,3 +288,80 @@ def test_cli_render_never_shows_a_traceback(tmp_path_factory, d):
     assert "Traceback" not in result.output
     if result.exit_code == 2:
         assert result.output.startswith("error: ")
+
+
+# --- inputs that once ended in a traceback (issue 9, point 6) ---------------------------------
+
+ALERT_TEXT = st.one_of(hostile, st.sampled_from(["https://h.example/x", "https://h.example:99999/", "a@b.c", "smtp.x",
+                                                 "http://u:p@h/x?t=1", "[x] ", "", "\u00e9@\u00e9.fr"]))
+
+
+@FUZZ
+@given(kind=st.sampled_from(["webhook", "email", "command", "log"]), key=st.sampled_from(
+    ["url", "host", "subject_prefix", "from", "to", "username", "command", "path", "user"]),
+    value=st.one_of(ALERT_TEXT, st.lists(ALERT_TEXT, max_size=3), anything))
+def test_alert_keys_with_hostile_values(kind, key, value):
+    base = {"webhook": {"url": "https://h.example/x"}, "email": {"from": "a@b.c", "to": "d@e.f"},
+            "command": {"command": "notify", "run_as_root": True}, "log": {}}[kind]
+    alert = {"type": kind, **base, key: value}
+    spec = parse_or_error(to_toml({"app": {"name": "web", "asgi": "main:app"}, "alerts": [alert]}))
+    if spec is None:
+        return
+    for _, v in spec.alerts[0].options:
+        for text in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(text, str) and key != "command":
+                # Accepted values never carry a line break or NUL into an HTTP or SMTP header.
+                assert not any(c in text for c in "\r\n\x00"), (key, text)
+    assert_no_injection(spec)
+
+
+def _nested(depth: int, kind: str) -> str:
+    return "x = " + ("[" * depth + "]" * depth if kind == "array" else "{a = " * depth + "1" + "}" * depth)
+
+
+@settings(max_examples=40, deadline=None)
+@given(depth=st.integers(1, 6000), kind=st.sampled_from(["array", "inline"]))
+def test_deep_nesting_is_a_clear_error(depth, kind):
+    assert parse_or_error(f'[app]\nname = "web"\nasgi = "m:a"\n{_nested(depth, kind)}\n') is None
+
+
+@FUZZ
+@given(digits=st.text("0123456789", min_size=1, max_size=600), unit=st.sampled_from(["", "B", "KB", "GB", "TiB"]),
+       key=st.sampled_from(["per_worker", "limit", "budget"]), quoted=st.booleans())
+def test_huge_sizes_are_a_clear_error(digits, unit, key, quoted):
+    value = f'"{digits}{unit}"' if quoted or unit else digits
+    parse_or_error(f'[app]\nname = "web"\nasgi = "m:a"\n[memory]\n{key} = {value}\n')
+
+
+@FUZZ
+@given(port=st.text(st.characters(whitelist_categories=("Nd", "No")), min_size=1, max_size=6))
+def test_ports_in_other_scripts_are_a_clear_error(port):
+    spec = parse_or_error(to_toml({"app": {"name": "web", "asgi": "m:a"}, "server": {"bind": f"tcp://h:{port}"}}))
+    if spec is not None:
+        assert port.isascii() and str(spec.server.bind.port) == port.lstrip("0")
+
+
+PYPROJECT = "/srv/fuzz/pyproject.toml"
+
+
+@FUZZ
+@given(tool=st.one_of(anything, st.dictionaries(st.sampled_from(["supervisor-fastapi", "black", "x"]),
+                                                st.one_of(anything, st.dictionaries(hostile, anything, max_size=3)),
+                                                max_size=3)))
+def test_pyproject_shapes(tool):
+    text = to_toml({"project": {"name": "x"}, "tool": tool})
+    try:
+        parse_spec(text, PYPROJECT, SRC_DIR, HOST, "supervisor-fastapi")
+    except UserError as exc:
+        assert str(exc).startswith(f"{PYPROJECT}: ") and "\n" not in str(exc), str(exc)
+
+
+@FUZZ
+@given(folder=st.builds(lambda a, b: f"/srv/{a}{b}", hostile, st.sampled_from(["", " ", " ;x", "#", "\n", "/x"])))
+def test_spec_folder_paths(folder):
+    try:
+        spec = parse_spec('[app]\nname = "web"\nasgi = "m:a"\n', folder + "/supervisor-fastapi.toml", folder, HOST)
+    except UserError as exc:
+        assert "\n" not in str(exc), str(exc)
+        return
+    assert_no_injection(spec)

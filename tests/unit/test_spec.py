@@ -93,7 +93,7 @@ def test_factory_flag():
     (data(app={"asgi": "main:app\n"}), "app.asgi", "import string"),
     (data(app={"name": "web\n"}), "app.name", "is not a name"),
     (data(app={"user": "root\n"}), "app.user", "user name"),
-    (data(app={"env": {"A\n": "x"}}), "app.env.A\n", "environment variable name"),
+    (data(app={"env": {"A\n": "x"}}), "app.env.'A\\n'", "environment variable name"),
     (data(server={"bind": "tcp://h\n:80"}), "server.bind", "host name"),
     (data(server={"bind": "unix:///a.sock", "socket_mode": "0660\n"}), "server.socket_mode", "octal"),
     (data(app={"user": "a b"}), "app.user", "user name"),
