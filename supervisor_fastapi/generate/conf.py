@@ -148,7 +148,9 @@ def listener_section(spec: Spec) -> ini.Section:
         ("startsecs", "1"),
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),
-        # stdout is the event protocol; the listener logs to stderr only.
+        # stdout is the event protocol; the listener logs to stderr only. NONE: without it
+        # supervisord copies the protocol (READY, RESULT 2 OK) into an AUTO child log.
+        ("stdout_logfile", "NONE"),
         ("stderr_logfile", ini.logfile(layout.program_log(name))),
         ("stderr_logfile_maxbytes", "10MB"),
         ("stderr_logfile_backups", "5"),
