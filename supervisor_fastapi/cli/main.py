@@ -120,11 +120,10 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
 @config_option
 @user_errors
 def check(config: Optional[str]) -> None:
-    """Validate the spec, the generated conf, the bind address, memory capacity and the app's Python."""
+    """Validate the spec, the generated conf, the bind address, memory capacity, the app's Python and its import."""
     spec = load_spec(config)
-    deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
     running = control.is_running(Layout(spec.run_dir))
-    results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
+    results = checks.run_checks(spec, running, checks.total_ram())
     for r in results:
         mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
@@ -135,7 +134,8 @@ def check(config: Optional[str]) -> None:
 @main.command()
 @config_option
 @click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the workers.")
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds to wait for the workers; with [migrate], migrate.timeout is added to it.")
 @user_errors
 def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
     """Render, start supervisord (or apply changes to it) and wait until every worker accepts."""

@@ -1,6 +1,15 @@
 """The deployment spec: ``model`` holds the typed records, ``load`` reads TOML into them."""
 
-from .load import PYPROJECT_TABLE, SPEC_FILENAME, build_spec, find_spec, load_spec, parse_bind, parse_spec
+from .load import (
+                    PYPROJECT_TABLE,
+                    SPEC_FILENAME,
+                    build_spec,
+                    find_spec,
+                    load_spec,
+                    parse_bind,
+                    parse_spec,
+                    pyproject_with_table,
+)
 from .model import (
                     Alert,
                     App,
@@ -21,5 +30,6 @@ from .model import (
 )
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
+           "pyproject_with_table",
            "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Migrate",
            "Program", "Server", "Spec", "Supervisord", "format_size", "parse_size"]

@@ -4,7 +4,8 @@ Behaviour is steered by environment variables set in the test's spec:
 - CRASH_AFTER=S: the worker exits with status 1 S seconds after start;
 - CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app);
 - HANG_STARTUP_WHILE=PATH: lifespan start-up does not finish while PATH exists (a database
-  that does not answer); the loop stays free, the worker never listens.
+  that does not answer); the loop stays free, the worker never listens;
+- FAIL_STARTUP=MESSAGE: lifespan start-up fails with MESSAGE (the app imports, then cannot start).
 """
 
 import asyncio
@@ -39,6 +40,9 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if os.environ.get("FAIL_STARTUP"):
+                    await send({"type": "lifespan.startup.failed", "message": os.environ["FAIL_STARTUP"]})
+                    return
                 hang = os.environ.get("HANG_STARTUP_WHILE")
                 while hang and os.path.exists(hang):
                     await asyncio.sleep(0.1)
