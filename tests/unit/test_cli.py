@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from supervisor_fastapi import __version__
-from supervisor_fastapi.cli import main
+from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.spec import load_spec
 
 from ._core_helpers import load, raw_sections

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from supervisor_fastapi.cli import main
+from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate.conf import build, worker_argv
 from supervisor_fastapi.spec import parse_spec
