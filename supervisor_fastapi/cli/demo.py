@@ -45,7 +45,7 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
     try:
         import fastapi  # noqa: F401
     except ImportError:
-        raise UserError("the demo needs FastAPI: pip install 'supervisor-fastapi[demo]'") from None
+        raise UserError("the demo needs FastAPI: pip install fastapi (or, in a clone, pip install '.[demo]')") from None
     # Ctrl-C, a TERM and a closed terminal (HUP) all tear the demo down, whenever they come:
     # each raises KeyboardInterrupt where the main thread is, and the finally below cleans up.
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps an inherited ignore.

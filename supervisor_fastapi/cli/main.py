@@ -110,8 +110,9 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         deploy.render_to(spec, path, command, fragment=fragment)
     click.echo(f"wrote {path}", err=True)
     if fragment:
-        click.echo(f"install: cp {path} /etc/supervisor/conf.d/{spec.app.name}.conf && supervisorctl update",
-                   err=True)
+        target = f"/etc/supervisor/conf.d/{spec.app.name}.conf"
+        copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
+        click.echo(f"install: {copy}supervisorctl reread && supervisorctl update", err=True)
     else:
         click.echo(f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)", err=True)
 

@@ -108,6 +108,18 @@ def test_readme_says_which_commands_take_a_spec():
     assert "except `demo`" in readme
 
 
+def test_render_fragment_into_conf_d_does_not_say_copy_it_onto_itself(folder, monkeypatch):
+    write_spec(folder)
+    r = run("render", "--fragment", "-o", "shop.conf")
+    assert "install: cp shop.conf /etc/supervisor/conf.d/shop.conf && supervisorctl reread && supervisorctl update" \
+        in r.output, r.output
+    written = []
+    monkeypatch.setattr("supervisor_fastapi.cli.deploy.write_atomic", lambda path, text: written.append(path))
+    r = run("render", "--fragment", "--with-plugins", "-o", "/etc/supervisor/conf.d/shop.conf")
+    assert written == ["/etc/supervisor/conf.d/shop.conf"]
+    assert "install: supervisorctl reread && supervisorctl update" in r.output and "cp " not in r.output, r.output
+
+
 def test_init_default_name_comes_from_the_folder(tmp_path, monkeypatch):
     target = tmp_path / "9 Lives"
     target.mkdir()
@@ -228,7 +240,8 @@ def test_systemd_unit(folder):
 def test_demo_without_fastapi_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     r = run("demo", "--smoke")
-    assert r.exit_code == 2 and "pip install 'supervisor-fastapi[demo]'" in r.output
+    assert r.exit_code == 2, r.output
+    assert "the demo needs FastAPI: pip install fastapi (or, in a clone, pip install '.[demo]')" in r.output
 
 
 def test_help_lists_the_commands():
