@@ -158,7 +158,7 @@ def exec_problem(python: str, exc: BaseException, demoted: Demoted) -> str:
         return f"app.python {python!r} does not exist"
     if isinstance(exc, PermissionError) and demoted.user:
         return (f"app.python: {demoted.who} cannot execute {python} (permission denied); use an environment "
-                f"{demoted.user} can read, e.g. python3 -m venv /opt/<app>-venv, or let it through the folders "
+                f"{demoted.user} can read, e.g. python3 -m venv /opt/<app>-venv, or give it access to the folders "
                 f"on the way")
     return f"app.python {python!r} cannot run: {exc}"
 
