@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -163,6 +164,21 @@ def exec_problem(python: str, exc: BaseException, demoted: Demoted) -> str:
     return f"app.python {python!r} cannot run: {exc}"
 
 
+def directory_problem(directory: str, user: Optional[str] = None) -> Optional[str]:
+    """Whether app.user can enter and list app.directory (supervisord chdirs there as app.user)."""
+    demoted = Demoted(user)
+    if not demoted.user:
+        return None if os.access(directory, os.R_OK | os.X_OK) else f"this user cannot enter or list {directory}"
+    try:  # as the user, with the shell rather than app.python: this must not depend on that check
+        rc, out = run_python("/bin/sh", ["-c", 'cd "$1" && ls -a . >/dev/null', "sh", directory], demoted,
+                             {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot check it as {demoted.who}: {exc}"
+    if rc == 0:
+        return None
+    return f"{demoted.who} cannot enter or list {directory}; give {demoted.user} read and search (r-x) access to it"
+
+
 def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None) -> Optional[str]:
     """Whether app.python, run as app.user, can run the worker (supervisor_fastapi and uvicorn importable)."""
     code = "import supervisor_fastapi.runtime.worker, uvicorn"
@@ -285,6 +301,9 @@ def app_results(spec: Spec) -> List[Result]:
             pwd.getpwnam(app.user)
         except KeyError:
             return [Result(False, "app.user", f"no user {app.user!r} on this host; create it or fix app.user")]
+    problem = directory_problem(app.directory, app.user)
+    if problem:
+        return [Result(False, "app.directory", problem)]
     problem = python_problem(app.python, app.directory, app.asgi, app.user)
     results = [Result(problem is None, "app.python runs the worker", problem or app.python)]
     if problem is None:
@@ -299,7 +318,9 @@ def preflight_problem(spec: Spec) -> Optional[str]:
     """What `up` checks before it starts anything: the first failing app check, as one line."""
     for r in app_results(spec):
         if not r.ok:
-            return f"{spec.source}: {r.detail}; `supervisor-fastapi check` runs every check"
+            named = re.match(r"app\.\w+( =|:)", r.detail)  # the detail names its key, or gets the check's
+            detail = r.detail if named else f"{r.what}: {r.detail}"
+            return f"{spec.source}: {detail}; `supervisor-fastapi check` runs every check"
     return None
 
 

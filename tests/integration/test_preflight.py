@@ -5,6 +5,8 @@ Each case runs the real CLI in a subprocess against a small app written into tmp
 
 import glob
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,14 +114,31 @@ def test_an_app_python_the_app_user_cannot_execute(tmp_path):
     python = locked / "python"
     python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
+    # The app's folder itself must be open to nobody: pytest's tmp_path is not (0700 parents).
+    folder = tempfile.mkdtemp(prefix="sf-pre-")
+    try:
+        os.chmod(folder, 0o755)
+        app_folder(pathlib.Path(folder), python=str(python), user="nobody")
+        r = cli("check", cwd=folder)
+        assert r.returncode == 1
+        line = failing_line(r.stdout, "app.python runs the worker")
+        assert f"app.python: app.user 'nobody' cannot execute {python} (permission denied)" in line, line
+        assert_up_starts_nothing(folder, "app.user 'nobody' cannot execute")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to app.user needs root")
+def test_an_app_directory_the_app_user_cannot_read(tmp_path):
     folder = tmp_path / "app"
-    folder.mkdir()
-    folder = app_folder(folder, python=str(python), user="nobody")
+    folder.mkdir(mode=0o700)
+    folder = app_folder(folder, user="nobody")
     r = cli("check", cwd=str(folder))
     assert r.returncode == 1
-    line = failing_line(r.stdout, "app.python runs the worker")
-    assert f"app.python: app.user 'nobody' cannot execute {python} (permission denied)" in line, line
-    assert_up_starts_nothing(folder, "app.user 'nobody' cannot execute")
+    assert failing_line(r.stdout, "app.directory") == \
+        f"FAIL app.directory: app.user 'nobody' cannot enter or list {folder}; give nobody read and search (r-x) " \
+        "access to it"
+    assert_up_starts_nothing(folder, "supervisor-fastapi.toml: app.directory: app.user 'nobody' cannot enter or list")
 
 
 def test_an_unknown_app_user(tmp_path):
