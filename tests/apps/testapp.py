@@ -5,7 +5,8 @@ Behaviour is steered by environment variables set in the test's spec:
 - CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app);
 - HANG_STARTUP_WHILE=PATH: lifespan start-up does not finish while PATH exists (a database
   that does not answer); the loop stays free, the worker never listens;
-- FAIL_STARTUP=MESSAGE: lifespan start-up fails with MESSAGE (the app imports, then cannot start).
+- IMPORT_FAILS_UNDER_SUPERVISOR=MESSAGE: importing the app raises RuntimeError(MESSAGE) in a
+  process supervisord started (SUPERVISOR_ENABLED), so `check`'s import passes and the workers fail.
 """
 
 import asyncio
@@ -33,6 +34,8 @@ def _crash_timer() -> None:
 
 
 _crash_timer()
+if os.environ.get("IMPORT_FAILS_UNDER_SUPERVISOR") and os.environ.get("SUPERVISOR_ENABLED"):
+    raise RuntimeError(os.environ["IMPORT_FAILS_UNDER_SUPERVISOR"])
 
 
 async def app(scope, receive, send):
@@ -40,9 +43,6 @@ async def app(scope, receive, send):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if os.environ.get("FAIL_STARTUP"):
-                    await send({"type": "lifespan.startup.failed", "message": os.environ["FAIL_STARTUP"]})
-                    return
                 hang = os.environ.get("HANG_STARTUP_WHILE")
                 while hang and os.path.exists(hang):
                     await asyncio.sleep(0.1)

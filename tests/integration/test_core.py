@@ -179,8 +179,8 @@ def test_supervisorctl_restart_one_worker(deploy):
 
 
 def test_up_fails_with_the_log_tail_when_the_app_does_not_start(deploy):
-    # The app imports (up's pre-flight passes) and then fails its start-up: only the log knows why.
-    d = deploy({"app": {"env": {"FAIL_STARTUP": "no_such_database_xyz"}}}, start=False)
+    # up's pre-flight import passes; under supervisord the import fails: only the log knows why.
+    d = deploy({"app": {"env": {"IMPORT_FAILS_UNDER_SUPERVISOR": "no_such_database_xyz"}}}, start=False)
     r = d.cli("up", "--timeout", "60")
     d.started = True  # supervisord is left running for inspection; the fixture stops it
     assert r.returncode == 2, r.stdout + r.stderr
