@@ -1,5 +1,5 @@
-"""The operator's side: the ``supervisor-fastapi`` click commands and what they drive."""
+"""The operator's side: the ``supervisor-fastapi`` click commands (cli.main) and what they drive.
 
-from .main import main
-
-__all__ = ["main"]
+Nothing is imported here: the supervisorctl plugin imports cli.ops inside the OS supervisorctl's
+Python, which has supervisor and this package but not click (or uvicorn).
+"""

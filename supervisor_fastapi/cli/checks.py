@@ -1,16 +1,25 @@
 """Pre-flight checks for `supervisor-fastapi check`: each returns a Result, none exits."""
 
+import dataclasses
 import errno
+import json
 import os
+import re
+import signal
 import socket
 import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import did_you_mean
 from ..layout import Layout
-from ..spec import Bind, Memory, Spec, format_size
+from ..spec import App, Bind, Memory, Spec, format_size
+
+# Importing the app may open connections or read big files; long enough for that, short enough
+# that a hang at import (a database that does not answer) is reported instead of waited out.
+IMPORT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,18 +113,85 @@ def bind_problem(bind: Bind) -> Optional[str]:
         probe.close()
 
 
-def python_problem(python: str, directory: str, asgi: str) -> Optional[str]:
-    """Whether app.python can run the worker (supervisor_fastapi and uvicorn importable)."""
-    code = "import supervisor_fastapi.runtime.worker, uvicorn"
+class Demoted:
+    """How to run a child as app.user (root only): the preexec step and who it is, or as the caller."""
+
+    def __init__(self, user: Optional[str]) -> None:
+        self.user = user if user and os.geteuid() == 0 else None
+        self.preexec: Optional[Callable[[], None]] = None
+        if self.user:
+            import pwd
+
+            entry = pwd.getpwnam(self.user)  # an unknown user fails the conf check first
+            uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
+
+            def preexec() -> None:  # what supervisord does before exec: groups, gid, then uid
+                os.initgroups(name, gid)
+                os.setgid(gid)
+                os.setuid(uid)
+
+            self.preexec = preexec
+
+    @property
+    def who(self) -> str:
+        return f"app.user {self.user!r}" if self.user else "this user"
+
+
+def run_python(python: str, args: Sequence[str], demoted: Demoted, env: Dict[str, str],
+               timeout: float) -> Tuple[Optional[int], str]:
+    """Run ``python args`` as app.user in its own session; (exit status or None on timeout, output).
+
+    Raises OSError when app.python cannot be executed at all.
+    """
+    proc = subprocess.Popen([python, *args], cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=demoted.preexec, start_new_session=True)
     try:
-        proc = subprocess.run([python, "-c", code], cwd=directory if os.path.isdir(directory) else None,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-    except FileNotFoundError:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the app may have started children of its own
+        out, _ = proc.communicate()
+        return None, out.decode(errors="replace")
+
+
+def exec_problem(python: str, exc: BaseException, demoted: Demoted) -> str:
+    """One line for an app.python that cannot even be started."""
+    if isinstance(exc, FileNotFoundError):
         return f"app.python {python!r} does not exist"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"app.python {python!r} cannot run: {exc}"
-    if proc.returncode != 0:
-        last = proc.stdout.strip().splitlines()[-1:] or ["no output"]
+    if isinstance(exc, PermissionError) and demoted.user:
+        return (f"app.python: {demoted.who} cannot execute {python} (permission denied); use an environment "
+                f"{demoted.user} can read, e.g. python3 -m venv /opt/<app>-venv, or give it access to the folders "
+                f"on the way")
+    return f"app.python {python!r} cannot run: {exc}"
+
+
+def directory_problem(directory: str, user: Optional[str] = None) -> Optional[str]:
+    """Whether app.user can enter and list app.directory (supervisord chdirs there as app.user)."""
+    demoted = Demoted(user)
+    if not demoted.user:
+        return None if os.access(directory, os.R_OK | os.X_OK) else f"this user cannot enter or list {directory}"
+    try:  # as the user, with the shell rather than app.python: this must not depend on that check
+        rc, out = run_python("/bin/sh", ["-c", 'cd "$1" && ls -a . >/dev/null', "sh", directory], demoted,
+                             {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot check it as {demoted.who}: {exc}"
+    if rc == 0:
+        return None
+    return f"{demoted.who} cannot enter or list {directory}; give {demoted.user} read and search (r-x) access to it"
+
+
+def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None) -> Optional[str]:
+    """Whether app.python, run as app.user, can run the worker (supervisor_fastapi and uvicorn importable)."""
+    code = "import supervisor_fastapi.runtime.worker, uvicorn"
+    demoted = Demoted(user)
+    try:
+        rc, out = run_python(python, ["-c", code], demoted, dict(os.environ), timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return exec_problem(python, exc, demoted)
+    if rc is None:
+        return f"app.python {python!r} did not import the worker within 60 s"
+    if rc != 0:
+        last = out.strip().splitlines()[-1:] or ["no output"]
         return (f"app.python {python!r} cannot import the worker ({last[0]}); "
                 f"install supervisor-fastapi into the app's environment")
     return None
@@ -207,10 +283,154 @@ def trust_checks(spec: Spec, euid: int) -> List[Result]:
     return out
 
 
-def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Result]:
-    """Every check for ``spec``; the CLI prints them."""
+# Runs in app.python (any supported Python, standard library only), in app.directory, as
+# app.user: what the worker does before it serves (sys.path[0] = app.directory, import,
+# getattr). The verdict is the last line, after whatever the app printed while importing.
+PROBE_MARK = "supervisor-fastapi-probe:"
+PROBE = r"""
+import importlib, json, os, sys, traceback
+def say(kind, **detail):
+    sys.stdout.flush()
+    detail["kind"] = kind
+    os.write(1, ("\n" + MARK + json.dumps(detail) + "\n").encode())
+    os._exit(0)
+directory, target = sys.argv[1], sys.argv[2]
+try:
+    os.chdir(directory)
+    os.listdir(".")
+except OSError as exc:
+    say("directory", error=exc.strerror or str(exc))
+sys.path.insert(0, os.getcwd())
+module, _, attrs = target.partition(":")
+def where(exc):
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if os.path.abspath(f.filename).startswith(os.getcwd() + os.sep)]
+    f = (mine or frames or [None])[-1]
+    return "" if f is None else "%s, line %s" % (os.path.relpath(f.filename), f.lineno)
+try:
+    obj = importlib.import_module(module)
+except BaseException as exc:
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if isinstance(exc, ModuleNotFoundError) and name and (module == name or module.startswith(name + ".")):
+        say("module", name=name)
+    say("error", error="%s: %s" % (type(exc).__name__, exc), where=where(exc))
+for part in attrs.split("."):
+    try:
+        obj = getattr(obj, part)
+    except BaseException:
+        say("attribute", owner=getattr(obj, "__name__", module), name=part,
+            choices=[n for n in dir(obj) if not n.startswith("_")])
+say("ok")
+""".replace("MARK", repr(PROBE_MARK))
+
+
+def probe_verdict(output: str) -> Optional[Dict[str, Any]]:
+    """The probe's verdict from its output (the last marked line), or None if it printed none."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(PROBE_MARK):
+            try:
+                verdict = json.loads(line[len(PROBE_MARK):])
+            except ValueError:
+                return None
+            return verdict if isinstance(verdict, dict) else None
+    return None
+
+
+def import_message(app: App, verdict: Optional[Dict[str, Any]], output: str, who: str) -> Optional[str]:
+    """One line for what the probe found (None when the app imports), naming the key and the fix."""
+    target = f"app.asgi = {app.asgi!r}"
+    if verdict is None:
+        last = output.strip().splitlines()[-1:] or ["no output"]
+        return f"{target}: importing it stopped the interpreter ({last[0]})"
+    kind = verdict.get("kind")
+    if kind == "ok":
+        return None
+    if kind == "directory":
+        return f"app.directory: {who} cannot read {app.directory} ({verdict.get('error')})"
+    if kind == "module":
+        return (f"{target}: no module named {verdict.get('name')!r} in {app.directory} (app.directory) or on "
+                f"app.python's path; fix app.asgi or app.directory")
+    if kind == "attribute":
+        name = str(verdict.get("name"))
+        hint = did_you_mean(name, [str(c) for c in verdict.get("choices") or []])
+        return (f"{target}: module {verdict.get('owner')!r} has no attribute {name!r}; "
+                + (hint or "fix the part after ':'"))
+    where = f" ({verdict['where']})" if verdict.get("where") else ""
+    return (f"{target}: importing it fails: {verdict.get('error')}{where}; fix the app or install what it "
+            f"needs into app.python's environment")
+
+
+def import_problem(app: App, timeout: float = IMPORT_TIMEOUT) -> Optional[str]:
+    """Import app.asgi as the worker would (app.python, app.user, app.directory, app.env); the problem, or None."""
+    demoted = Demoted(app.user)
+    env = dict(os.environ)
+    env.update(app.env)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves nothing behind, not even __pycache__
+    try:
+        rc, out = run_python(app.python, ["-c", PROBE, app.directory, app.asgi], demoted, env, timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return exec_problem(app.python, exc, demoted)
+    if rc is None:
+        return (f"app.asgi = {app.asgi!r}: importing it did not finish within {timeout:g} s (does it wait for "
+                f"something at import?)")
+    return import_message(app, probe_verdict(out), out, demoted.who)
+
+
+def app_results(spec: Spec) -> List[Result]:
+    """app.directory, app.python and the app's import, as app.user; each later check needs the one before."""
+    app = spec.app
+    if not os.path.isdir(app.directory):
+        return [Result(False, "app.directory", f"{app.directory} does not exist")]
+    if app.user and os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam(app.user)
+        except KeyError:
+            return [Result(False, "app.user", f"no user {app.user!r} on this host; create it or fix app.user")]
+    problem = directory_problem(app.directory, app.user)
+    if problem:
+        return [Result(False, "app.directory", problem)]
+    problem = python_problem(app.python, app.directory, app.asgi, app.user)
+    results = [Result(problem is None, "app.python runs the worker", problem or app.python)]
+    if problem is None:
+        problem = import_problem(app)
+        who = (f" as {app.user}" if os.geteuid() == 0 else " as this user (not root: supervisord cannot "
+               "switch to app.user either)") if app.user else ""
+        results.append(Result(problem is None, "app.asgi imports", problem or f"{app.asgi} in {app.directory}{who}"))
+    return results
+
+
+def preflight_problem(spec: Spec) -> Optional[str]:
+    """What `up` checks before it starts anything: the first failing app check, as one line."""
+    for r in app_results(spec):
+        if not r.ok:
+            named = re.match(r"app\.\w+( =|:)", r.detail)  # the detail names its key, or gets the check's
+            detail = r.detail if named else f"{r.what}: {r.detail}"
+            return f"{spec.source}: {detail}; `supervisor-fastapi check` runs every check"
+    return None
+
+
+def conf_problem(spec: Spec, command: str = "check") -> Optional[str]:
+    """supervisord's parser on the rendered conf, its run_dir moved to a scratch folder.
+
+    The parser wants every log folder to exist; creating them in run_dir made `check` leave
+    run/logs and run/workers behind. Paths in run_dir are checked on their own (run_checks).
+    """
+    from ..generate.conf import render
+
+    with tempfile.TemporaryDirectory(prefix="sf-check-") as scratch:
+        moved = dataclasses.replace(spec, supervisord=dataclasses.replace(spec.supervisord,
+                                                                          run_dir=os.path.join(scratch, "run")))
+        for d in Layout(moved.run_dir).dirs():
+            os.makedirs(d, exist_ok=True)
+        return load_with_supervisor(render(moved, command))
+
+
+def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = None) -> List[Result]:
+    """Every check for ``spec``; the CLI prints them. ``conf_text``: load this instead of rendering."""
     results = [Result(True, "spec", spec.source)]
-    err = load_with_supervisor(conf_text)
+    err = conf_problem(spec) if conf_text is None else load_with_supervisor(conf_text)
     results.append(Result(err is None, "supervisord accepts the generated conf", err or ""))
     if running:
         results.append(Result(True, f"bind {spec.server.bind.url}", "held by this deployment's running supervisord"))
@@ -224,14 +444,35 @@ def run_checks(spec: Spec, conf_text: str, running: bool, ram: int) -> List[Resu
         detail = problem or (f"{spec.server.workers} x {format_size(spec.memory.per_worker)} within "
                              f"{format_size(spec.memory.budget.of(ram))} budget")
     results.append(Result(problem is None, "memory capacity", detail))
-    if not os.path.isdir(spec.app.directory):
-        results.append(Result(False, "app.directory", f"{spec.app.directory} does not exist"))
-    problem = python_problem(spec.app.python, spec.app.directory, spec.app.asgi)
-    results.append(Result(problem is None, "app.python runs the worker", problem or spec.app.python))
+    results += app_results(spec)
     results += trust_checks(spec, os.geteuid())
-    run_parent = Layout(spec.run_dir).run_dir
-    return results + ([] if os.access(os.path.dirname(run_parent) or "/", os.W_OK) or os.path.isdir(run_parent)
-                      else [Result(False, "supervisord.run_dir", f"cannot create {run_parent}")])
+    problem = run_dir_creation_problem(Layout(spec.run_dir).run_dir)
+    return results + ([Result(False, "supervisord.run_dir", problem)] if problem else [])
+
+
+def plugin_checks(fragment: bool, with_plugins: bool) -> List[Result]:
+    """What the deployment loses without the plugin (a fragment rendered without --with-plugins)."""
+    from ..generate.conf import NO_PLUGIN_LOSSES
+
+    if not fragment or with_plugins:
+        return [Result(True, "plugin", "the controller runs inside supervisord: gate, crash-loop holds, socket hold")]
+    return [Result(True, "plugin", "not loaded (fragment without --with-plugins): " + "; ".join(NO_PLUGIN_LOSSES))]
+
+
+def run_dir_creation_problem(run_dir: str) -> Optional[str]:
+    """Why run_dir could not be created (tried with a scratch folder in its nearest existing parent), or None."""
+    if os.path.isdir(run_dir):
+        return None if os.access(run_dir, os.W_OK) else f"{run_dir} is not writable"
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    for _ in range(64):  # bounded: a path has fewer levels than this
+        if os.path.exists(parent) or parent == os.path.dirname(parent):
+            break
+        parent = os.path.dirname(parent)
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".sf-check-"))  # os.access says yes to root even in /proc
+    except OSError as exc:
+        return f"cannot create {run_dir} ({exc.strerror or exc})"
+    return None
 
 
 def kubernetes_checks(spec: Spec) -> List[Result]:

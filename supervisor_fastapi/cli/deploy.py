@@ -141,6 +141,9 @@ def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False) 
 def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float = 60.0) -> List[str]:
     """Render, start (or update) supervisord, wait until every worker accepts; ready names."""
     layout = Layout(spec.run_dir)
+    problem = checks.preflight_problem(spec)  # what `check` checks of the app, before anything starts
+    if problem:
+        raise UserError(problem)
     render_to(spec, conf_path, command)
     if control.is_running(layout):
         progress("supervisord is running: applying the conf")

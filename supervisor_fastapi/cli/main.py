@@ -129,8 +129,9 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         deploy.render_to(spec, path, command, fragment=fragment)
     click.echo(f"wrote {path}", err=True)
     if fragment:
-        click.echo(f"install: cp {path} /etc/supervisor/conf.d/{spec.app.name}.conf && supervisorctl update",
-                   err=True)
+        target = f"/etc/supervisor/conf.d/{spec.app.name}.conf"
+        copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
+        click.echo(f"install: {copy}supervisorctl reread && supervisorctl update", err=True)
     else:
         click.echo(f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)", err=True)
 
@@ -138,16 +139,18 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
 @main.command()
 @config_option
 @target_option
+@click.option("--fragment", is_flag=True, help="Check as a conf.d fragment for an OS-packaged supervisord.")
+@click.option("--with-plugins", is_flag=True, help="With --fragment: that supervisord loads the plugins.")
 @user_errors
-def check(config: Optional[str], target: str) -> None:
-    """Validate the spec, the generated conf, the bind address, memory capacity and the app's Python."""
+def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool) -> None:
+    """Validate the spec, the generated conf, the bind address, memory capacity, the app's Python and its import."""
     spec = load_spec(config)
     if target == "kubernetes":
         results = checks.kubernetes_checks(spec)
     else:
-        deploy.make_dirs(spec)  # supervisord's parser refuses a conf whose log folder is missing
         running = control.is_running(Layout(spec.run_dir))
-        results = checks.run_checks(spec, render(spec, "check"), running, checks.total_ram())
+        results = checks.run_checks(spec, running, checks.total_ram())
+        results += checks.plugin_checks(fragment, with_plugins)
     for r in results:
         mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
@@ -158,7 +161,8 @@ def check(config: Optional[str], target: str) -> None:
 @main.command()
 @config_option
 @click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the workers.")
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds to wait for the workers; with [migrate], migrate.timeout is added to it.")
 @user_errors
 def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
     """Render, start supervisord (or apply changes to it) and wait until every worker accepts."""

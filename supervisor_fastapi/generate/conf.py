@@ -218,7 +218,8 @@ def listener_section(spec: Spec, controller: bool = True) -> ini.Section:
         ("directory", ini.escape(spec.base_dir)),
         # Its settings, alert channels included: not on the command line, which ps shows to everyone.
         ("environment", ini.environment({LISTENER_ENV: listener_config(spec, controller).to_env()})),
-        # stdout is the event protocol (never logged); the listener logs to stderr only.
+        # stdout is the event protocol; the listener logs to stderr only. NONE: without it
+        # supervisord copies the protocol (READY, RESULT 2 OK) into an AUTO child log.
         ("stdout_logfile", "NONE"),
         ("stderr_logfile", ini.logfile(layout.program_log(name))),
         ("stderr_logfile_maxbytes", "10MB"),

@@ -7,7 +7,7 @@ from typing import Any, Dict
 import tomli_w
 
 from ..errors import UserError
-from ..spec import Backoff, HostDefaults, build_spec
+from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, Backoff, HostDefaults, build_spec, pyproject_with_table
 
 _BACKOFF = Backoff()
 
@@ -39,6 +39,12 @@ def write_starter(path: str, name: str, asgi: str, force: bool) -> str:
     build_spec(data, path, os.path.dirname(path), HostDefaults())  # the starter must itself be valid
     if os.path.exists(path) and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
+    pyproject = pyproject_with_table(os.path.dirname(path))
+    if pyproject and os.path.basename(path) == SPEC_FILENAME and not force:
+        # find_spec prefers supervisor-fastapi.toml: the new file would hide the table without a word.
+        raise UserError(f"{pyproject} already has [tool.{PYPROJECT_TABLE}], the spec used here; a {SPEC_FILENAME} "
+                        f"beside it would take precedence over it. Edit that table, or pass --force to write "
+                        f"{SPEC_FILENAME} and use it instead")
     header = ("# supervisor-fastapi deployment spec. Reference: docs/spec.md\n"
               "# Validate: supervisor-fastapi check   Start: supervisor-fastapi up\n\n")
     with open(path, "w", encoding="utf-8") as f:

@@ -1,6 +1,15 @@
 """The deployment spec: ``model`` holds the typed records, ``load`` reads TOML into them."""
 
-from .load import PYPROJECT_TABLE, SPEC_FILENAME, build_spec, find_spec, load_spec, parse_bind, parse_spec
+from .load import (
+                    PYPROJECT_TABLE,
+                    SPEC_FILENAME,
+                    build_spec,
+                    find_spec,
+                    load_spec,
+                    parse_bind,
+                    parse_spec,
+                    pyproject_with_table,
+)
 from .model import (
                     SERVICE_TYPES,
                     Alert,
@@ -23,5 +32,6 @@ from .model import (
 )
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
+           "pyproject_with_table",
            "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Migrate",
            "Program", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES", "format_size", "parse_size"]

@@ -653,6 +653,20 @@ def _key_paths(data: Mapping[str, Any]) -> "frozenset[str]":
 # --- finding and loading the file -------------------------------------------------------
 
 
+def pyproject_with_table(folder: str) -> Optional[str]:
+    """``folder``/pyproject.toml if it has a [tool.supervisor-fastapi] table, else None."""
+    pyproject = os.path.join(folder, "pyproject.toml")
+    try:
+        with open(pyproject, "rb") as f:
+            tool = tomllib.load(f).get("tool", {})
+        # `tool = 1` or a hostile file: not ours to read, the loader reports it if it is chosen
+        if isinstance(tool, dict) and PYPROJECT_TABLE in tool:
+            return pyproject
+    except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeError):
+        pass
+    return None
+
+
 def find_spec(config: Optional[str], cwd: str) -> Tuple[str, Optional[str]]:
     """The spec file to read and, for pyproject.toml, the tool table name."""
     if config:
@@ -663,15 +677,9 @@ def find_spec(config: Optional[str], cwd: str) -> Tuple[str, Optional[str]]:
     own = os.path.join(cwd, SPEC_FILENAME)
     if os.path.isfile(own):
         return own, None
-    pyproject = os.path.join(cwd, "pyproject.toml")
-    if os.path.isfile(pyproject):
-        try:
-            with open(pyproject, "rb") as f:
-                tool = tomllib.load(f).get("tool", {})
-            if isinstance(tool, dict) and PYPROJECT_TABLE in tool:
-                return pyproject, PYPROJECT_TABLE
-        except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeError):
-            pass
+    pyproject = pyproject_with_table(cwd)
+    if pyproject:
+        return pyproject, PYPROJECT_TABLE
     raise UserError(f"no {SPEC_FILENAME} here ({cwd}) and no [tool.{PYPROJECT_TABLE}] in pyproject.toml; "
                     "run `supervisor-fastapi init` or pass -c PATH")
 

@@ -5,7 +5,9 @@ Behaviour is steered by environment variables set in the test's spec:
 - CRASH_WHILE=PATH: ... but only while PATH exists (delete it to "fix" the app);
 - HANG_STARTUP_WHILE=PATH: lifespan start-up does not finish while PATH exists (a database
   that does not answer); the loop stays free, the worker never listens;
-- FAIL_IMPORT_WHILE=PATH: importing the app raises while PATH exists (a bad deploy).
+- FAIL_IMPORT_WHILE=PATH: importing the app raises while PATH exists (a bad deploy);
+- IMPORT_FAILS_UNDER_SUPERVISOR=MESSAGE: importing the app raises RuntimeError(MESSAGE) in a
+  process supervisord started (SUPERVISOR_ENABLED), so `check`'s import passes and the workers fail.
 """
 
 import asyncio
@@ -36,6 +38,8 @@ def _crash_timer() -> None:
 
 
 _crash_timer()
+if os.environ.get("IMPORT_FAILS_UNDER_SUPERVISOR") and os.environ.get("SUPERVISOR_ENABLED"):
+    raise RuntimeError(os.environ["IMPORT_FAILS_UNDER_SUPERVISOR"])
 
 
 async def app(scope, receive, send):

@@ -178,14 +178,15 @@ def test_supervisorctl_restart_one_worker(deploy):
     assert status.stdout.count("RUNNING") >= 2, status.stdout
 
 
-def test_up_fails_with_the_log_tail_when_the_app_does_not_import(deploy):
-    d = deploy({"app": {"asgi": "no_such_module_xyz:app"}}, start=False)
+def test_up_fails_with_the_log_tail_when_the_app_does_not_start(deploy):
+    # up's pre-flight import passes; under supervisord the import fails: only the log knows why.
+    d = deploy({"app": {"env": {"IMPORT_FAILS_UNDER_SUPERVISOR": "no_such_database_xyz"}}}, start=False)
     r = d.cli("up", "--timeout", "60")
     d.started = True  # supervisord is left running for inspection; the fixture stops it
     assert r.returncode == 2, r.stdout + r.stderr
     assert "web:web_0" in r.stderr and "failed" in r.stderr
     assert "--- last lines of its log ---" in r.stderr
-    assert "no_such_module_xyz" in r.stderr
+    assert "no_such_database_xyz" in r.stderr
     assert not r.stderr.startswith("Traceback")
     down = d.cli("down")
     assert down.returncode == 0 and "stopped" in down.stdout
@@ -349,6 +350,7 @@ def test_demo_smoke():
     # The kernel decides which worker accepts; the demo asks until both answered (bounded).
     assert re.search(r"\(2 distinct worker pids answered \d+ requests\)", r.stdout), r.stdout
     assert "stopping the demo" in r.stderr
+    assert "try  curl" not in r.stdout  # the smoke run has stopped the demo when it exits
 
 
 def test_ready_means_accepting(deploy):

@@ -91,7 +91,14 @@ def test_python_problem(tmp_path):
     assert "cannot import the worker (ModuleNotFoundError: no uvicorn)" in problem
 
 
+def app_in(folder, source="app = object()\n", name="main"):
+    """A module the import probe can find in app.directory."""
+    (folder / f"{name}.py").write_text(source)
+    return str(folder)
+
+
 def test_run_checks_collects_results(tmp_path):
+    app_in(tmp_path)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -101,7 +108,7 @@ def test_run_checks_collects_results(tmp_path):
                  memory={"per_worker": "1GB", "budget": "3GB"})
         spec = spec_of(d, base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
         make_dirs(spec)
-        results = {r.what: r for r in checks.run_checks(spec, conf_of(spec), running=False, ram=16 * GB)}
+        results = {r.what: r for r in checks.run_checks(spec, running=False, ram=16 * GB, conf_text=conf_of(spec))}
     assert results["supervisord accepts the generated conf"].ok
     assert not results[f"bind tcp://127.0.0.1:{port} is free"].ok
     assert results["memory capacity"].detail.startswith("4 workers x 1 GB = 4 GB > 3 GB budget")
@@ -109,10 +116,11 @@ def test_run_checks_collects_results(tmp_path):
 
 
 def test_run_checks_when_running_skips_the_bind_probe(tmp_path):
+    app_in(tmp_path)
     spec = spec_of(data(app={"python": sys.executable, "directory": str(tmp_path)}), base_dir=str(tmp_path),
                    run_dir=str(tmp_path / "run"))
     make_dirs(spec)
-    results = checks.run_checks(spec, conf_of(spec), running=True, ram=16 * GB)
+    results = checks.run_checks(spec, running=True, ram=16 * GB, conf_text=conf_of(spec))
     assert any("held by this deployment" in r.detail for r in results)
     assert [r.what for r in results if not r.ok] == []
 
@@ -122,5 +130,53 @@ def test_run_checks_reports_a_missing_app_directory(tmp_path, missing):
     spec = spec_of(data(app={"python": sys.executable, "directory": str(tmp_path / "gone")}),
                    base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
     make_dirs(spec)
-    results = checks.run_checks(spec, conf_of(spec), running=True, ram=16 * GB)
+    results = checks.run_checks(spec, running=True, ram=16 * GB, conf_text=conf_of(spec))
     assert [r.what for r in results if not r.ok] == ["app.directory"]
+
+
+APP = checks.App(name="shop", asgi="main:ap", factory=False, directory="/srv/shop", python="/venv/bin/python")
+
+
+def test_probe_verdict_is_the_last_marked_line():
+    out = f"hello\n{checks.PROBE_MARK}{{\"kind\": \"x\"}}\nnoise\n{checks.PROBE_MARK}{{\"kind\": \"ok\"}}\n"
+    assert checks.probe_verdict(out) == {"kind": "ok"}
+    assert checks.probe_verdict("no verdict\n") is None
+    assert checks.probe_verdict(f"{checks.PROBE_MARK}not json\n") is None
+    assert checks.probe_verdict(f"{checks.PROBE_MARK}[1]\n") is None
+
+
+@pytest.mark.parametrize("verdict, line", [
+    ({"kind": "ok"}, None),
+    ({"kind": "attribute", "owner": "main", "name": "ap", "choices": ["app", "os"]},
+     "app.asgi = 'main:ap': module 'main' has no attribute 'ap'; did you mean 'app'?"),
+    ({"kind": "attribute", "owner": "main", "name": "zzz", "choices": ["app"]},
+     "app.asgi = 'main:ap': module 'main' has no attribute 'zzz'; fix the part after ':'"),
+    ({"kind": "module", "name": "main"},
+     "app.asgi = 'main:ap': no module named 'main' in /srv/shop (app.directory) or on app.python's path; "
+     "fix app.asgi or app.directory"),
+    ({"kind": "error", "error": "ImportError: cannot import name 'x'", "where": "main.py, line 3"},
+     "app.asgi = 'main:ap': importing it fails: ImportError: cannot import name 'x' (main.py, line 3); "
+     "fix the app or install what it needs into app.python's environment"),
+    ({"kind": "directory", "error": "Permission denied"},
+     "app.directory: app.user 'www-data' cannot read /srv/shop (Permission denied)"),
+])
+def test_import_message(verdict, line):
+    assert checks.import_message(APP, verdict, "", "app.user 'www-data'") == line
+
+
+def test_import_message_when_the_interpreter_stopped_without_a_verdict():
+    assert checks.import_message(APP, None, "x\nSegmentation fault\n", "this user") == \
+        "app.asgi = 'main:ap': importing it stopped the interpreter (Segmentation fault)"
+
+
+def test_run_dir_problem_creates_nothing(tmp_path):
+    assert checks.run_dir_problem(str(tmp_path / "a" / "b" / "run")) is None
+    assert list(tmp_path.iterdir()) == []
+    assert checks.run_dir_problem(str(tmp_path)) is None
+    assert "cannot create /proc/sf-nope/run" in checks.run_dir_problem("/proc/sf-nope/run")
+
+
+def test_conf_problem_leaves_run_dir_alone(tmp_path):
+    spec = spec_of(data(), base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
+    assert checks.conf_problem(spec) is None
+    assert not (tmp_path / "run").exists()

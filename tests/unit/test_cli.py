@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from supervisor_fastapi import __version__
-from supervisor_fastapi.cli import main
+from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.spec import load_spec
 
 from ._core_helpers import load, raw_sections
@@ -47,6 +47,8 @@ def run(*args):
 def write_spec(folder, **kw):
     text = SPEC.format(python=sys.executable, port=kw.pop("port", free_port()))
     (folder / "supervisor-fastapi.toml").write_text(text + kw.pop("extra", ""))
+    if not (folder / "main.py").exists():  # asgi = "main:app": `check` imports it
+        (folder / "main.py").write_text("app = object()\n")
 
 
 def test_version():
@@ -64,6 +66,58 @@ def test_init_writes_a_valid_starter_and_refuses_to_overwrite(folder):
     assert (folder / "supervisor-fastapi.toml").read_text() == before
     r = run("init", "--name", "other", "--force")
     assert r.exit_code == 0 and load_spec(cwd=str(folder)).app.name == "other"
+
+
+def test_init_refuses_beside_a_pyproject_that_already_has_the_table(folder):
+    (folder / "pyproject.toml").write_text('[tool.supervisor-fastapi.app]\nname = "shop"\nasgi = "main:app"\n')
+    r = run("init", "--name", "other")
+    assert r.exit_code == 2, r.output
+    assert "pyproject.toml already has [tool.supervisor-fastapi]" in r.output and "--force" in r.output
+    assert not (folder / "supervisor-fastapi.toml").exists()
+    assert load_spec(cwd=str(folder)).app.name == "shop"
+    r = run("init", "--name", "other", "--force")
+    assert r.exit_code == 0 and load_spec(cwd=str(folder)).app.name == "other"
+
+
+def test_init_beside_a_pyproject_without_the_table_is_fine(folder):
+    (folder / "pyproject.toml").write_text('[project]\nname = "shop"\n')
+    assert run("init", "--name", "shop").exit_code == 0
+
+
+def test_check_and_render_to_stdout_create_no_run_folders(folder):
+    write_spec(folder)
+    assert run("render", "-o", "-").exit_code == 0
+    assert run("render", "-o", "-", "--fragment", "--with-plugins").exit_code == 0
+    r = run("check")
+    assert r.exit_code == 0, r.output
+    assert "ok   supervisord accepts the generated conf" in r.output
+    assert sorted(p.name for p in folder.iterdir()) == ["main.py", "supervisor-fastapi.toml"]
+
+
+def test_up_timeout_help_says_it_adds_the_migration_timeout():
+    text = " ".join(run("up", "--help").output.split())
+    assert "migrate.timeout" in text
+
+
+def test_readme_says_which_commands_take_a_spec():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    commands = [name for name, cmd in main.commands.items()
+                if not any("-c" in getattr(p, "opts", ()) for p in cmd.params)]
+    assert commands == ["demo"]  # the README names the exception
+    assert "Every command takes `-c PATH`" not in readme
+    assert "except `demo`" in readme
+
+
+def test_render_fragment_into_conf_d_does_not_say_copy_it_onto_itself(folder, monkeypatch):
+    write_spec(folder)
+    r = run("render", "--fragment", "-o", "shop.conf")
+    assert "install: cp shop.conf /etc/supervisor/conf.d/shop.conf && supervisorctl reread && supervisorctl update" \
+        in r.output, r.output
+    written = []
+    monkeypatch.setattr("supervisor_fastapi.cli.deploy.write_atomic", lambda path, text: written.append(path))
+    r = run("render", "--fragment", "--with-plugins", "-o", "/etc/supervisor/conf.d/shop.conf")
+    assert written == ["/etc/supervisor/conf.d/shop.conf"]
+    assert "install: supervisorctl reread && supervisorctl update" in r.output and "cp " not in r.output, r.output
 
 
 def test_init_default_name_comes_from_the_folder(tmp_path, monkeypatch):
@@ -186,7 +240,8 @@ def test_systemd_unit(folder):
 def test_demo_without_fastapi_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastapi", None)
     r = run("demo", "--smoke")
-    assert r.exit_code == 2 and "pip install 'supervisor-fastapi[demo]'" in r.output
+    assert r.exit_code == 2, r.output
+    assert "the demo needs FastAPI: pip install fastapi (or, in a clone, pip install '.[demo]')" in r.output
 
 
 def test_help_lists_the_commands():
@@ -220,9 +275,11 @@ def test_unwritable_paths_are_user_errors_not_tracebacks(folder, args, message):
 
 def test_run_dir_that_cannot_be_created_is_a_user_error(folder):
     write_spec(folder, extra='[supervisord]\nrun_dir = "/proc/sf-cannot-exist"\n')
-    for command in (["render"], ["check"], ["up"]):
+    for command in (["render"], ["up"]):
         r = run(*command)
         assert r.exit_code == 2 and "error: /proc/sf-cannot-exist" in r.output, r.output
+    r = run("check")  # a failed check, like the others (exit 1), and nothing created
+    assert r.exit_code == 1 and "FAIL supervisord.run_dir: cannot create /proc/sf-cannot-exist" in r.output, r.output
 
 
 def test_init_writes_the_loaders_own_crash_loop_defaults(folder):

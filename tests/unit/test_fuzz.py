@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from supervisor_fastapi.cli import main
+from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate.conf import build, worker_argv
 from supervisor_fastapi.layout import Names
@@ -25,7 +25,16 @@ from ._core_helpers import HOST, conf_of, load, make_dirs, program_configs, raw_
 
 SRC_DIR = "/srv/fuzz"
 SRC = SRC_DIR + "/supervisor-fastapi.toml"
-RUN_DIR = tempfile.mkdtemp(prefix="sf-fuzz-")
+RUN_DIR = ""  # set by _run_dir below: a mkdtemp here, at import, left /tmp/sf-fuzz-* behind after every run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _run_dir():
+    global RUN_DIR
+    with tempfile.TemporaryDirectory(prefix="sf-fuzz-") as folder:
+        RUN_DIR = folder
+        yield
+    RUN_DIR = ""
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "250")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 

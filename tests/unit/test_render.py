@@ -94,6 +94,14 @@ def test_every_listener_gets_a_big_event_buffer(run_dir):
     assert sections["eventlistener:web_listener"]["command"].startswith(HOST.python + " ")
 
 
+def test_the_listener_protocol_on_stdout_is_not_logged(run_dir):
+    # stdout carries READY / RESULT 2 OK; an AUTO log made `supervisorctl tail web_listener` show it.
+    spec, text, sections = loaded(data(), run_dir)
+    pool = [g for g in load(text).process_group_configs if g.name == "web_listener"][0]
+    assert pool.process_configs[0].stdout_logfile is None
+    assert pool.process_configs[0].stderr_logfile == f"{run_dir}/logs/web_listener.log"
+
+
 def test_unix_bind_with_mode_and_owner(run_dir):
     import grp
     import pwd

@@ -1,0 +1,169 @@
+"""The Debian walk: the `supervisor` package's own supervisord, two apps as conf.d fragments.
+
+What docs/guide.md ("supervisord from the OS package") shows, run for real: /usr/bin/supervisord
+(Debian's package, its /usr/bin/python3) started by hand, not by systemd, from a main conf
+modelled on /etc/supervisor/supervisord.conf with its socket, logs and conf.d in tmp; the apps
+`shop` and `shop_admin` rendered with `render --fragment --with-plugins`, installed into
+conf.d, applied with `supervisorctl reread` / `update`; both serve over HTTP.
+
+The plugins are made importable for /usr/bin/python3 the documented way (a .pth line naming a
+folder that holds only this package), here through PYTHONPATH on the supervisord and
+supervisorctl processes so that the test changes nothing outside tmp.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+
+import pytest
+import tomli_w
+
+from supervisor_fastapi.cli import control
+from supervisor_fastapi.contracts import read_worker_states
+from supervisor_fastapi.layout import Layout
+
+from .conftest import APPS, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+SUPERVISORD = "/usr/bin/supervisord"
+SUPERVISORCTL = "/usr/bin/supervisorctl"
+PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + "/supervisor_fastapi"
+
+
+def debian_supervisor() -> str:
+    """Why the walk cannot run here, or '' when Debian's supervisor package is installed."""
+    if not os.path.exists(SUPERVISORD):
+        return f"{SUPERVISORD} is absent: install Debian's package (apt-get install supervisor) to run the Debian walk"
+    if subprocess.run(["dpkg", "-S", SUPERVISORD], capture_output=True).returncode != 0:
+        return f"{SUPERVISORD} does not come from a Debian package"
+    return ""
+
+
+pytestmark = [pytestmark, pytest.mark.skipif(bool(debian_supervisor()), reason=debian_supervisor() or "-")]
+
+MAIN_CONF = """; modelled on Debian's /etc/supervisor/supervisord.conf, everything in {folder}
+[unix_http_server]
+file={folder}/supervisor.sock
+chmod=0700
+
+[supervisord]
+logfile={folder}/log/supervisord.log
+pidfile={folder}/supervisord.pid
+childlogdir={folder}/log
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{folder}/supervisor.sock
+
+; supervisorctl never reads [include]d files: the ctlplugin goes in the main conf
+[ctlplugin:fastapi]
+supervisor.ctl_factory=supervisor_fastapi.plugins.ctl:make_ctlplugin
+
+[include]
+files = {folder}/conf.d/*.conf
+"""
+
+
+@pytest.fixture
+def debian():
+    folder = tempfile.mkdtemp(prefix="sfd-")  # short: the socket path must fit a unix address
+    os.makedirs(os.path.join(folder, "conf.d"))
+    os.makedirs(os.path.join(folder, "log"))
+    plugins = os.path.join(folder, "plugins")
+    os.makedirs(plugins)
+    os.symlink(PACKAGE, os.path.join(plugins, "supervisor_fastapi"))
+    main_conf = os.path.join(folder, "supervisord.conf")
+    with open(main_conf, "w") as f:
+        f.write(MAIN_CONF.format(folder=folder))
+    env = dict(os.environ, PYTHONPATH=plugins)
+    yield folder, main_conf, env
+    subprocess.run([SUPERVISORCTL, "-c", main_conf, "shutdown"], env=env, capture_output=True, timeout=60)
+    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
+    if pid:
+        deadline = time.monotonic() + 60
+        while control._alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def render_fragment(folder: str, name: str) -> int:
+    port = free_port()
+    spec_path = os.path.join(folder, f"{name}.toml")
+    with open(spec_path, "w") as f:
+        f.write(tomli_w.dumps({"app": {"name": name, "asgi": "testapp:app", "directory": APPS,
+                                       "python": sys.executable},
+                               "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
+                               "supervisord": {"run_dir": os.path.join(folder, f"{name}-run")}}))
+    out = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "render", "-c", spec_path, "--fragment",
+                          "--with-plugins", "-o", os.path.join(folder, "conf.d", f"{name}.conf")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return port
+
+
+def get(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        return json.loads(resp.read()) if resp.status == 200 else {}
+    except OSError:
+        return {}
+    finally:
+        conn.close()
+
+
+def workers_answering(port: int, group: str) -> bool:
+    seen = {get(port).get("worker") for _ in range(40)}
+    return {f"{group}_00", f"{group}_01"} <= seen
+
+
+def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
+    folder, main_conf, env = debian
+
+    def ctl(*args: str) -> str:
+        out = subprocess.run([SUPERVISORCTL, "-c", main_conf, *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        return out.stdout + out.stderr
+
+    shop = render_fragment(folder, "shop")
+    subprocess.run([SUPERVISORD, "-c", main_conf], env=env, check=True, timeout=60)
+    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
+    assert pid and control._alive(pid)
+    # It is Debian's supervisord, under /usr/bin/python3, that loaded the rpcinterface plugin.
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[:2] == [b"/usr/bin/python3", SUPERVISORD.encode()]
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport("", "", f"unix://{os.path.join(folder, 'supervisor.sock')}")
+    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    assert proxy.fastapi.getAPIVersion()
+    wait_until(lambda: workers_answering(shop, "shop"), 60, "both shop workers to answer")
+
+    admin = render_fragment(folder, "shop_admin")
+    assert "shop_admin: available" in ctl("reread")
+    assert "shop_admin: added process group" in ctl("update")
+    wait_until(lambda: workers_answering(admin, "shop_admin"), 60, "both shop_admin workers to answer")
+    assert workers_answering(shop, "shop")
+    status = ctl("status")
+    for name in ("shop:shop_00", "shop:shop_01", "shop_admin:shop_admin_00", "shop_admin:shop_admin_01",
+                 "shop_listener", "shop_admin_listener"):
+        assert any(line.startswith(name + " ") and "RUNNING" in line for line in status.splitlines()), status
+    # Each app's workers write their state into their own run_dir.
+    for name in ("shop", "shop_admin"):
+        states = read_worker_states(Layout(os.path.join(folder, f"{name}-run")).state_dir)
+        assert set(states) == {f"{name}_00", f"{name}_01"}, states
