@@ -169,11 +169,11 @@ def test_import_message_when_the_interpreter_stopped_without_a_verdict():
         "app.asgi = 'main:ap': importing it stopped the interpreter (Segmentation fault)"
 
 
-def test_run_dir_problem_creates_nothing(tmp_path):
-    assert checks.run_dir_problem(str(tmp_path / "a" / "b" / "run")) is None
+def test_run_dir_creation_problem_creates_nothing(tmp_path):
+    assert checks.run_dir_creation_problem(str(tmp_path / "a" / "b" / "run")) is None
     assert list(tmp_path.iterdir()) == []
-    assert checks.run_dir_problem(str(tmp_path)) is None
-    assert "cannot create /proc/sf-nope/run" in checks.run_dir_problem("/proc/sf-nope/run")
+    assert checks.run_dir_creation_problem(str(tmp_path)) is None
+    assert "cannot create /proc/sf-nope/run" in checks.run_dir_creation_problem("/proc/sf-nope/run")
 
 
 def test_conf_problem_leaves_run_dir_alone(tmp_path):

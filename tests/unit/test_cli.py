@@ -114,7 +114,7 @@ def test_render_fragment_into_conf_d_does_not_say_copy_it_onto_itself(folder, mo
     assert "install: cp shop.conf /etc/supervisor/conf.d/shop.conf && supervisorctl reread && supervisorctl update" \
         in r.output, r.output
     written = []
-    monkeypatch.setattr("supervisor_fastapi.cli.deploy.write_atomic", lambda path, text: written.append(path))
+    monkeypatch.setattr("supervisor_fastapi.cli.deploy.write_atomic", lambda path, text, *mode: written.append(path))
     r = run("render", "--fragment", "--with-plugins", "-o", "/etc/supervisor/conf.d/shop.conf")
     assert written == ["/etc/supervisor/conf.d/shop.conf"]
     assert "install: supervisorctl reread && supervisorctl update" in r.output and "cp " not in r.output, r.output

@@ -17,7 +17,7 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from uvicorn.main import main as uvicorn_main
 
-from supervisor_fastapi.cli import main
+from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate import kubernetes as k8s
 from supervisor_fastapi.spec import Kubernetes, parse_spec
