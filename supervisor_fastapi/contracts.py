@@ -33,9 +33,8 @@ MAX_INT_DIGITS = 40
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def read_small_file(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[bytes]:
-    """The bytes of a regular file of at most ``max_bytes``; None for anything else
-    (missing, a symlink, a FIFO, a device, a folder, too big, unreadable)."""
+def _read_regular(path: str, max_bytes: int) -> Optional[Tuple[bytes, os.stat_result]]:
+    """The bytes and stat of a regular file of at most ``max_bytes``; None for anything else."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError:
@@ -54,11 +53,18 @@ def read_small_file(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[byte
             total += len(chunk)
             if total > max_bytes:  # it grew while we read
                 return None
-        return b"".join(chunks)
+        return b"".join(chunks), st
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def read_small_file(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[bytes]:
+    """The bytes of a regular file of at most ``max_bytes``; None for anything else
+    (missing, a symlink, a FIFO, a device, a folder, too big, unreadable)."""
+    found = _read_regular(path, max_bytes)
+    return found[0] if found else None
 
 
 def _parse_int(text: str) -> int:
@@ -149,19 +155,10 @@ def write_worker_state(path: str, pid: int, ready: float) -> None:
 
 def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
     """One worker's state ``{"pid", "ready", "beat"}`` (beat = mtime), None when unusable."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
+    found = _read_regular(path, MAX_STATE_BYTES)
+    if found is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_STATE_BYTES:
-            return None
-        data = parse_json_object(os.read(fd, MAX_STATE_BYTES + 1))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    data, st = parse_json_object(found[0]), found[1]
     if data is None or not isinstance(data.get("pid"), int) or isinstance(data.get("pid"), bool):
         return None
     return {"pid": data["pid"], "ready": data.get("ready") if isinstance(data.get("ready"), (int, float)) else 0.0,
@@ -243,7 +240,9 @@ class Policy:
 
     restarts: int = 3
     window: float = 60.0
-    backoff_initial: float = 2.0
+    # The kubelet's CrashLoopBackOff starts at 10 s too; each retry is one spawn (the hold is
+    # enforced inside supervisord, plugins/controller.py).
+    backoff_initial: float = 10.0
     backoff_max: float = 300.0
     backoff_reset: float = 60.0
     jitter: float = 0.1

@@ -9,9 +9,9 @@ import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
-from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig, Policy
+from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig
 from ..layout import Layout, Names
-from ..spec import Backoff, Program, Spec
+from ..spec import Program, Spec
 from ..uvicorn_settings import encode_setting
 from . import ini
 
@@ -59,18 +59,13 @@ def control_config(spec: Spec) -> ControlConfig:
     if watchdog_argv(spec) is not None:
         groups += (names.watchdog,)
     # [crash_loop.programs.<name>]: <name> is app.name (the web group) or a [[programs]] name.
-    overrides = tuple((names.web if name == spec.app.name else names.program(name), _policy(b))
+    overrides = tuple((names.web if name == spec.app.name else names.program(name), b)
                       for name, b in c.overrides)
     return ControlConfig(app=spec.app.name, web=names.web, state_dir=Layout(spec.run_dir).state_dir,
                          migrate=names.migrate if spec.migrate else "",
                          migrate_timeout=spec.migrate.timeout if spec.migrate else 0.0,
-                         groups=groups, policy=_policy(c.default), overrides=tuple(sorted(overrides)),
+                         groups=groups, policy=c.default, overrides=tuple(sorted(overrides)),
                          reminder_interval=spec.listener.reminder_interval)
-
-
-def _policy(b: Backoff) -> Policy:
-    return Policy(restarts=b.restarts, window=b.window, backoff_initial=b.backoff_initial, backoff_max=b.backoff_max,
-                  backoff_reset=b.backoff_reset, jitter=b.jitter, retry_fatal=b.retry_fatal)
 
 
 def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:

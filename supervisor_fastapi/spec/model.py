@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
+from ..contracts import Policy
+
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -98,17 +100,9 @@ class Migrate:
     env: Tuple[Tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class Backoff:
-    restarts: int = 3
-    window: float = 60.0
-    # The kubelet's CrashLoopBackOff starts at 10 s too; each retry is one spawn (the hold is
-    # enforced inside supervisord, plugins/controller.py).
-    backoff_initial: float = 10.0
-    backoff_max: float = 300.0
-    backoff_reset: float = 60.0
-    jitter: float = 0.1
-    retry_fatal: bool = True
+# The crash-loop settings are one record on both sides: the spec reads them into it and the
+# controller inside supervisord reads them back from the conf (contracts.Policy).
+Backoff = Policy
 
 
 @dataclass(frozen=True)
