@@ -19,6 +19,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 # The REMOTE_COMMUNICATION type the listener turns into alerts.
 REMOTE_TYPE = "supervisor-fastapi"
+# How the controller describes a process it holds (supervisord shows it as the BACKOFF
+# description): "<prefix> until HH:MM:SS: why" for a timed hold, "<prefix>: why" for the gate.
+HELD_PREFIX = "held by supervisor-fastapi"
+GATE_HELD_PREFIX = HELD_PREFIX + ":"
 # supervisord states in which a process is not going to serve on its own.
 FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 # A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.

@@ -12,7 +12,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, read_worker_states
+from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states
 from ..errors import UserError
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -110,7 +110,10 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
         if info["group"] != names.web:
             continue
         hold = (processes.get(f"{info['group']}:{name}") or {}).get("held") or {}
-        if state == "BACKOFF" and hold.get("kind") == "gate":
+        # Held by the gate: by the controller's state, or by the description in case the two
+        # answers straddle the gate opening (the hold is gone, supervisord has not spawned yet).
+        gated = hold.get("kind") == "gate" or str(info.get("spawnerr") or "").startswith(GATE_HELD_PREFIX)
+        if state == "BACKOFF" and gated:
             r.pending.append(name)
         elif state in FAILED_STATES:
             r.failed.append(name)

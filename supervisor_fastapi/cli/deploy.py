@@ -208,10 +208,11 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
     deadline = time.monotonic() + timeout
     last = ""
     while True:
+        held = control.control_state(proxy, spec.app.name)  # first: a hold it lists is in the infos too
         infos = proxy.supervisor.getAllProcessInfo()
         # Only the files of processes supervisord names: state_dir is the app user's.
         states = read_worker_states(layout.state_dir, [str(i.get("name")) for i in infos])
-        r = control.readiness(spec, infos, states, control.control_state(proxy, spec.app.name))
+        r = control.readiness(spec, infos, states, held)
         if r.failed:
             name = r.failed[0]
             full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)

@@ -38,12 +38,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from ..contracts import REMOTE_TYPE, ControlConfig, read_worker_state
+from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_worker_state
 from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
 from .gate import Gate, GateWatch, Migration, gate_of
 
 Log = Callable[[str], None]
-HELD_PREFIX = "held by supervisor-fastapi"
 TICK_EVERY = 0.1  # the timers run at most this often (every loop pass asks)
 FOREVER = float("inf")
 

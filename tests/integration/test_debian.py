@@ -151,7 +151,7 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
 
     transport = SupervisorTransport("", "", f"unix://{os.path.join(folder, 'supervisor.sock')}")
     proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-    assert proxy.fastapi.getAPIVersion()
+    assert proxy.fastapi_shop.getAPIVersion()
     wait_until(lambda: workers_answering(shop, "shop"), 60, "both shop workers to answer")
 
     admin = render_fragment(folder, "shop_admin")
