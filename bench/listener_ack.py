@@ -2,8 +2,10 @@
 
 Drives ``python -m supervisor_fastapi.listener`` over its stdin/stdout wire protocol, as
 supervisord does: one event, wait for ``RESULT 2\\nOK`` + ``READY``, next event. The event
-mix is a storm: four workers crash-looping (STARTING/RUNNING/EXITED unexpected, which
-opens incidents, holds and alerts), REMOTE_COMMUNICATION alerts, and FATALs. Every channel
+mix is a storm: four workers crash-looping (STARTING/RUNNING/EXITED unexpected), the
+controller's alerts (REMOTE_COMMUNICATION open/reminder events), one-off events it
+de-duplicates, and FATALs; the listener runs in its no-plugin fallback mode, so the
+process events are decided on too. Every channel
 is unreachable: a webhook on a closed port, SMTP on a closed port, a command that does
 not exist, and a log file in a folder that does not exist. RPC goes to a small XML-RPC
 server in this process that answers like supervisord.
@@ -32,7 +34,10 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from supervisor_fastapi.listener.protocol import encode_event, process_state_payload  # noqa: E402
+from supervisor_fastapi.contracts import LISTENER_ENV, remote_alert_body  # noqa: E402
+from supervisor_fastapi.generate.conf import listener_config  # noqa: E402
+from supervisor_fastapi.spec import load_spec  # noqa: E402
+from tests.wire import encode_event, process_state_payload  # noqa: E402
 
 WORKERS = [f"bench_{i:02d}" for i in range(4)]
 REPLY = b"RESULT 2\nOKREADY\n"
@@ -152,6 +157,12 @@ def events(n: int) -> List[bytes]:
     i = 0
     while len(out) < n:
         i += 1
+        if i % 20 == 0:
+            body = remote_alert_body("bench", "crash_loop", WORKERS[i % 4], "failed 3 times", {"n": i},
+                                     event="open" if i % 40 else "reminder")
+            out.append(encode_event("REMOTE_COMMUNICATION", f"type:supervisor-fastapi\n{body}", len(out) + 1)
+                       .encode())
+            continue
         if i % 10 == 0:
             body = json.dumps({"kind": f"hung_worker_{i % 7}", "process": WORKERS[i % 4], "summary": "no heartbeat",
                                "details": {"seconds": i}})
@@ -191,11 +202,13 @@ def run(n: int, python: str) -> Dict[str, Any]:
     server, fake = serve_rpc()
     try:
         spec = write_spec(folder)
+        os.makedirs(os.path.join(folder, "run"), exist_ok=True)
+        settings = listener_config(load_spec(spec), controller=False).to_env()
         env = dict(os.environ, SUPERVISOR_SERVER_URL=f"http://127.0.0.1:{server.server_address[1]}",
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **{LISTENER_ENV: settings})
         stderr_path = os.path.join(folder, "listener.stderr")
         with open(stderr_path, "w") as err:
-            proc = subprocess.Popen([python, "-m", "supervisor_fastapi.listener", "--spec", spec],
+            proc = subprocess.Popen([python, "-m", "supervisor_fastapi.listener"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env)
         assert proc.stdin is not None and proc.stdout is not None
         out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()

@@ -303,7 +303,7 @@ def chaos_section(results: Dict[str, Any]) -> List[str]:
               f"{p['lead'] + p['duration'] + p['tail']:g} s: "
               f"{p['connections'] * p['rate'] * (p['lead'] + p['duration'] + p['tail']):,.0f} requests scheduled; "
               "fewer sent means the load generator could not keep to its schedule (a busy machine: it does not "
-              "catch up in bursts). After {p['lead']:g} s, every {p['interval']:g} s for "
+              f"catch up in bursts). After {p['lead']:g} s, every {p['interval']:g} s for "
               f"{p['duration']:g} s, one worker is killed with SIGKILL: a random one among those the manager "
               "lists (supervisord's `getAllProcessInfo` of the web group, STARTING or RUNNING, for "
               "supervisor-fastapi; the manager's child processes for uvicorn and gunicorn) that have answered "
