@@ -60,7 +60,9 @@ def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_agai
         m = info(d, "web_migrate")
         assert m["statename"] == "EXITED" and m["exitstatus"] == 3
         at, alert = alerts[0]
-        assert at - m["stop"] < 2.0, f"alert {at - m['stop']:.2f} s after the migration exited"
+        # supervisord reports stop in whole seconds, and at first start the listener may still be
+        # starting when the migration fails (supervisord buffers the alert for it).
+        assert at - m["stop"] < 3.0, f"alert {at - m['stop']:.2f} s after the migration exited"
         assert "exited with status 3" in alert["text"]
         assert alert["details"]["exitstatus"] == 3
         assert 'relation "users" already exists' in alert["details"]["log_tail"]
