@@ -528,69 +528,90 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
     return tuple(out)
 
 
-def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
-    if kind == "webhook":
-        url = t.text("url")
-        if not re.match(r"^https?://[^\s/]+", url) or re.search(r"\s", url) or _CONTROL_RE.search(url):
-            t.fail("url", "is not an http:// or https:// URL without spaces or control characters")
-        try:
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError as exc:
-            t.fail("url", f"is not a usable URL ({exc})")
-        if not parts.hostname:
-            t.fail("url", "has no host name")
-        headers = t.get("headers", (dict,), {}, "a table of header = \"value\"")
-        for h, v in headers.items():
-            if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+\Z", h) or ini.problem_with(v):
-                t.fail(f"headers.{h}", "must be a header name with a one-line string value")
-        return {"url": url, "timeout": float(t.number("timeout", 5.0, minimum=0.1, maximum=120)),
-                "headers": tuple(sorted(headers.items()))}
-    if kind == "email":
-        to = t.get("to", (str, list), what="an address or an array of addresses")
-        to_list = [to] if isinstance(to, str) else to
-        if not to_list:
-            t.fail("to", "is empty", "give at least one address")
-        if not ADDRESS_RE.match(t.text("from")):
-            t.fail("from", f"{t.data['from']!r} is not an email address")
-        for addr in to_list:
-            if not isinstance(addr, str) or not ADDRESS_RE.match(addr):
-                t.fail("to", f"{addr!r} is not an email address")
-        prefix = t.text("subject_prefix", "[supervisor-fastapi]")
-        if _CONTROL_RE.search(prefix):
-            t.fail("subject_prefix", "contains a control character (a line break would end the Subject header)")
-        if "password_env" in t.data and "password_file" in t.data:
-            t.fail("password_file", "password_env and password_file cannot both be set", "keep one")
-        if "username" in t.data and "username_env" in t.data:
-            t.fail("username", "username and username_env cannot both be set", "keep one")
-        username = t.text("username", None)
-        if username is not None and (not username or _CONTROL_RE.search(username)):
-            t.fail("username", "must be a non-empty string without control characters")
-        opts = {"host": t.text("host", "127.0.0.1", pattern=HOST_RE, what="a host name or IPv4 address"),
-                "port": t.number("port", 587, integer=True, minimum=1, maximum=65535),
-                "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],
-                "to": tuple(to_list), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=120)),
-                "username_env": t.text("username_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
-                "password_env": t.text("password_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
-                "username": username,
-                "password_file": t.path_value("password_file", base_dir, None),
-                "subject_prefix": prefix}
-        if opts["ssl"] and opts["starttls"] and "starttls" in t.data:
-            t.fail("ssl", "ssl (implicit TLS) and starttls cannot both be on")
-        if opts["ssl"]:
-            opts["starttls"] = False
-        return opts
-    if kind == "command":
-        user = t.text("user", None, pattern=USER_RE, what="a user name")
-        if user and ":" in user:
-            t.fail("user", f"{user!r} is not a user name (no group)", f"use {user.split(':')[0]!r}")
-        run_as_root = t.flag("run_as_root", False)
-        if run_as_root and user:
-            t.fail("run_as_root", "run_as_root = true and user cannot both be set", "keep one")
-        return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1,
-                                                                            maximum=600)),
-                "user": user, "run_as_root": run_as_root}
+def _webhook_options(t: _Table, base_dir: str) -> Dict[str, Any]:
+    url = t.text("url")
+    if not re.match(r"^https?://[^\s/]+", url) or re.search(r"\s", url) or _CONTROL_RE.search(url):
+        t.fail("url", "is not an http:// or https:// URL without spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        t.fail("url", f"is not a usable URL ({exc})")
+    if not parts.hostname:
+        t.fail("url", "has no host name")
+    headers = t.get("headers", (dict,), {}, "a table of header = \"value\"")
+    for h, v in headers.items():
+        if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9-]+\Z", h) or ini.problem_with(v):
+            t.fail(f"headers.{h}", "must be a header name with a one-line string value")
+    return {"url": url, "timeout": float(t.number("timeout", 5.0, minimum=0.1, maximum=120)),
+            "headers": tuple(sorted(headers.items()))}
+
+
+def _email_addresses(t: _Table) -> Tuple[str, ...]:
+    to = t.get("to", (str, list), what="an address or an array of addresses")
+    to_list = [to] if isinstance(to, str) else to
+    if not to_list:
+        t.fail("to", "is empty", "give at least one address")
+    if not ADDRESS_RE.match(t.text("from")):
+        t.fail("from", f"{t.data['from']!r} is not an email address")
+    for addr in to_list:
+        if not isinstance(addr, str) or not ADDRESS_RE.match(addr):
+            t.fail("to", f"{addr!r} is not an email address")
+    return tuple(to_list)
+
+
+def _email_credentials(t: _Table, base_dir: str) -> Dict[str, Any]:
+    if "password_env" in t.data and "password_file" in t.data:
+        t.fail("password_file", "password_env and password_file cannot both be set", "keep one")
+    if "username" in t.data and "username_env" in t.data:
+        t.fail("username", "username and username_env cannot both be set", "keep one")
+    username = t.text("username", None)
+    if username is not None and (not username or _CONTROL_RE.search(username)):
+        t.fail("username", "must be a non-empty string without control characters")
+    return {"username_env": t.text("username_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
+            "password_env": t.text("password_env", None, pattern=ENV_NAME_RE, what="an environment variable name"),
+            "username": username, "password_file": t.path_value("password_file", base_dir, None)}
+
+
+def _email_options(t: _Table, base_dir: str) -> Dict[str, Any]:
+    to = _email_addresses(t)
+    prefix = t.text("subject_prefix", "[supervisor-fastapi]")
+    if _CONTROL_RE.search(prefix):
+        t.fail("subject_prefix", "contains a control character (a line break would end the Subject header)")
+    opts = {"host": t.text("host", "127.0.0.1", pattern=HOST_RE, what="a host name or IPv4 address"),
+            "port": t.number("port", 587, integer=True, minimum=1, maximum=65535),
+            "starttls": t.flag("starttls", True), "ssl": t.flag("ssl", False), "from": t.data["from"],
+            "to": to, "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=120)),
+            **_email_credentials(t, base_dir), "subject_prefix": prefix}
+    if opts["ssl"] and opts["starttls"] and "starttls" in t.data:
+        t.fail("ssl", "ssl (implicit TLS) and starttls cannot both be on")
+    if opts["ssl"]:
+        opts["starttls"] = False
+    return opts
+
+
+def _command_options(t: _Table, base_dir: str) -> Dict[str, Any]:
+    user = t.text("user", None, pattern=USER_RE, what="a user name")
+    if user and ":" in user:
+        t.fail("user", f"{user!r} is not a user name (no group)", f"use {user.split(':')[0]!r}")
+    run_as_root = t.flag("run_as_root", False)
+    if run_as_root and user:
+        t.fail("run_as_root", "run_as_root = true and user cannot both be set", "keep one")
+    return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=600)),
+            "user": user, "run_as_root": run_as_root}
+
+
+def _log_options(t: _Table, base_dir: str) -> Dict[str, Any]:
     return {"path": t.path_value("path", base_dir, None)}
+
+
+# One reader per [[alerts]] type; the keys each accepts are ALERT_KEYS[type].
+ALERT_READERS = {"webhook": _webhook_options, "email": _email_options, "command": _command_options,
+                 "log": _log_options}
+
+
+def _alert_options(t: _Table, kind: str, base_dir: str) -> Dict[str, Any]:
+    return ALERT_READERS[kind](t, base_dir)
 
 
 KUBERNETES_KEYS = ("image", "replicas", "namespace", "service_type", "port", "service_port", "python", "directory",
