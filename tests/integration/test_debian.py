@@ -159,10 +159,15 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
     assert "shop_admin: added process group" in ctl("update")
     wait_until(lambda: workers_answering(admin, "shop_admin"), 60, "both shop_admin workers to answer")
     assert workers_answering(shop, "shop")
-    status = ctl("status")
-    for name in ("shop:shop_00", "shop:shop_01", "shop_admin:shop_admin_00", "shop_admin:shop_admin_01",
-                 "shop_listener", "shop_admin_listener"):
-        assert any(line.startswith(name + " ") and "RUNNING" in line for line in status.splitlines()), status
+    names = ("shop:shop_00", "shop:shop_01", "shop_admin:shop_admin_00", "shop_admin:shop_admin_01",
+             "shop_listener", "shop_admin_listener")
+
+    def all_running() -> bool:
+        # A worker answers before supervisord calls it RUNNING (startsecs): wait for the state asserted.
+        lines = ctl("status").splitlines()
+        return all(any(line.startswith(name + " ") and "RUNNING" in line for line in lines) for name in names)
+
+    wait_until(all_running, 15, "every process RUNNING in supervisorctl status")
     # Each app's workers write their state into their own run_dir.
     for name in ("shop", "shop_admin"):
         states = read_worker_states(Layout(os.path.join(folder, f"{name}-run")).state_dir)
