@@ -62,4 +62,8 @@ def test_status_shows_a_crash_loop_incident_with_its_next_retry(deploy, tmp_path
     held = [r for r in data["processes"] if r["incident"]]
     assert held and held[0]["incident"]["kind"] == "crash_loop" and held[0]["incident"]["next_retry"]
     assert held[0]["restarts_1h"] >= 1
-    assert data["last_alert"] and data["last_alert"]["kind"] == "crash_loop"
+    # The incident comes from the controller at once; the last alert from the listener's state
+    # file, written once the channel has answered: wait for the state asserted (issue #10).
+    data = wait_until(lambda: (lambda j: j if (j.get("last_alert") or {}).get("kind") == "crash_loop" else None)(
+        json.loads(d.cli("status", "--json").stdout)), 15, "the last alert in status")
+    assert data["last_alert"]["kind"] == "crash_loop"
