@@ -17,8 +17,8 @@ from . import ini
 
 Options = List[Tuple[str, str]]
 
-# Priorities: the listener pool must exist before the groups it watches, or their
-# PROCESS_GROUP_ADDED events are lost; the migration starts before the web workers.
+# Priorities: the listener pool is created first, so it is subscribed before any group's
+# start-up events, and stopped last; the migration starts before the web workers.
 PRIORITY_LISTENER = 1
 PRIORITY_MIGRATE = 50
 PRIORITY_WEB = 100
@@ -202,7 +202,7 @@ def listener_section(spec: Spec, controller: bool = True) -> ini.Section:
     layout = Layout(spec.run_dir)
     opts: Options = [
         ("command", ini.command(listener_argv(spec))),
-        ("events", "PROCESS_STATE,PROCESS_GROUP,REMOTE_COMMUNICATION"),
+        ("events", "PROCESS_STATE,REMOTE_COMMUNICATION"),
         # The default buffer of 10 overflows at startup and silently drops events.
         ("buffer_size", str(LISTENER_BUFFER)),
         ("priority", str(PRIORITY_LISTENER)),

@@ -10,7 +10,7 @@ import json
 from typing import Dict, List, Optional, Tuple
 
 from ..contracts import REMOTE_TYPE
-from .state import Event, GroupRemoved, ProcessState, RemoteEvent
+from .state import Event, ProcessState, RemoteEvent
 
 READY = "READY\n"
 OK = "RESULT 2\nOK"
@@ -70,8 +70,6 @@ def decode(headers: Headers, payload: str) -> Optional[Event]:
                             state=name[len("PROCESS_STATE_"):], from_state=fields.get("from_state", ""),
                             expected=None if expected is None else expected == "1",
                             pid=int(pid) if pid.isdigit() else 0)
-    if name == "PROCESS_GROUP_REMOVED":
-        return GroupRemoved(parse_headers(payload).get("groupname", ""))
     if name == "REMOTE_COMMUNICATION":
         head, _, data = payload.partition("\n")
         if parse_headers(head).get("type") != REMOTE_TYPE:

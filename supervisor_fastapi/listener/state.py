@@ -53,12 +53,7 @@ class RemoteEvent:
     log_of: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class GroupRemoved:
-    group: str
-
-
-Event = Union[ProcessState, RemoteEvent, GroupRemoved]
+Event = Union[ProcessState, RemoteEvent]
 
 
 # --- actions ------------------------------------------------------------------------------

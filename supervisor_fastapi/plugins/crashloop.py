@@ -207,17 +207,6 @@ class ProcessLoop:
                                  {"opened": incident.opened, "retries": incident.retries}))
         return out
 
-    def next_deadline(self) -> Optional[float]:
-        times = []
-        for inc in (self.incident, self.kill_incident):
-            if inc is not None:
-                times.append(inc.last_alert + self.reminder_interval)
-        if self.running_since is not None and (self.incident is not None or self.kill_incident is not None):
-            times.append(self.running_since + self.policy.backoff_reset)
-        if self.kill_incident is not None:
-            times.append(self.last_kill + self.policy.backoff_reset)
-        return min(times) if times else None
-
     def snapshot(self, now: float) -> Dict[str, Any]:
         return {"incident": self.incident.to_json() if self.incident else None,
                 "kill_incident": self.kill_incident.to_json() if self.kill_incident else None,
