@@ -381,3 +381,39 @@ def notify(proxy: Any, app: str, kind: str, process: str, summary: str,
     """Raise a one-off alert through ``app``'s listener (the same (kind, process) at most once a
     minute; repeats are counted), via ``supervisor.sendRemoteCommEvent``."""
     proxy.supervisor.sendRemoteCommEvent(REMOTE_TYPE, remote_alert_body(app, kind, process, summary, details))
+
+
+# --- log tails: this run's lines only ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogRef:
+    """Which log an alert attaches: a process's, from byte ``since`` (the start of the run
+    the alert is about; the controller measures it at spawn) on."""
+
+    namespec: str
+    since: int = 0
+
+
+def tail_window(size: int, since: int, length: int) -> Tuple[int, int]:
+    """(offset, length) of the last ``length`` bytes of a log of ``size`` bytes that were
+    written at or after ``since`` (where the run began); a log now smaller than ``since``
+    was rotated, and all of it is newer (pure)."""
+    if since > size:
+        since = 0
+    start = max(since, size - length, 0)
+    return start, size - start
+
+
+def run_log_tail(proxy: Any, namespec: str, since: int = 0, length: int = 3000) -> str:
+    """The end of a process's log through supervisord, from byte ``since`` on: a process
+    that failed now is shown with its own lines, never with an earlier run's. A first line
+    cut by ``length`` is dropped."""
+    _, size, _ = proxy.supervisor.tailProcessStdoutLog(namespec, 0, 0)  # (b"", size, overflow)
+    start, count = tail_window(int(size), since, length)
+    if count <= 0:
+        return ""
+    text = str(proxy.supervisor.readProcessStdoutLog(namespec, start, count))
+    if start > since and "\n" in text:
+        text = text.split("\n", 1)[1]
+    return text

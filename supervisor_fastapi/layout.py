@@ -20,6 +20,8 @@ LISTENER_STATE = "listener-state.json"  # the listener: last alert and its resul
 ALERT_JOURNAL = "alerts-undelivered.jsonl"  # the listener: alerts no channel took
 ALERTS_LOG = "alerts.log"  # the `log` alert channel's default file
 WATCHDOG_MEMO = "watchdog-state.json"  # the watchdog: consecutive over-limit counts
+# Where Debian's and Ubuntu's `supervisor` package includes conf.d fragments from.
+OS_CONF_D = "/etc/supervisor/conf.d"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class Names:
     def program(self, name: str) -> str:
         """The group of a ``[[programs]]`` entry."""
         return f"{self.app}_{name}"
+
+    @property
+    def fragment(self) -> str:
+        """The default path of this app's conf.d fragment for an OS-packaged supervisord."""
+        return os.path.join(OS_CONF_D, f"{self.app}.conf")
 
     @property
     def rpc_namespace(self) -> str:

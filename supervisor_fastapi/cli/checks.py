@@ -433,7 +433,7 @@ def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = N
     err = conf_problem(spec) if conf_text is None else load_with_supervisor(conf_text)
     results.append(Result(err is None, "supervisord accepts the generated conf", err or ""))
     if running:
-        results.append(Result(True, f"bind {spec.server.bind.url}", "held by this deployment's running supervisord"))
+        results.append(Result(True, f"bind {spec.server.bind.url}", "held by this deployment's own workers"))
     else:
         problem = bind_problem(spec.server.bind)
         results.append(Result(problem is None, f"bind {spec.server.bind.url} is free", problem or ""))

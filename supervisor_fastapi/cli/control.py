@@ -12,7 +12,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states
+from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail
 from ..errors import UserError
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -125,11 +125,10 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
     return r
 
 
-def log_tail(proxy: Any, name: str, length: int = 3000) -> str:
-    """The last part of a process's log, or a note why there is none."""
+def log_tail(proxy: Any, name: str, since: int = 0, length: int = 3000) -> str:
+    """The last part of a process's log from byte ``since`` on (this run), or a note why there is none."""
     try:
-        text, _offset, _overflow = proxy.supervisor.tailProcessStdoutLog(name, 0, length)
-        return text
+        return run_log_tail(proxy, name, since, length) or "(nothing in its log from this run)"
     except (xmlrpc.client.Fault, OSError) as exc:
         return f"(no log: {exc})"
 

@@ -2,10 +2,11 @@
 
 import errno
 import os
+import stat
 import tempfile
 import time
 import xmlrpc.client
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..contracts import read_worker_states
 from ..errors import DeployError, UserError
@@ -125,9 +126,10 @@ def default_conf_path(spec: Spec) -> str:
     return os.path.join(spec.base_dir, "supervisord.conf")
 
 
-def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False) -> str:
+def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False,
+              with_plugins: Optional[bool] = None) -> str:
     """Render the spec and write it atomically; the text is loaded by supervisor's parser first."""
-    text = render(spec, command, fragment=fragment)
+    text = render(spec, command, fragment=fragment, with_plugins=with_plugins)
     make_dirs(spec)
     if not fragment:
         err = checks.load_with_supervisor(text)
@@ -139,15 +141,22 @@ def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False) 
 
 
 def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float = 60.0) -> List[str]:
-    """Render, start (or update) supervisord, wait until every worker accepts; ready names."""
+    """Render, start (or update) supervisord, wait until every worker accepts; ready names.
+
+    With ``supervisord.serverurl`` the app runs in that supervisord instead (host.up)."""
     layout = Layout(spec.run_dir)
     problem = checks.preflight_problem(spec)  # what `check` checks of the app, before anything starts
     if problem:
         raise UserError(problem)
+    if spec.supervisord.shared:
+        from . import host
+
+        return host.up(spec, command, progress, timeout)
+    since = log_sizes(layout)  # log tails start at this run: the files may hold earlier runs'
     render_to(spec, conf_path, command)
+    proxy = control.rpc(layout)
     if control.is_running(layout):
         progress("supervisord is running: applying the conf")
-        proxy = control.rpc(layout)
         apply_update(proxy, progress)
         resume(proxy, spec, progress)
     else:
@@ -163,12 +172,35 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
         control.start_daemon(conf_path, layout)
     if spec.migrate:
         timeout += spec.migrate.timeout
-    return wait_ready(spec, layout, progress, timeout)
+    return wait_ready(spec, proxy, layout, progress, timeout, since)
 
 
-def apply_update(proxy: Any, progress: Progress) -> None:
-    """What `supervisorctl update` does: reread, then remove/replace/add the changed groups."""
+def log_sizes(layout: Layout) -> Dict[str, int]:
+    """The size of each log file under run_dir now: where the next run's lines begin."""
+    sizes: Dict[str, int] = {}
+    try:
+        entries = list(os.scandir(layout.log_dir))
+    except OSError:
+        return sizes
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            sizes[entry.path] = st.st_size
+    return sizes
+
+
+def apply_update(proxy: Any, progress: Progress, only: Optional[Set[str]] = None) -> None:
+    """What `supervisorctl update` does: reread, then remove/replace/add the changed groups;
+    with ``only``, just those groups (a shared supervisord: other apps' changes are theirs)."""
     added, changed, removed = proxy.supervisor.reloadConfig()[0]
+    if only is not None:
+        others = sorted(set(added + changed + removed) - only)
+        if others:
+            progress(f"left as they are (not this app's): {', '.join(others)}")
+        added, changed, removed = ([g for g in names if g in only] for names in (added, changed, removed))
     for group in removed + changed:
         proxy.supervisor.stopProcessGroup(group, True)
         proxy.supervisor.removeProcessGroup(group)
@@ -202,9 +234,10 @@ def resume(proxy: Any, spec: Spec, progress: Progress) -> None:
                     raise
 
 
-def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -> List[str]:
-    """Poll until every web worker is ready; on a failure raise with the failing log tail."""
-    proxy = control.rpc(layout)
+def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeout: float,
+               since: Optional[Dict[str, int]] = None) -> List[str]:
+    """Poll until every web worker is ready; on a failure raise with the failing log's tail,
+    from the sizes in ``since`` on (this run's lines only)."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -215,8 +248,9 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
         r = control.readiness(spec, infos, states, held)
         if r.failed:
             name = r.failed[0]
-            full = next(f"{i['group']}:{i['name']}" for i in infos if i["name"] == name)
-            tail = control.log_tail(proxy, full)
+            info = next(i for i in infos if i["name"] == name)
+            full = f"{info['group']}:{info['name']}"
+            tail = control.log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0))
             raise DeployError(f"{full} failed: {r.reasons[name]}\n--- last lines of its log ---\n{tail.rstrip()}\n"
                             f"--- fix the problem, then run `supervisor-fastapi up` again "
                             f"(supervisord is still running; `supervisor-fastapi down` stops it)")
@@ -236,7 +270,11 @@ def wait_ready(spec: Spec, layout: Layout, progress: Progress, timeout: float) -
 
 def down(spec: Spec, progress: Progress = lambda message: None) -> bool:
     """Stop supervisord and everything it runs, or what a killed supervisord left running;
-    False if there was nothing to stop."""
+    False if there was nothing to stop. With ``supervisord.serverurl``: this app's groups there (host.down)."""
+    if spec.supervisord.shared:
+        from . import host
+
+        return host.down(spec, progress)
     layout = Layout(spec.run_dir)
     if control.stop_daemon(layout, timeout=spec.server.graceful_timeout + 60):
         return True

@@ -116,22 +116,23 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         kube.render(spec, output, regenerate_command(config, output, target=target),
                     lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
         return
-    command = regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
+    s = spec.supervisord
+    # supervisord.serverurl: the spec says it is a fragment, for a supervisord with or without the plugin.
+    fragment, with_plugins = fragment or s.shared, with_plugins or (s.shared and s.plugins)
+    command = regenerate_command(config, output, fragment and not s.shared) + \
+        (" --with-plugins" if with_plugins and not s.shared else "")
     plugins = True if with_plugins else None
     if output == "-":
         click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
         return
-    path = output or deploy.default_conf_path(spec)
-    if plugins:
-        deploy.make_dirs(spec)
-        deploy.write_atomic(path, render(spec, command, fragment=fragment, with_plugins=True), deploy.conf_mode(spec))
-    else:
-        deploy.render_to(spec, path, command, fragment=fragment)
+    path = output or (str(s.fragment) if s.shared else deploy.default_conf_path(spec))
+    deploy.render_to(spec, path, command, fragment=fragment, with_plugins=plugins)
     click.echo(f"wrote {path}", err=True)
     if fragment:
-        target = f"/etc/supervisor/conf.d/{spec.app.name}.conf"
+        target = str(s.fragment) if s.shared else Names(spec.app.name).fragment
         copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
-        click.echo(f"install: {copy}supervisorctl reread && supervisorctl update", err=True)
+        click.echo(f"install: {copy}supervisorctl reread && supervisorctl update"
+                   + ("   (or: supervisor-fastapi up)" if s.shared else ""), err=True)
     else:
         click.echo(f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)", err=True)
 
@@ -147,6 +148,10 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
     spec = load_spec(config)
     if target == "kubernetes":
         results = checks.kubernetes_checks(spec)
+    elif spec.supervisord.shared:
+        from . import host
+
+        results = checks.run_checks(spec, host.serves(spec), checks.total_ram()) + host.host_checks(spec)
     else:
         running = control.is_running(Layout(spec.run_dir))
         results = checks.run_checks(spec, running, checks.total_ram())
@@ -165,19 +170,26 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
               help="Seconds to wait for the workers; with [migrate], migrate.timeout is added to it.")
 @user_errors
 def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
-    """Render, start supervisord (or apply changes to it) and wait until every worker accepts."""
+    """Render, start supervisord (or apply changes to it) and wait until every worker accepts.
+
+    With supervisord.serverurl: write the fragment and apply it in that supervisord instead."""
     spec = load_spec(config)
+    s = spec.supervisord
+    if s.shared and output:
+        raise UserError(f"{spec.source}: up writes the fragment at supervisord.fragment ({s.fragment}); "
+                        "set that key instead of -o")
     conf = output or deploy.default_conf_path(spec)
     ready = deploy.up(spec, conf, regenerate_command(config, output), progress, timeout)
     click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
-    click.echo(f"supervisorctl -c {conf} status")
+    click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
 
 
 @main.command()
 @config_option
 @user_errors
 def down(config: Optional[str]) -> None:
-    """Stop supervisord and every program of this deployment."""
+    """Stop supervisord and every program of this deployment (with supervisord.serverurl: this
+    app's programs in that supervisord, and its fragment)."""
     spec = load_spec(config)
     click.echo("stopped" if deploy.down(spec, progress) else "not running")
 
@@ -189,6 +201,9 @@ def down(config: Optional[str]) -> None:
 def systemd_unit(config: Optional[str], output: Optional[str]) -> None:
     """Print a systemd unit that starts supervisord at boot and restarts it if it dies."""
     spec = load_spec(config)
+    if spec.supervisord.shared:
+        raise UserError(f"{spec.source}: supervisord.serverurl is set: the supervisord there starts this app at "
+                        "boot (Debian: the supervisor package's own unit, `systemctl enable supervisor`)")
     click.echo(systemd.unit(spec, os.path.abspath(output or deploy.default_conf_path(spec)), sys.executable),
                nl=False)
 
@@ -221,8 +236,8 @@ def alert_test(config: Optional[str]) -> None:
 def serverurl_option(f: F) -> F:
     return click.option("--serverurl", metavar="URL", default=None,
                         help="supervisord to talk to, e.g. unix:///var/run/supervisor.sock for a conf.d fragment "
-                             "(default: this deployment's own control socket; credentials from "
-                             "SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD).")(f)
+                             "(default: supervisord.serverurl, else this deployment's own control socket; "
+                             "credentials from SUPERVISOR_USERNAME/SUPERVISOR_PASSWORD).")(f)
 
 
 @main.command("restart")
@@ -269,7 +284,13 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
     from . import ops
 
     layout = Layout(spec.run_dir)
+    if serverurl is None and spec.supervisord.shared:
+        from . import host
+
+        host.connect(spec)  # answers, or one line with the fix
+        serverurl = spec.supervisord.serverurl
     if serverurl is None and not control.is_running(layout):
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
-                        "start it with `supervisor-fastapi up`, or pass --serverurl for a conf.d fragment")
+                        "start it with `supervisor-fastapi up`, or set supervisord.serverurl (or pass "
+                        "--serverurl) for a conf.d fragment")
     return ops.local_edges(layout, spec.app.name, serverurl)

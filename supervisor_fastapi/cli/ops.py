@@ -320,7 +320,7 @@ class Status:
 
     @property
     def ok(self) -> bool:
-        return not self.down
+        return bool(self.rows) and not self.down  # none of its processes there: not deployed, not ok
 
     def to_json(self) -> Dict[str, Any]:
         return {"ok": self.ok, "down": self.down, "processes": [asdict(r) for r in self.rows],
@@ -456,7 +456,10 @@ def _footer(status: Status, now: float) -> List[str]:
     if status.holds is not None:
         out.append("socket held open by the rpcinterface plugin: "
                    + (", ".join(h["url"] for h in status.holds) or "none yet"))
-    out.append("ok" if status.ok else f"DOWN: {', '.join(status.down)}")
+    if not status.rows:
+        out.append("DOWN: none of this app's programs is in that supervisord (`supervisor-fastapi up` adds them)")
+    else:
+        out.append("ok" if status.ok else f"DOWN: {', '.join(status.down)}")
     return out
 
 

@@ -6,6 +6,7 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 """
 
 import os
+import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
@@ -360,3 +361,11 @@ def render(spec: Spec, command: str, fragment: bool = False, with_plugins: Optio
     """The conf text for ``spec``; ``command`` is how the user regenerates it (for the header)."""
     plugins = with_plugins if with_plugins is not None else not fragment
     return ini.render(build(spec, fragment, with_plugins), header(spec, command, plugins))
+
+
+_PROGRAM_HEADER = re.compile(r"^\[(?:program|fcgi-program|eventlistener):([^\]\s]+)\][ \t]*$", re.MULTILINE)
+
+
+def groups_in(text: str) -> Set[str]:
+    """The supervisor groups a conf rendered here defines (each program is its own group)."""
+    return set(_PROGRAM_HEADER.findall(text))

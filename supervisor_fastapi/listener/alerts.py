@@ -29,7 +29,7 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
-from ..contracts import read_small_file
+from ..contracts import LogRef, read_small_file
 from ..layout import Layout
 from ..spec.model import Alert as AlertSpec
 
@@ -617,7 +617,7 @@ class Journal:
 
 
 ResultCallback = Callable[[Message, Dict[str, str]], None]
-Enricher = Callable[[Message, Optional[str]], Message]
+Enricher = Callable[[Message, Optional[LogRef]], Message]
 
 
 class Dispatcher:
@@ -630,7 +630,7 @@ class Dispatcher:
         self.journal, self.retries = journal, retries
         self.on_result, self.enrich = on_result, enrich
         self.sleep, self.first_delay = sleep, first_delay
-        self._intake: queue.Queue[Optional[Tuple[Message, Optional[str]]]] = queue.Queue()
+        self._intake: queue.Queue[Optional[Tuple[Message, Optional[LogRef]]]] = queue.Queue()
         self._queues: Dict[str, queue.Queue[Optional[Tuple[int, Message]]]] = {
             c.name: queue.Queue(QUEUE_LIMIT) for c in self.channels}
         self._pending: Dict[int, Dict[str, str]] = {}
@@ -649,7 +649,7 @@ class Dispatcher:
             t.start()
         return self
 
-    def submit(self, msg: Message, log_of: Optional[str] = None) -> None:
+    def submit(self, msg: Message, log_of: Optional[LogRef] = None) -> None:
         """Never blocks: the event loop calls this."""
         self._intake.put((msg, log_of))
 

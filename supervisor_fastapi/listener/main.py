@@ -21,7 +21,7 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..contracts import LISTENER_ENV, ListenerConfig, is_enospc
+from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
@@ -87,25 +87,23 @@ def run_rpc(proxy: Any, action: Start) -> None:
         proxy.supervisor.startProcess(action.namespec, False)
 
 
-def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[str]], Message]:
+def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[LogRef]], Message]:
     """Adds exit status and the log tail of ``log_of`` to an alert (runs in the sender side)."""
     local = threading.local()
 
-    def enrich(msg: Message, log_of: Optional[str]) -> Message:
+    def enrich(msg: Message, log_of: Optional[LogRef]) -> Message:
         if not log_of:
             return msg
         proxy = getattr(local, "proxy", None) or make_proxy()
         local.proxy = proxy
         details = dict(msg.get("details") or {})
         try:
-            info = proxy.supervisor.getProcessInfo(log_of)
+            info = proxy.supervisor.getProcessInfo(log_of.namespec)
             details.setdefault("exitstatus", info.get("exitstatus"))
             details["state"] = info.get("statename")
-            text, _offset, _overflow = proxy.supervisor.tailProcessStdoutLog(log_of, 0, TAIL_CHARS)
-            lines = text.splitlines()[-TAIL_LINES:]
-            if len(text) >= TAIL_CHARS and len(lines) > 1:
-                lines = lines[1:]  # the first line is probably cut
-            details["log_tail"] = "\n".join(lines)
+            # From the start of the run the alert is about: never an earlier run's lines.
+            text = run_log_tail(proxy, log_of.namespec, log_of.since, TAIL_CHARS)
+            details["log_tail"] = "\n".join(text.splitlines()[-TAIL_LINES:])
         except Exception as exc:
             local.proxy = None
             details["log_tail"] = f"(could not read the log: {exc})"

@@ -7,9 +7,9 @@ supervisor #1243), so the parser works on decoded text. The listener answers
 
 import codecs
 import json
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..contracts import REMOTE_TYPE
+from ..contracts import REMOTE_TYPE, LogRef
 from .state import Event, ProcessState, RemoteEvent
 
 READY = "READY\n"
@@ -92,4 +92,9 @@ def remote_event(data: str) -> RemoteEvent:
                        summary=str(body.get("summary") or "").splitlines()[0] if body.get("summary") else "",
                        details=details if isinstance(details, dict) else {}, app=str(body.get("app") or ""),
                        event=event if event in ("open", "reminder", "resolve") else "event",
-                       log_of=str(body["log_of"]) if body.get("log_of") else None)
+                       log_of=LogRef(str(body["log_of"]), _offset(body.get("log_from")))
+                       if body.get("log_of") else None)
+
+
+def _offset(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

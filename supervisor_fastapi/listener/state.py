@@ -15,7 +15,7 @@ REMOTE_COMMUNICATION events). What is left here:
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..contracts import ListenerConfig
+from ..contracts import ListenerConfig, LogRef
 
 EVENT_DEDUPE = 60.0
 
@@ -50,7 +50,7 @@ class RemoteEvent:
     details: Mapping[str, Any] = field(default_factory=dict)
     app: str = ""  # "" for senders that do not say (they are this app's)
     event: str = "event"  # "open" | "reminder" | "resolve" from the controller; "event" otherwise
-    log_of: Optional[str] = None
+    log_of: Optional[LogRef] = None
 
 
 Event = Union[ProcessState, RemoteEvent]
@@ -74,7 +74,7 @@ class Alert:
     process: str
     summary: str
     details: Mapping[str, Any] = field(default_factory=dict)
-    log_of: Optional[str] = None
+    log_of: Optional[LogRef] = None
 
 
 Action = Union[Start, Alert]
@@ -129,7 +129,7 @@ class Fallback:
             self.fatal[ev.name] = True
             return [Alert("open", "fatal", ev.name, f"{ev.name} could not be started (FATAL); supervisord will "
                           "not retry it (no supervisor-fastapi plugin: no crash-loop backoff)", {},
-                          log_of=ev.namespec)]
+                          log_of=LogRef(ev.namespec))]
         if ev.state == "RUNNING" and self.fatal.pop(ev.name, False):
             return [Alert("resolve", "fatal", ev.name, f"{ev.name} is RUNNING again", {})]
         return []
@@ -149,5 +149,5 @@ class Fallback:
             what = f"exited with status {status}" if ev.state == "EXITED" else f"could not be started ({ev.state})"
             out.append(Alert("open", "migration_failed", c.migrate, f"{c.migrate} {what}; the web workers are not "
                              "started (without the plugin, `supervisorctl start` can still start them by hand)",
-                             {"exitstatus": ev.exitstatus}, log_of=f"{c.migrate}:{c.migrate}"))
+                             {"exitstatus": ev.exitstatus}, log_of=LogRef(f"{c.migrate}:{c.migrate}")))
         return out

@@ -145,6 +145,7 @@ class AppControl:
         self.loops: Dict[str, ProcessLoop] = {}
         self.holds: Dict[str, Held] = {}
         self.timed_out: Dict[float, bool] = {}  # migration laststart -> stopped by us for its timeout
+        self.log_starts: Dict[str, int] = {}  # namespec -> its log's size when its current run was spawned
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -178,8 +179,9 @@ class AppControl:
         gate = self._gate()  # now, not as of the last pass: the migration may have just exited
         return None if gate.open else gate.detail
 
-    def spawned(self, process: Any) -> None:
+    def spawned(self, process: Any, log_start: int = 0) -> None:
         self._unhold(process)
+        self.log_starts[namespec(process)] = log_start
         if self.controlled(process):
             self.loop(process).started(self.clock())
 
@@ -393,7 +395,7 @@ class AppControl:
               log_of: Optional[str] = None) -> None:
         self.log(f"supervisor-fastapi: alert {event} {kind}: {summary}")
         self.emit({"app": self.config.app, "event": event, "kind": kind, "process": process, "summary": summary,
-                   "details": details, "log_of": log_of})
+                   "details": details, "log_of": log_of, "log_from": self.log_starts.get(log_of or "", 0)})
 
 
 class Registry:
@@ -516,6 +518,14 @@ def _was_ready(process: Any, pid: int, control: AppControl) -> bool:
     return state is not None and state.get("pid") == pid
 
 
+def _log_size(process: Any) -> int:
+    path = getattr(process.config, "stdout_logfile", None)
+    try:
+        return os.stat(path).st_size if isinstance(path, str) else 0
+    except OSError:
+        return 0
+
+
 def wrap(process: Any, control: AppControl) -> None:
     """Route ``process``'s spawn and finish through ``control`` (idempotent)."""
     if getattr(process, "_supervisor_fastapi", None) is control:
@@ -542,12 +552,13 @@ def wrap(process: Any, control: AppControl) -> None:
         if reason is not None:
             control.hold(process, FOREVER, "gate", reason)
             return None
+        log_start = _log_size(process)  # before the child can write: where this run's lines begin
         pid = spawn_original()
         try:
             if pid is None and not process.pid and process.get_state() == _states().BACKOFF:
                 control.spawn_failed(process)
             elif process.pid:
-                control.spawned(process)
+                control.spawned(process, log_start)
         except Exception as exc:
             control.log(f"supervisor-fastapi: controller error after spawn: {exc!r}")
         return pid

@@ -52,6 +52,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*\Z")
 ASGI_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*(\(\))?\Z")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?(:[a-z_][a-z0-9_.-]*)?\Z", re.IGNORECASE)
 HOST_RE = re.compile(r"^[A-Za-z0-9.-]+\Z")
+# What supervisorctl's serverurl takes: a unix socket path, or an inet_http_server address.
+SERVERURL_RE = re.compile(r"^unix:///[^\x00-\x1f\x7f\s]+\Z|^http://[A-Za-z0-9.\[\]:-]+/?\Z")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Names supervisor uses for its own environment; a spec overriding them would break the
 # listener's RPC connection or the worker's identity.
@@ -264,7 +266,7 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
     app = _app(_Table(data["app"], "app", source, ("name", "asgi", "factory", "directory", "python", "env", "user")),
                base_dir, host)
     supervisord = _supervisord(_Table(data.get("supervisord", {}), "supervisord", source,
-                                      ("run_dir", "log_level")), base_dir)
+                                      ("run_dir", "log_level", "serverurl", "fragment", "plugins")), base_dir, app.name)
     server = _server(_Table(data.get("server", {}), "server", source, (
         "bind", "workers", "graceful_timeout", "uvicorn", "backlog", "socket_mode", "socket_owner",
         "heartbeat_timeout", "startup_timeout", "startsecs")), base_dir, host)
@@ -309,7 +311,7 @@ def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
     return App(name=name, asgi=asgi, factory=factory, directory=directory, python=python, env=t.env("env"), user=user)
 
 
-def _supervisord(t: _Table, base_dir: str) -> Supervisord:
+def _supervisord(t: _Table, base_dir: str, app: str) -> Supervisord:
     run_dir = t.path_value("run_dir", base_dir, os.path.join(base_dir, "run"))
     # The control socket path must fit in sun_path (108 bytes on Linux).
     if len(Layout(run_dir).socket) > 100:
@@ -319,7 +321,22 @@ def _supervisord(t: _Table, base_dir: str) -> Supervisord:
     log_level = t.text("log_level", "info")
     if log_level not in levels:
         t.fail("log_level", f"must be one of {', '.join(levels)}", did_you_mean(log_level, levels))
-    return Supervisord(run_dir=run_dir, log_level=log_level)
+    serverurl = t.text("serverurl", None)
+    if serverurl is None:
+        for key in ("fragment", "plugins"):
+            if key in t.data:
+                t.fail(key, "applies to a conf.d fragment only",
+                       'add serverurl = "unix:///var/run/supervisor.sock" (the supervisord that runs it), '
+                       "or remove the key")
+        return Supervisord(run_dir=run_dir, log_level=log_level)
+    if not SERVERURL_RE.match(serverurl):
+        t.fail("serverurl", f"{serverurl!r} is not a supervisord address",
+               "use unix:///path/to/supervisor.sock (Debian: unix:///var/run/supervisor.sock) or http://HOST:PORT")
+    if "log_level" in t.data:
+        t.fail("log_level", "is the running supervisord's own setting when serverurl is set",
+               "set loglevel= in its supervisord.conf, and remove the key here")
+    fragment = t.path_value("fragment", base_dir, Names(app).fragment)
+    return Supervisord(run_dir=run_dir, serverurl=serverurl, fragment=fragment, plugins=t.flag("plugins", False))
 
 
 def parse_bind(value: str, base_dir: str) -> Bind:

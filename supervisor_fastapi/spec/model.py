@@ -91,6 +91,15 @@ class Program:
 class Supervisord:
     run_dir: str
     log_level: str = "info"
+    # An existing supervisord (the OS package's) that runs this app from a conf.d fragment;
+    # None: the deployment starts and owns its own supervisord.
+    serverurl: Optional[str] = None
+    fragment: Optional[str] = None  # where `up` writes the fragment (with serverurl only)
+    plugins: bool = False  # that supervisord imports supervisor_fastapi (the controller)
+
+    @property
+    def shared(self) -> bool:
+        return self.serverurl is not None
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class Deployment:
         control.start_daemon(self.conf_path, self.layout)
         self.started = True
         if wait:
-            deploy_mod.wait_ready(self.spec, self.layout, lambda m: None, timeout)
+            deploy_mod.wait_ready(self.spec, self.rpc, self.layout, lambda m: None, timeout)
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run `supervisor-fastapi ARGS -c spec` as a user would."""

@@ -41,7 +41,7 @@ def test_workers_start_only_after_the_migration_exits_0(deploy, tmp_path):
     web = [i for i in d.infos() if i["group"] == "web"]
     assert {i["statename"] for i in web} == {"BACKOFF"} and all(i["pid"] == 0 for i in web)
     assert all("held by supervisor-fastapi: waiting for web_migrate" in i["spawnerr"] for i in web)
-    wait_ready(d.spec, d.layout, lambda m: None, 30)
+    wait_ready(d.spec, d.rpc, d.layout, lambda m: None, 30)
     m = info(d, "web_migrate")
     assert m["statename"] == "EXITED" and m["exitstatus"] == 0
     for w in ("web_00", "web_01"):
@@ -72,14 +72,14 @@ def test_failing_migration_keeps_workers_down_and_alerts_then_a_rerun_gates_agai
             assert not [i for i in d.infos() if i["group"] == "web" and (i["statename"] != "BACKOFF" or i["pid"])]
             time.sleep(0.2)
         with pytest.raises(UserError, match="status 3"):
-            wait_ready(d.spec, d.layout, lambda m: None, 10)
+            wait_ready(d.spec, d.rpc, d.layout, lambda m: None, 10)
         assert "EXITED" in d.ctl("status", "web_migrate").stdout
         assert d.control_state()["gate"]["state"] == "failed"
         assert len(hook.alerts("migration_failed", "open")) == 1
         # Fix the cause and run it again: the gate opens and the workers start.
         flag.unlink()
         d.ctl("start", "web_migrate")
-        wait_ready(d.spec, d.layout, lambda m: None, 30)
+        wait_ready(d.spec, d.rpc, d.layout, lambda m: None, 30)
         wait_until(lambda: hook.alerts("migration_failed", "resolve"), 10, "the resolve alert")
         assert d.control_state()["gate"]["state"] == "open"
 
@@ -98,5 +98,5 @@ def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
         wait_until(lambda: info(d, "web_migrate")["statename"] == "STOPPED", 15, "the migration to be stopped")
         assert {i["statename"] for i in d.infos() if i["group"] == "web"} == {"BACKOFF"}
         with pytest.raises(UserError, match="stopped before it finished"):
-            wait_ready(d.spec, d.layout, lambda m: None, 10)
+            wait_ready(d.spec, d.rpc, d.layout, lambda m: None, 10)
         assert d.control_state()["gate"]["state"] == "timeout"

@@ -137,3 +137,139 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
     assert web_after and not (web_before & web_after), "web's roll replaced web's workers"
     assert admin_after and not (admin_before & admin_after)
     assert web_after == {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
+
+
+def write_shared_spec(folder: str, name: str, plugins: bool, fragment: str = "", **extra) -> Tuple[str, int]:
+    """A spec that names the running supervisord (supervisord.serverurl): no flags needed anywhere."""
+    port = free_port()
+    spec_path = os.path.join(folder, f"{name}.toml")
+    data = {"app": {"name": name, "asgi": "testapp:app", "directory": APPS},
+            "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
+            "supervisord": {"run_dir": os.path.join(folder, f"{name}-run"),
+                            "serverurl": f"unix://{os.path.join(folder, 'os.sock')}",
+                            "fragment": fragment or os.path.join(folder, "conf.d", f"{name}.conf"),
+                            "plugins": plugins}}
+    data.update(extra)
+    with open(spec_path, "w") as f:
+        f.write(tomli_w.dumps(data))
+    return spec_path, port
+
+
+def cli(spec_path: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(CLI + [*args, "-c", spec_path], capture_output=True, text=True, timeout=180)
+
+
+def start_os_supervisord(main_conf: str, procs: list) -> None:
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
+    if main_conf not in procs:
+        procs.append(main_conf)
+
+
+def restart_os_supervisord(folder: str, main_conf: str, procs: list) -> None:
+    """What `systemctl restart supervisor` does, by hand: stop it, wait for its pid, start it."""
+    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
+    ctl(main_conf, "shutdown")
+    wait_until(lambda: pid and not control._alive(pid), 60, "the OS supervisord to exit")
+    start_os_supervisord(main_conf, procs)
+
+
+def groups_running(main_conf: str) -> set:
+    out = ctl(main_conf, "status").stdout
+    return {line.split()[0].split(":")[0] for line in out.splitlines() if line.strip()}
+
+
+def answers(port: int) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def test_up_status_check_restart_down_through_supervisord_serverurl_without_flags(os_supervisord):
+    """Issue 10: `up` in a running OS supervisord applies only this app's groups; `status`,
+    `check`, `restart`, `down` need no --serverurl; another app's pending change stays pending."""
+    folder, procs = os_supervisord
+    main_conf = write_os_conf(folder)
+    start_os_supervisord(main_conf, procs)
+    shop, shop_port = write_shared_spec(folder, "shop", plugins=True,
+                                        migrate={"command": f"{sys.executable} -c \"print('migrated')\""})
+    # The plugin loads at supervisord's start only: the first `up` writes the fragment and says so.
+    out = cli(shop, "up")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "loads plugins only when it starts" in out.stderr and "restart it once" in out.stderr, out.stderr
+    assert os.path.exists(os.path.join(folder, "conf.d", "shop.conf"))
+    assert "shop" not in groups_running(main_conf), "applied without its controller: ungated"
+    restart_os_supervisord(folder, main_conf, procs)
+    out = cli(shop, "up")
+    assert out.returncode == 0 and "shop: 2 workers serving" in out.stdout, out.stdout + out.stderr
+    assert "supervisorctl -s unix://" in out.stdout
+    assert answers(shop_port)
+
+    admin, admin_port = write_shared_spec(folder, "shop_admin", plugins=False)
+    out = cli(admin, "up")
+    assert out.returncode == 0 and "shop_admin: 2 workers serving" in out.stdout, out.stdout + out.stderr
+    assert "added: shop_admin, shop_admin_listener" in out.stderr, out.stderr
+
+    for spec, own in ((shop, {"shop", "shop_listener", "shop_migrate"}), (admin, {"shop_admin", "shop_admin_listener"})):
+        out = cli(spec, "status", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert {p["group"] for p in json.loads(out.stdout)["processes"]} == own
+
+    # Its own workers hold the port: `check` says so instead of "already in use".
+    out = cli(shop, "check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "held by this deployment's own workers" in out.stdout and "plugin import" in out.stdout, out.stdout
+    out = cli(shop, "restart")
+    assert out.returncode == 0 and "restarted 2" in out.stdout, out.stdout + out.stderr
+
+    # Another app's fragment changes on disk: shop's `up` (twice) leaves that change pending.
+    admin_pids = {i["pid"] for i in control.proxy(f"unix://{folder}/os.sock").supervisor.getAllProcessInfo()
+                  if i["group"] == "shop_admin"}
+    write_shared_spec(folder, "shop_admin", plugins=False, server={"bind": f"tcp://127.0.0.1:{admin_port}",
+                                                                  "workers": 3, "graceful_timeout": 5})
+    assert cli(admin, "render").returncode == 0
+    for _ in range(2):
+        out = cli(shop, "up")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "left as they are (not this app's): shop_admin" in out.stderr, out.stderr
+    assert {i["pid"] for i in control.proxy(f"unix://{folder}/os.sock").supervisor.getAllProcessInfo()
+            if i["group"] == "shop_admin"} == admin_pids
+
+    out = cli(admin, "down")
+    assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr
+    assert not os.path.exists(os.path.join(folder, "conf.d", "shop_admin.conf"))
+    assert not {"shop_admin", "shop_admin_listener"} & groups_running(main_conf)
+    assert ctl(main_conf, "update").returncode == 0 and "shop_admin" not in groups_running(main_conf)
+    assert answers(shop_port) and not answers(admin_port)
+    out = cli(admin, "down")
+    assert out.returncode == 0 and "not running" in out.stdout, out.stdout + out.stderr
+
+
+def test_up_refuses_a_fragment_path_the_supervisord_does_not_include(os_supervisord):
+    folder, procs = os_supervisord
+    main_conf = write_os_conf(folder)
+    start_os_supervisord(main_conf, procs)
+    os.makedirs(os.path.join(folder, "elsewhere"))
+    spec, _ = write_shared_spec(folder, "shop", plugins=False, fragment=os.path.join(folder, "elsewhere", "shop.conf"))
+    out = cli(spec, "up")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "does not read" in out.stderr and "[include] files=" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    out = cli(spec, "status")
+    assert out.returncode == 1, out.stdout + out.stderr  # nothing of shop runs there
+
+
+def test_status_names_the_fix_when_nothing_answers_at_serverurl(os_supervisord):
+    folder, _ = os_supervisord
+    spec, _ = write_shared_spec(folder, "shop", plugins=False)
+    for args in (("status",), ("up",), ("down",), ("restart",)):
+        out = cli(spec, *args)
+        assert out.returncode == 2, (args, out.stdout + out.stderr)
+        assert "supervisord.serverurl: no supervisord answers at unix://" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

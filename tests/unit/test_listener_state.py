@@ -1,14 +1,15 @@
 """The listener's pure decisions: the alert relay (dedupe) and the no-plugin fallback."""
 
-from supervisor_fastapi.contracts import ListenerConfig
+from supervisor_fastapi.contracts import ListenerConfig, LogRef
 from supervisor_fastapi.listener.state import Alert, Fallback, ProcessState, Relay, RemoteEvent, Start
 
 
 def test_the_controllers_alerts_pass_straight_through_and_other_apps_are_ignored():
     r = Relay("shop")
-    ev = RemoteEvent("crash_loop", "shop_00", "s", {"failures": 3}, app="shop", event="open", log_of="shop:shop_00")
-    assert r.observe(ev, 0) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, "shop:shop_00")]
-    assert r.observe(ev, 1) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, "shop:shop_00")]
+    log = LogRef("shop:shop_00", 1234)
+    ev = RemoteEvent("crash_loop", "shop_00", "s", {"failures": 3}, app="shop", event="open", log_of=log)
+    assert r.observe(ev, 0) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
+    assert r.observe(ev, 1) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
     assert r.observe(RemoteEvent("crash_loop", "x", app="shop_admin", event="open"), 2) == []
 
 
@@ -38,7 +39,7 @@ def test_without_the_plugin_a_failed_migration_alerts_once_and_a_success_resolve
     f = fallback()
     failed = ProcessState("web_migrate", "web_migrate", "EXITED", "RUNNING", expected=False, exitstatus=3)
     [alert] = f.observe(failed, 0)
-    assert (alert.event, alert.kind, alert.log_of) == ("open", "migration_failed", "web_migrate:web_migrate")
+    assert (alert.event, alert.kind, alert.log_of) == ("open", "migration_failed", LogRef("web_migrate:web_migrate"))
     assert "status 3" in alert.summary
     assert f.observe(failed, 1) == []
     ok = f.observe(ProcessState("web_migrate", "web_migrate", "EXITED", "RUNNING", expected=True, exitstatus=0), 2)
