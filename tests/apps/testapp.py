@@ -7,7 +7,9 @@ Behaviour is steered by environment variables set in the test's spec:
   that does not answer); the loop stays free, the worker never listens;
 - FAIL_IMPORT_WHILE=PATH: importing the app raises while PATH exists (a bad deploy);
 - IMPORT_FAILS_UNDER_SUPERVISOR=MESSAGE: importing the app raises RuntimeError(MESSAGE) in a
-  process supervisord started (SUPERVISOR_ENABLED), so `check`'s import passes and the workers fail.
+  process supervisord started (SUPERVISOR_ENABLED), so `check`'s import passes and the workers fail;
+- EXIT_UNDER_SUPERVISOR=MESSAGE: the same, but it prints one short line and exits 1 (a failure
+  whose log is shorter than any tail, so a tail that reached back would show an earlier run).
 """
 
 import asyncio
@@ -38,6 +40,9 @@ def _crash_timer() -> None:
 
 
 _crash_timer()
+if os.environ.get("EXIT_UNDER_SUPERVISOR") and os.environ.get("SUPERVISOR_ENABLED"):
+    print(os.environ["EXIT_UNDER_SUPERVISOR"], flush=True)
+    os._exit(1)
 if os.environ.get("IMPORT_FAILS_UNDER_SUPERVISOR") and os.environ.get("SUPERVISOR_ENABLED"):
     raise RuntimeError(os.environ["IMPORT_FAILS_UNDER_SUPERVISOR"])
 

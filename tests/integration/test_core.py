@@ -193,6 +193,26 @@ def test_up_fails_with_the_log_tail_when_the_app_does_not_start(deploy):
     d.started = False
 
 
+def test_the_log_tail_up_prints_starts_at_this_run(deploy):
+    """Issue 10 point 4: the tail `up` prints holds this run's lines only, not the last run's
+    error (which was the first thing on screen for a different problem)."""
+    d = deploy({"app": {"env": {"IMPORT_FAILS_UNDER_SUPERVISOR": "first_run_error_abc"}}}, start=False)
+    r = d.cli("up", "--timeout", "60")
+    d.started = True
+    assert r.returncode == 1 and "first_run_error_abc" in r.stderr, r.stderr
+    assert d.cli("down").returncode == 0
+    with open(d.spec_path) as f:
+        text = f.read()
+    with open(d.spec_path, "w") as f:
+        # A short failure: a tail reaching back before this run would show the first run's traceback.
+        f.write(text.replace("IMPORT_FAILS_UNDER_SUPERVISOR", "EXIT_UNDER_SUPERVISOR")
+                .replace("first_run_error_abc", "second_run_error_xyz"))
+    assert "first_run_error_abc" in d.log("web_00") + d.log("web_01"), "the log file keeps the earlier run"
+    r = d.cli("up", "--timeout", "60")
+    assert r.returncode == 1 and "second_run_error_xyz" in r.stderr, r.stderr
+    assert "first_run_error_abc" not in r.stderr, r.stderr
+
+
 def test_up_then_up_again_then_down(deploy):
     d = deploy(merge(CORE, {"server": {"workers": 2}}), start=False)
     r = d.cli("up")

@@ -100,3 +100,31 @@ def test_hanging_migration_is_stopped_at_its_timeout(deploy, tmp_path):
         with pytest.raises(UserError, match="stopped before it finished"):
             wait_ready(d.spec, d.rpc, d.layout, lambda m: None, 10)
         assert d.control_state()["gate"]["state"] == "timeout"
+
+
+def test_a_migration_alert_carries_the_log_of_the_run_that_failed_only(deploy, tmp_path):
+    """Issue 10 point 4: the alert's log tail starts at the failing run, not at an earlier one."""
+    flag, said = tmp_path / "broken", tmp_path / "says"
+    flag.write_text("")
+    said.write_text("first_run_line_abc")
+    script = tmp_path / "says.py"
+    script.write_text("import os, sys\nprint(open(sys.argv[1]).read(), flush=True)\n"
+                      "sys.exit(3 if os.path.exists(sys.argv[2]) else 0)\n")
+    with WebhookReceiver() as hook:
+        d = deploy({"migrate": {"command": f"{sys.executable} {script} {said} {flag}"},
+                    "alerts": [{"type": "webhook", "url": hook.url}]}, wait=False)
+        first = wait_until(lambda: hook.alerts("migration_failed", "open"), 20, "the first migration alert")
+        assert "first_run_line_abc" in first[0][1]["details"]["log_tail"]
+        flag.unlink()
+        said.write_text("second_run_line_def")
+        d.ctl("start", "web_migrate")
+        wait_until(lambda: hook.alerts("migration_failed", "resolve"), 20, "the resolve alert")
+        flag.write_text("")
+        said.write_text("third_run_line_ghi")
+        d.ctl("start", "web_migrate")
+        alerts = wait_until(lambda: len(hook.alerts("migration_failed", "open")) == 2
+                            and hook.alerts("migration_failed", "open"), 20, "the second migration alert")
+        tail = alerts[-1][1]["details"]["log_tail"]
+        assert "third_run_line_ghi" in tail, tail
+        assert "first_run_line_abc" not in tail and "second_run_line_def" not in tail, tail
+        assert "first_run_line_abc" in d.log("web_migrate"), "the log file keeps the earlier runs"
