@@ -3,8 +3,8 @@
 What docs/guide.md ("supervisord from the OS package") shows, run for real: /usr/bin/supervisord
 (Debian's package, its /usr/bin/python3) started by hand, not by systemd, from a main conf
 modelled on /etc/supervisor/supervisord.conf with its socket, logs and conf.d in tmp; the apps
-`shop` and `shop_admin` rendered with `render --fragment --with-plugins`, installed into
-conf.d, applied with `supervisorctl reread` / `update`; both serve over HTTP.
+`shop` (with the plugin) and `shop_admin` (without) name it in `supervisord.serverurl`, so
+`check`, `up`, `status` and `down` take no flags; `up` writes each fragment and applies it.
 
 The plugins are made importable for /usr/bin/python3 the documented way (a .pth line naming a
 folder that holds only this package), here through PYTHONPATH on the supervisord and
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
+from typing import Tuple
 
 import pytest
 import tomli_w
@@ -100,19 +101,26 @@ def debian():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def render_fragment(folder: str, name: str) -> int:
+CLI = [sys.executable, "-m", "supervisor_fastapi"]
+
+
+def write_spec(folder: str, name: str, plugins: bool) -> Tuple[str, int]:
+    """The spec docs/guide.md shows: supervisord.serverurl names Debian's supervisord."""
     port = free_port()
     spec_path = os.path.join(folder, f"{name}.toml")
     with open(spec_path, "w") as f:
         f.write(tomli_w.dumps({"app": {"name": name, "asgi": "testapp:app", "directory": APPS,
                                        "python": sys.executable},
                                "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
-                               "supervisord": {"run_dir": os.path.join(folder, f"{name}-run")}}))
-    out = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "render", "-c", spec_path, "--fragment",
-                          "--with-plugins", "-o", os.path.join(folder, "conf.d", f"{name}.conf")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return port
+                               "supervisord": {"run_dir": os.path.join(folder, f"{name}-run"),
+                                               "serverurl": f"unix://{os.path.join(folder, 'supervisor.sock')}",
+                                               "fragment": os.path.join(folder, "conf.d", f"{name}.conf"),
+                                               "plugins": plugins}}))
+    return spec_path, port
+
+
+def cli(spec_path: str, *args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(CLI + [*args, "-c", spec_path], capture_output=True, text=True, timeout=180)
 
 
 def get(port: int) -> dict:
@@ -140,25 +148,41 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
                              timeout=120)
         return out.stdout + out.stderr
 
-    shop = render_fragment(folder, "shop")
-    subprocess.run([SUPERVISORD, "-c", main_conf], env=env, check=True, timeout=60)
-    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
-    assert pid and control._alive(pid)
-    # It is Debian's supervisord, under /usr/bin/python3, that loaded the rpcinterface plugin.
+    def start_supervisord() -> int:
+        subprocess.run([SUPERVISORD, "-c", main_conf], env=env, check=True, timeout=60)
+        pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
+        assert pid and control._alive(pid)
+        return pid
+
+    pid = start_supervisord()
+    # It is Debian's supervisord, under /usr/bin/python3.
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         assert f.read().split(b"\0")[:2] == [b"/usr/bin/python3", SUPERVISORD.encode()]
+
+    shop, shop_port = write_spec(folder, "shop", plugins=True)
+    out = cli(shop, "check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "plugin import: /usr/bin/python3 imports supervisor_fastapi" in out.stdout, out.stdout
+    # The plugin loads when supervisord starts: the first `up` writes the fragment and asks for one restart.
+    out = cli(shop, "up")
+    assert out.returncode == 2 and "restart it once" in out.stderr, out.stdout + out.stderr
+    ctl("shutdown")
+    wait_until(lambda: not control._alive(pid), 60, "Debian's supervisord to exit")
+    start_supervisord()
+    out = cli(shop, "up")
+    assert out.returncode == 0 and "shop: 2 workers serving" in out.stdout, out.stdout + out.stderr
     from supervisor.xmlrpc import SupervisorTransport
 
     transport = SupervisorTransport("", "", f"unix://{os.path.join(folder, 'supervisor.sock')}")
     proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-    assert proxy.fastapi_shop.getAPIVersion()
-    wait_until(lambda: workers_answering(shop, "shop"), 60, "both shop workers to answer")
+    assert proxy.fastapi_shop.getAPIVersion()  # the controller runs inside Debian's supervisord
+    assert workers_answering(shop_port, "shop")
 
-    admin = render_fragment(folder, "shop_admin")
-    assert "shop_admin: available" in ctl("reread")
-    assert "shop_admin: added process group" in ctl("update")
-    wait_until(lambda: workers_answering(admin, "shop_admin"), 60, "both shop_admin workers to answer")
-    assert workers_answering(shop, "shop")
+    # The second app joins the running supervisord without the plugin: `up` runs reread/update for it.
+    admin, admin_port = write_spec(folder, "shop_admin", plugins=False)
+    out = cli(admin, "up")
+    assert out.returncode == 0 and "shop_admin: 2 workers serving" in out.stdout, out.stdout + out.stderr
+    assert workers_answering(admin_port, "shop_admin") and workers_answering(shop_port, "shop")
     names = ("shop:shop_00", "shop:shop_01", "shop_admin:shop_admin_00", "shop_admin:shop_admin_01",
              "shop_listener", "shop_admin_listener")
 
@@ -168,7 +192,16 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
         return all(any(line.startswith(name + " ") and "RUNNING" in line for line in lines) for name in names)
 
     wait_until(all_running, 15, "every process RUNNING in supervisorctl status")
+    for spec, own in ((shop, {"shop", "shop_listener"}), (admin, {"shop_admin", "shop_admin_listener"})):
+        out = cli(spec, "status", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert {p["group"] for p in json.loads(out.stdout)["processes"]} == own
+    out = cli(shop, "check")
+    assert out.returncode == 0 and "held by this deployment's own workers" in out.stdout, out.stdout
     # Each app's workers write their state into their own run_dir.
     for name in ("shop", "shop_admin"):
         states = read_worker_states(Layout(os.path.join(folder, f"{name}-run")).state_dir)
         assert set(states) == {f"{name}_00", f"{name}_01"}, states
+    out = cli(admin, "down")
+    assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr
+    assert "shop_admin" not in ctl("status") and workers_answering(shop_port, "shop")

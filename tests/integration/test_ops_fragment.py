@@ -216,7 +216,8 @@ def test_up_status_check_restart_down_through_supervisord_serverurl_without_flag
     assert out.returncode == 0 and "shop_admin: 2 workers serving" in out.stdout, out.stdout + out.stderr
     assert "added: shop_admin, shop_admin_listener" in out.stderr, out.stderr
 
-    for spec, own in ((shop, {"shop", "shop_listener", "shop_migrate"}), (admin, {"shop_admin", "shop_admin_listener"})):
+    for spec, own in ((shop, {"shop", "shop_listener", "shop_migrate"}),
+                      (admin, {"shop_admin", "shop_admin_listener"})):
         out = cli(spec, "status", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         assert {p["group"] for p in json.loads(out.stdout)["processes"]} == own
