@@ -5,6 +5,7 @@ The decisions (is every worker ready? did something fail?) are pure functions ov
 """
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,26 +14,68 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail
-from ..errors import UserError
+from ..errors import DeployError, UserError
 from ..layout import Layout, Names
 from ..spec import Spec
 
 ProcessInfo = Dict[str, Any]
 
 
-def proxy(serverurl: str) -> Any:
+# Seconds a call may wait for supervisord's answer. supervisord answers at once unless it is
+# stopped (SIGSTOP), swapping or wedged; without a limit every command would hang with it.
+RPC_TIMEOUT = 30.0
+PROBE_TIMEOUT = 10.0  # is_running: a quick question
+
+
+class RpcTimeout(DeployError):
+    """supervisord did not answer in time: the command stops there and says so (exit 1)."""
+
+
+def proxy(serverurl: str, timeout: float = RPC_TIMEOUT) -> Any:
     """The one way this package builds an XML-RPC proxy to a supervisord (``unix://`` or
-    ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD."""
+    ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD.
+    A call that gets no answer within ``timeout`` seconds raises RpcTimeout."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport(os.environ.get("SUPERVISOR_USERNAME", ""),
-                                    os.environ.get("SUPERVISOR_PASSWORD", ""), serverurl)
+    class Transport(SupervisorTransport):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().request(*args, **kwargs)
+            except socket.timeout:
+                self.close()
+                raise RpcTimeout(f"supervisord at {serverurl} did not answer within {timeout:g} s (stopped, "
+                                 "or overloaded?); nothing more was done: see its log, or `kill -CONT` it") from None
+
+    transport = Transport(os.environ.get("SUPERVISOR_USERNAME", ""), os.environ.get("SUPERVISOR_PASSWORD", ""),
+                          serverurl)
+    make = transport._get_connection  # supervisor 4.1 to 4.3: a closure per URL scheme
+
+    def timed_connection() -> Any:
+        conn = make()
+        connect = conn.connect
+
+        def timed_connect() -> None:
+            connect()  # the unix-socket connection builds its socket here, without a timeout
+            conn.sock.settimeout(timeout)
+
+        conn.connect = timed_connect
+        return conn
+
+    transport._get_connection = timed_connection
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
-def rpc(layout: Layout) -> Any:
+def rpc(layout: Layout, timeout: float = RPC_TIMEOUT) -> Any:
     """An XML-RPC proxy to the supervisord whose control socket is in ``layout``."""
-    return proxy(f"unix://{layout.socket}")
+    return proxy(f"unix://{layout.socket}", timeout)
+
+
+def rpc_timeout(spec: Spec) -> float:
+    """For calls that wait for a stop (rolling restart, update, down): supervisord answers
+    those only when the process is gone, up to its stopwaitsecs."""
+    from ..generate.conf import STOP_MARGIN
+
+    return spec.server.graceful_timeout + STOP_MARGIN + RPC_TIMEOUT
 
 
 def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
@@ -48,7 +91,7 @@ def is_running(layout: Layout) -> bool:
     if not os.path.exists(layout.socket):
         return False
     try:
-        return rpc(layout).supervisor.getState()["statename"] == "RUNNING"
+        return rpc(layout, PROBE_TIMEOUT).supervisor.getState()["statename"] == "RUNNING"
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
         return False
 

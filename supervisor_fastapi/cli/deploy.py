@@ -154,7 +154,7 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
         return host.up(spec, command, progress, timeout)
     since = log_sizes(layout)  # log tails start at this run: the files may hold earlier runs'
     render_to(spec, conf_path, command)
-    proxy = control.rpc(layout)
+    proxy = control.rpc(layout, control.rpc_timeout(spec))
     if control.is_running(layout):
         progress("supervisord is running: applying the conf")
         apply_update(proxy, progress)

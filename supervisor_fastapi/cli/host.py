@@ -44,7 +44,7 @@ def answer_problem(proxy: Any) -> Optional[str]:
 def connect(spec: Spec) -> Any:
     """A proxy to the supervisord of ``supervisord.serverurl``, which answers; else one line with the fix."""
     url = str(spec.supervisord.serverurl)
-    proxy = control.proxy(url)
+    proxy = control.proxy(url, control.rpc_timeout(spec))
     problem = answer_problem(proxy)
     if problem:
         raise UserError(f"{spec.source}: supervisord.serverurl: no supervisord answers at {url} ({problem}); "

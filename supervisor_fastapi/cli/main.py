@@ -293,4 +293,4 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
                         "start it with `supervisor-fastapi up`, or set supervisord.serverurl (or pass "
                         "--serverurl) for a conf.d fragment")
-    return ops.local_edges(layout, spec.app.name, serverurl)
+    return ops.local_edges(layout, spec.app.name, serverurl, control.rpc_timeout(spec))

@@ -486,12 +486,14 @@ def local_rss(pids: Sequence[int]) -> Dict[int, int]:
     return out
 
 
-def local_edges(layout: Layout, app: str, serverurl: Optional[str] = None) -> SupervisorEdges:
+def local_edges(layout: Layout, app: str, serverurl: Optional[str] = None,
+                timeout: Optional[float] = None) -> SupervisorEdges:
     """Edges for the deployment whose files are in ``layout``: this host, its control socket
     or ``serverurl`` (an OS-packaged supervisord running a conf.d fragment)."""
     from . import control
 
-    proxy = control.proxy(serverurl) if serverurl else control.rpc(layout)
+    wait = control.RPC_TIMEOUT if timeout is None else timeout
+    proxy = control.proxy(serverurl, wait) if serverurl else control.rpc(layout, wait)
     return SupervisorEdges(proxy, app, lambda: control.worker_states(layout),
                            lambda: read_json(layout.listener_state), local_rss)
 

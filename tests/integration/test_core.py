@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -381,3 +382,21 @@ def test_ready_means_accepting(deploy):
     assert {n: states[n]["pid"] for n in web} == web
     assert deploy_mod.url_of(d.spec) == f"http://127.0.0.1:{d.port}/"
     assert Layout(d.spec.run_dir).state_dir == os.path.join(d.spec.run_dir, "workers")
+
+
+def test_commands_give_up_on_a_stopped_supervisord_with_one_line(deploy):
+    """A supervisord that does not answer (SIGSTOP, swapping) must not hang status/restart/up/down."""
+    d = deploy()
+    pid = control._read_pid(d.layout.pidfile)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for args in (("status",), ("restart",), ("up",), ("down",)):
+            started = time.monotonic()
+            r = d.cli(*args, timeout=90)
+            took = time.monotonic() - started
+            assert r.returncode == 1, (args, r.stdout + r.stderr)
+            assert "did not answer within 10 s" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+            assert took < 30, (args, took)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert d.cli("status").returncode == 0
