@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import stat
+import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -374,6 +375,18 @@ def remote_alert_body(app: str, kind: str, process: str, summary: str,
     return json.dumps({"app": app, "event": event, "kind": kind, "process": process or "",
                        "summary": " ".join(str(summary).split()), "details": dict(details or {}),
                        "log_of": log_of}, default=str)
+
+
+def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
+    """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs
+    without the plugin for it. Used by the CLI and by supervisorctl's plugin alike, so it needs
+    nothing beyond supervisor and the standard library (no uvicorn, click or tomli-w)."""
+    from .layout import Names
+
+    try:
+        return dict(getattr(proxy, Names(app).rpc_namespace).getState())
+    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
+        return None
 
 
 def notify(proxy: Any, app: str, kind: str, process: str, summary: str,

@@ -450,13 +450,13 @@ def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = N
     return results + ([Result(False, "supervisord.run_dir", problem)] if problem else [])
 
 
-def plugin_checks(fragment: bool, with_plugins: bool) -> List[Result]:
-    """What the deployment loses without the plugin (a fragment rendered without --with-plugins)."""
+def plugin_checks(fragment: bool, with_plugins: bool, why: str = "fragment without --with-plugins") -> List[Result]:
+    """What the deployment loses without the plugin (a fragment rendered without it, ``why``)."""
     from ..generate.conf import NO_PLUGIN_LOSSES
 
     if not fragment or with_plugins:
         return [Result(True, "plugin", "the controller runs inside supervisord: gate, crash-loop holds, socket hold")]
-    return [Result(True, "plugin", "not loaded (fragment without --with-plugins): " + "; ".join(NO_PLUGIN_LOSSES))]
+    return [Result(True, "plugin", f"none ({why}): " + "; ".join(NO_PLUGIN_LOSSES))]
 
 
 def run_dir_creation_problem(run_dir: str) -> Optional[str]:

@@ -78,14 +78,6 @@ def rpc_timeout(spec: Spec) -> float:
     return spec.server.graceful_timeout + STOP_MARGIN + RPC_TIMEOUT
 
 
-def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
-    """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs without the plugin."""
-    try:
-        return dict(getattr(proxy, Names(app).rpc_namespace).getState())
-    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
-        return None
-
-
 def is_running(layout: Layout) -> bool:
     """True when a supervisord answers on this deployment's control socket."""
     if not os.path.exists(layout.socket):

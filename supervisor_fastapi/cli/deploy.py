@@ -8,7 +8,7 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ..contracts import read_worker_states
+from ..contracts import control_state, read_worker_states
 from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names
@@ -113,6 +113,8 @@ def make_dirs(spec: Spec) -> None:
         except KeyError:
             pass  # `check` and supervisord's parser report the unknown user
     _own_dir(layout.state_dir, STATE_DIR_MODE, owner)
+    if spec.supervisord.shared:
+        return  # that supervisord logs where its own conf says (Debian: /var/log/supervisor)
     # supervisord appends to its log with the umask it inherits (022 under systemd): made
     # here first, the file is root's alone from the start.
     try:
@@ -241,7 +243,7 @@ def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeo
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        held = control.control_state(proxy, spec.app.name)  # first: a hold it lists is in the infos too
+        held = control_state(proxy, spec.app.name)  # first: a hold it lists is in the infos too
         infos = proxy.supervisor.getAllProcessInfo()
         # Only the files of processes supervisord names: state_dir is the app user's.
         states = read_worker_states(layout.state_dir, [str(i.get("name")) for i in infos])

@@ -128,7 +128,7 @@ def host_checks(spec: Spec) -> List[checks.Result]:
                                  str(s.fragment) if os.path.isdir(folder) else f"{folder} does not exist; set the "
                                  "key to a path that supervisord's [include] files= covers"))
     if not s.plugins:
-        return results + checks.plugin_checks(True, False)
+        return results + checks.plugin_checks(True, False, "supervisord.plugins = false")
     daemon = daemon_python(proxy)
     if daemon is None:
         results.append(checks.Result(True, "plugin import", "not checked: run as root to see supervisord's Python"))

@@ -59,6 +59,7 @@ def progress(message: str) -> None:
 
 def regenerate_command(config: Optional[str], output: Optional[str], fragment: bool = False,
                        target: str = kube.TARGETS[0]) -> str:
+    """The command a generated file's header names for regenerating it."""
     words = ["supervisor-fastapi", "render"] + (["--target", target] if target != kube.TARGETS[0] else [])
     if config:
         words += ["-c", config]
@@ -67,6 +68,11 @@ def regenerate_command(config: Optional[str], output: Optional[str], fragment: b
     if fragment:
         words.append("--fragment")
     return " ".join(shlex.quote(w) for w in words)
+
+
+def up_command(config: Optional[str]) -> str:
+    """What a fragment of a spec with supervisord.serverurl names: `up` writes and applies it."""
+    return " ".join(shlex.quote(w) for w in ["supervisor-fastapi", "up"] + (["-c", config] if config else []))
 
 
 def target_option(f: F) -> F:
@@ -119,8 +125,8 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
     s = spec.supervisord
     # supervisord.serverurl: the spec says it is a fragment, for a supervisord with or without the plugin.
     fragment, with_plugins = fragment or s.shared, with_plugins or (s.shared and s.plugins)
-    command = regenerate_command(config, output, fragment and not s.shared) + \
-        (" --with-plugins" if with_plugins and not s.shared else "")
+    command = up_command(config) if s.shared else \
+        regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
     plugins = True if with_plugins else None
     if output == "-":
         click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
@@ -179,7 +185,8 @@ def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
         raise UserError(f"{spec.source}: up writes the fragment at supervisord.fragment ({s.fragment}); "
                         "set that key instead of -o")
     conf = output or deploy.default_conf_path(spec)
-    ready = deploy.up(spec, conf, regenerate_command(config, output), progress, timeout)
+    command = up_command(config) if s.shared else regenerate_command(config, output)
+    ready = deploy.up(spec, conf, command, progress, timeout)
     click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
     click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
 

@@ -21,7 +21,7 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, is_ready, read_json, read_rss
+from ..contracts import FAILED_STATES, control_state, is_ready, read_json, read_rss
 from ..layout import Layout, Names
 
 ProcessInfo = Dict[str, Any]
@@ -88,8 +88,6 @@ class SupervisorEdges(Edges):
         return self._listener()
 
     def control_state(self) -> Optional[Dict[str, Any]]:
-        from .control import control_state
-
         return control_state(self.proxy, self.app)
 
     def rss(self, pids: Sequence[int]) -> Dict[int, int]:
@@ -297,7 +295,7 @@ class Row:
     pid: int
     uptime: Optional[float]
     rss: Optional[int]
-    restarts_1h: int
+    restarts_1h: Optional[int]  # None: no controller counts them
     ready: Optional[bool] = None
     beat_age: Optional[float] = None
     incident: Optional[Dict[str, Any]] = None
@@ -373,7 +371,8 @@ def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss
     return Row(
         name=namespec(info), group=info["group"], state=info["statename"], pid=info["pid"] if running else 0,
         uptime=max(0.0, info["now"] - info["start"]) if running and info.get("start") else None,
-        rss=rss.get(info["pid"]) if running else None, restarts_1h=_restarts(control_entry(control, info), now),
+        rss=rss.get(info["pid"]) if running else None,
+        restarts_1h=None if control is None else _restarts(control_entry(control, info), now),
         ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
         incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay", "gave_up")}
         if incident else None, held=held,
@@ -443,8 +442,8 @@ def _notes(r: Row, now: float) -> str:
 def _footer(status: Status, now: float) -> List[str]:
     out = []
     if not status.controller:
-        out.append("controller: not loaded (no supervisor-fastapi plugin in supervisord): no crash-loop holds, "
-                   "no gate beyond autostart, restart counts unknown")
+        out.append("controller: none for this app (its conf has no [rpcinterface:fastapi_<app>], or supervisord "
+                   "has not loaded it): no crash-loop holds, no gate beyond autostart, restart counts unknown")
     elif status.gate:
         detail = status.gate.get("detail")
         out.append(f"migration gate: {status.gate.get('state')}" + (f" ({detail})" if detail else ""))
@@ -466,7 +465,8 @@ def _footer(status: Status, now: float) -> List[str]:
 def format_status(status: Status, now: float) -> str:
     """The human table printed by ``supervisor-fastapi status``."""
     header = ("PROCESS", "STATE", "PID", "UPTIME", "RSS", "RESTARTS/1h", "NOTE")
-    lines = [header] + [(r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss), str(r.restarts_1h),
+    lines = [header] + [(r.name, r.state, str(r.pid or "-"), _duration(r.uptime), _size(r.rss),
+                         "-" if r.restarts_1h is None else str(r.restarts_1h),
                          _notes(r, now)) for r in status.rows]
     widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
     out = [("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + ("  " + row[-1] if row[-1] else ""))

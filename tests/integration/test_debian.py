@@ -198,6 +198,10 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
         assert {p["group"] for p in json.loads(out.stdout)["processes"]} == own
     out = cli(shop, "check")
     assert out.returncode == 0 and "held by this deployment's own workers" in out.stdout, out.stdout
+    # Debian's supervisorctl, with the package alone (no uvicorn, click or tomli-w) on its path.
+    text = ctl("fastapi_status", "shop")
+    assert "shop:shop_00" in text and "RUNNING" in text and "Error" not in text, text
+    assert "shop: restarted 2" in ctl("rolling_restart", "shop")
     # Each app's workers write their state into their own run_dir.
     for name in ("shop", "shop_admin"):
         states = read_worker_states(Layout(os.path.join(folder, f"{name}-run")).state_dir)

@@ -69,8 +69,23 @@ def write_fragment(folder: str, name: str) -> Tuple[str, int]:
     return spec_path, port
 
 
+# supervisorctl as an OS package runs it: its Python has supervisor and (for the ctl plugin)
+# this package alone, installed --no-deps. The app's dependencies are blocked here, so a plugin
+# command that reaches for one of them fails as it would on Debian.
+BARE_SUPERVISORCTL = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("uvicorn", "click", "tomli_w", "tomli", "fastapi", "starlette"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: not in the OS Python)")
+sys.meta_path.insert(0, Block())
+from supervisor.supervisorctl import main
+main()
+"""
+
+
 def ctl(main_conf: str, *args: str) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", main_conf, *args],
+    return subprocess.run([sys.executable, "-c", BARE_SUPERVISORCTL, "-c", main_conf, *args],
                           capture_output=True, text=True, timeout=120)
 
 

@@ -174,9 +174,16 @@ def test_status_rows_cover_every_program_of_the_app_only():
 
 def test_status_without_listener_data_is_graceful():
     s = collect_status(INFOS[:1], {"web_00": {"pid": 10, "beat": 4599.0}}, None, {}, 4600.0, "web")
-    assert s.ok and s.rows[0].rss is None
+    assert s.ok and s.rows[0].rss is None and s.rows[0].restarts_1h is None  # nobody counted them
     text = format_status(s, 4600.0)
-    assert "listener: no state file yet" in text and "controller: not loaded" in text and text.endswith("ok")
+    assert "listener: no state file yet" in text and "controller: none for this app" in text and text.endswith("ok")
+    assert "restart counts unknown" in text and text.splitlines()[1].split()[5] == "-"
+
+
+def test_status_of_an_app_with_no_process_in_supervisord_is_down():
+    s = collect_status([], {}, None, {}, 4600.0, "web")
+    assert not s.ok
+    assert "DOWN: none of this app's programs" in format_status(s, 4600.0)
 
 
 def test_waits_for_another_worker_in_transition_before_stopping():

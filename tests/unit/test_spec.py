@@ -343,3 +343,47 @@ def test_kubernetes_table_errors(table, match):
 def test_spec_records_the_keys_the_file_sets():
     s = spec_of(data(server={"bind": "tcp://0.0.0.0:80"}, programs=[{"name": "a", "command": "x"}], listener={}))
     assert s.keys == {"app.name", "app.asgi", "server.bind", "programs[0].name", "programs[0].command", "listener"}
+
+
+def test_supervisord_serverurl_makes_a_fragment_deployment_with_its_defaults():
+    s = spec_of(data(supervisord={"serverurl": "unix:///var/run/supervisor.sock"}))
+    assert s.supervisord.shared and s.supervisord.serverurl == "unix:///var/run/supervisor.sock"
+    assert s.supervisord.fragment == "/etc/supervisor/conf.d/web.conf" and s.supervisord.plugins is False
+    s = spec_of(data(supervisord={"serverurl": "http://127.0.0.1:9001", "fragment": "conf.d/web.ini",
+                                  "plugins": True}))
+    assert s.supervisord.fragment == "/srv/app/conf.d/web.ini" and s.supervisord.plugins
+    assert not spec_of(data()).supervisord.shared
+
+
+@pytest.mark.parametrize("table, match", [
+    ({"serverurl": "/var/run/supervisor.sock"}, "supervisord.serverurl: '/var/run/supervisor.sock' is not a "
+                                                "supervisord address; use unix:///path"),
+    ({"serverurl": "tcp://127.0.0.1:9001"}, "is not a supervisord address"),
+    ({"serverurl": "unix:///a b"}, "is not a supervisord address"),
+    ({"fragment": "/etc/supervisor/conf.d/web.conf"}, "supervisord.fragment: applies to a conf.d fragment only"),
+    ({"plugins": True}, "supervisord.plugins: applies to a conf.d fragment only; add serverurl"),
+    ({"serverurl": "unix:///var/run/supervisor.sock", "log_level": "debug"},
+     "supervisord.log_level: is the running supervisord's own setting"),
+    ({"serverurl": "unix:///var/run/supervisor.sock", "plugins": "yes"}, "supervisord.plugins"),
+])
+def test_supervisord_serverurl_keys_refused_with_the_fix(table, match):
+    err(data(supervisord=table), match)
+
+
+def test_a_fragment_for_serverurl_names_up_in_its_header(tmp_path):
+    from click.testing import CliRunner
+
+    from supervisor_fastapi.cli.main import main
+
+    spec = tmp_path / "supervisor-fastapi.toml"
+    spec.write_text(f'[app]\nname = "web"\nasgi = "main:app"\n[supervisord]\nserverurl = "unix:///nowhere.sock"\n'
+                    f'fragment = "{tmp_path}/web.conf"\n')
+    out = CliRunner().invoke(main, ["render", "-c", str(spec), "-o", "-"])
+    assert out.exit_code == 0, out.output
+    assert f"run `supervisor-fastapi up -c {spec}`" in out.output
+    assert "[supervisord]" not in out.output and "[rpcinterface:fastapi_web]" not in out.output
+    spec.write_text(spec.read_text() + "plugins = true\n")
+    out = CliRunner().invoke(main, ["render", "-c", str(spec), "-o", "-"])
+    assert "[rpcinterface:fastapi_web]" in out.output and "[ctlplugin:" not in out.output
+    out = CliRunner().invoke(main, ["systemd-unit", "-c", str(spec)])
+    assert out.exit_code == 2 and "supervisord.serverurl is set" in out.output
