@@ -151,6 +151,14 @@ class AppControl:
         self.gate_watch.state = self.gate.state
         self.started = self.clock()
 
+    def reconfigure(self, config: ControlConfig) -> None:
+        """New settings from the conf (after `reread`): the running machines take them too, so a
+        changed [crash_loop] applies to the next failure, not to the next supervisord run."""
+        self.config = config
+        for ns, loop in self.loops.items():
+            loop.policy = config.policy_for(ns.split(":", 1)[0])
+            loop.reminder_interval = config.reminder_interval
+
     # -- which processes are ours --
 
     def owns_group(self, group: str) -> bool:
@@ -381,7 +389,7 @@ class AppControl:
                 entry["held"] = {"until": None if held.until == FOREVER else held.until, "kind": held.kind,
                                  "reason": held.reason}
             procs[ns] = entry
-        return {"app": self.config.app, "since": self.started, "now": now,
+        return {"app": self.config.app, "since": self.started, "now": now, "settings": dict(self.config.to_options()),
                 "gate": {"state": self.gate.state, "detail": self.gate.detail} if self.config.migrate else None,
                 "processes": procs}
 
@@ -429,7 +437,7 @@ class Registry:
     def register(self, config: ControlConfig) -> AppControl:
         existing = self.apps.get(config.app)
         if existing is not None:
-            existing.config = config
+            existing.reconfigure(config)
             return existing
         assert self.waker is not None
         control = AppControl(config, self.supervisord, _emit_remote, self.waker.poke, self._safe_log)
@@ -452,10 +460,10 @@ class Registry:
             control.on_pass()
 
     def _on_group_event(self, event: Any) -> None:
-        # After `reread` supervisord holds the new plugin options; an `update` applies them.
+        # An `update` after `reread`: the plugin sections may have changed with the groups.
         from supervisor import events
 
-        self._refresh_configs()
+        self.refresh_configs()
         if isinstance(event, events.ProcessGroupRemovedEvent):
             for control in self.apps.values():
                 control.forget_group(str(event.group))
@@ -481,9 +489,15 @@ class Registry:
         if close:
             waker.close()
 
-    def _refresh_configs(self) -> None:
+    def refresh_configs(self) -> None:
+        """Take the plugin sections' options as supervisord last read them (start, reread).
+
+        ``options.rpcinterface_factories`` is set once, at start (``realize``); a `reread`
+        (``reloadConfig``) re-parses into ``options.configroot.supervisord`` only."""
         options = getattr(self.supervisord, "options", None)
-        for _name, factory, extras in getattr(options, "rpcinterface_factories", None) or []:
+        section = getattr(getattr(options, "configroot", None), "supervisord", None)
+        factories = getattr(section, "rpcinterface_factories", None) or getattr(options, "rpcinterface_factories", None)
+        for _name, factory, extras in factories or []:
             if getattr(factory, "supervisor_fastapi_factory", False) and "app" in extras:
                 try:
                     config = ControlConfig.from_options(extras)
@@ -491,7 +505,7 @@ class Registry:
                     self._safe_log(f"supervisor-fastapi: keeping the loaded settings: {exc}")
                     continue
                 if config.app in self.apps:
-                    self.apps[config.app].config = config
+                    self.apps[config.app].reconfigure(config)
 
     def _wrap_all(self) -> None:
         for group in list(getattr(self.supervisord, "process_groups", {}).values()):

@@ -43,7 +43,10 @@ class FastAPINamespaceRPCInterface:
         return xmlrpc_safe(self.control.snapshot())
 
     def resume(self) -> List[str]:
-        """Clear crash-loop holds and incidents (the operator fixed the cause); the processes released."""
+        """`up`: take the settings of the last reread (a changed [crash_loop] changes no group, so no
+        `update` event brings them), clear crash-loop holds and incidents (the operator fixed the
+        cause); the processes released."""
+        REGISTRY.refresh_configs()
         return self.control.resume()
 
     def getSocketHolds(self) -> List[Dict[str, Any]]:

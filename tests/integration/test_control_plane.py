@@ -155,6 +155,33 @@ def test_up_while_running_clears_the_hold_and_starts_at_once(deploy, tmp_path):
     assert r.returncode == 0 and len(ready_pids(d)) == 2
 
 
+def test_up_applies_a_changed_crash_loop_policy_to_the_running_controller(deploy, tmp_path):
+    """A changed [crash_loop] changes no group (only the plugin section's options), so no
+    `update` event carries it: `up` must still make the running controller use it."""
+    # Fails under supervisord only, so `up`'s pre-flight import passes and it gets to apply the conf.
+    d = deploy({"app": {"env": {"IMPORT_FAILS_UNDER_SUPERVISOR": "still broken"}},
+                "crash_loop": {"restarts": 2, "backoff_initial": 120, "jitter": 0}}, wait=False)
+    crash_looping(d)
+    assert d.control_state()["settings"]["crash_loop"].startswith("restarts=2 window=60 backoff_initial=120 ")
+    with open(d.spec_path) as f:
+        text = f.read()
+    with open(d.spec_path, "w") as f:
+        f.write(text.replace("backoff_initial = 120", "backoff_initial = 2"))
+    r = d.cli("up", "--timeout", "20")
+    assert r.returncode == 1, r.stdout + r.stderr  # still broken: held again, now with the new policy
+    state = d.control_state()
+    assert state["settings"]["crash_loop"].startswith("restarts=2 window=60 backoff_initial=2 "), state["settings"]
+
+    def held_soon():
+        st = d.control_state()
+        holds = [p["held"]["until"] - st["now"] for ns, p in st["processes"].items()
+                 if ns.startswith("web:") and p.get("held") and p["held"].get("until")]
+        return holds
+
+    holds = wait_until(held_soon, 30, "a new crash-loop hold")
+    assert max(holds) < 10, f"held for {max(holds):.0f} s: the old 120 s policy"
+
+
 def test_a_listener_restart_keeps_the_hold_and_the_incident(deploy, tmp_path):
     flag = tmp_path / "broken"
     flag.write_text("")
