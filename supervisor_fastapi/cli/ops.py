@@ -21,7 +21,7 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, control_state, is_ready, read_json, read_rss
+from ..contracts import FAILED_STATES, control_state, format_size, is_ready, read_json, read_rss
 from ..layout import Layout, Names
 
 ProcessInfo = Dict[str, Any]
@@ -406,8 +406,6 @@ def _duration(seconds: Optional[float]) -> str:
 def _size(n: Optional[int]) -> str:
     if n is None:
         return "-"
-    from ..spec import format_size
-
     return format_size(n)
 
 

@@ -36,7 +36,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_worker_state
 from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
@@ -444,6 +444,21 @@ class Registry:
         self.apps[config.app] = control
         self._wrap_all()
         return control
+
+    def web_groups(self) -> Set[str]:
+        """The web groups of the apps with a controller in this run: the sockets the plugin holds."""
+        return {control.config.web for control in self.apps.values()}
+
+    def serves_socket(self, socket_config: Any) -> bool:
+        """Whether supervisord binds ``socket_config`` for one of those web groups (the group
+        configs as last read, by start or `reread`; the group may not be added yet)."""
+        options = getattr(self.supervisord, "options", None)
+        section = getattr(getattr(options, "configroot", None), "supervisord", None)
+        configs = list(getattr(options, "process_group_configs", None) or [])
+        configs += list(getattr(section, "process_group_configs", None) or [])
+        webs = self.web_groups()
+        return any(config.name in webs and getattr(config, "socket_config", None) == socket_config
+                   for config in configs)
 
     def _safe_log(self, message: str) -> None:
         try:

@@ -103,9 +103,6 @@ def make_rpcinterface(supervisord: Any, **options: str) -> FastAPINamespaceRPCIn
     HOLDS.release_after = float(options.get("release_after", DEFAULT_RELEASE_AFTER))
     HOLDS.log_to = log
     HOLDS.floor = int(getattr(getattr(supervisord, "options", None), "minfds", 0) or 0)
-    install_bind_hook()
-    subscribe(supervisord)
-    HOLDS.reconcile(fcgi_urls(supervisord))
     try:
         config = ControlConfig.from_options(options)
     except ValueError as exc:
@@ -113,6 +110,10 @@ def make_rpcinterface(supervisord: Any, **options: str) -> FastAPINamespaceRPCIn
                          "(supervisor-fastapi render)") from None
     REGISTRY.start_run(supervisord, log)
     control = REGISTRY.register(config)
+    HOLDS.wanted = REGISTRY.serves_socket
+    install_bind_hook()
+    subscribe(supervisord, REGISTRY.web_groups)
+    HOLDS.reconcile(fcgi_urls(supervisord, REGISTRY.web_groups()))
     return FastAPINamespaceRPCInterface(supervisord, control, options.get("run_dir", ""))
 
 

@@ -18,6 +18,11 @@ A socket no group serves any more (the program was removed, its ``socket=`` chan
 every process of the group is STOPPED/EXITED/FATAL, e.g. ``supervisorctl stop web:*``)
 is released after ``release_after`` seconds, checked on supervisord's TICK_5 and on group
 changes; the grace period lets the add that follows the remove in an ``update`` adopt it.
+
+Only the sockets of web groups whose app has a controller here are held (``wanted``): on a
+shared supervisord another app's fcgi-program, rendered without the plugin or not ours at
+all, keeps supervisord's own behaviour (its socket closes when its last process stops, and
+is gone when its group is removed).
 """
 
 import fcntl
@@ -25,7 +30,7 @@ import os
 import resource
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 DEFAULT_RELEASE_AFTER = 10.0
 
@@ -49,6 +54,8 @@ class SocketHolds:
         self.unused_since: Dict[str, float] = {}
         self.identity: Dict[str, Any] = {}
         self.floor = 0
+        # Whether to hold the socket of this socket config (rpc.py: an app with a controller).
+        self.wanted: Callable[[Any], bool] = lambda config: True
 
     def log(self, message: str) -> None:
         # After `reload` supervisord has closed the logger we were given; a failed log
@@ -65,6 +72,8 @@ class SocketHolds:
             self.log(f"supervisor-fastapi: the held descriptor of {url} was closed; binding anew")
             self._forget(url)
         held = self.held.get(url)
+        if held is None and not self._wants(config):
+            return original(config)  # not ours: supervisord binds and closes it as it always does
         if held is not None:
             self.unused_since.pop(url, None)
             # Ownership and mode are applied at bind time; re-apply them so a changed
@@ -81,6 +90,13 @@ class SocketHolds:
         self.unused_since.pop(url, None)
         self.log(f"supervisor-fastapi: holding socket {url} (fd {self.held[url].fileno()})")
         return sock
+
+    def _wants(self, config: Any) -> bool:
+        try:
+            return bool(self.wanted(config))
+        except Exception as exc:  # never fail a bind over it: supervisord's own behaviour then
+            self.log(f"supervisor-fastapi: could not tell whose socket {config.url} is ({exc!r}); not holding it")
+            return False
 
     def _keep(self, sock: socket.socket) -> socket.socket:
         """Our own descriptor at or above ``floor``: supervisord's ``reload`` closes every fd in
@@ -167,17 +183,18 @@ def install_bind_hook() -> None:
         cls.create_and_bind = create_and_bind
 
 
-def fcgi_urls(supervisord: Any) -> List[str]:
-    """The socket URLs of fcgi groups that are meant to serve: some process is starting,
-    running, backing off or stopping. A group stopped by hand or FATAL everywhere lets its
-    socket go after the grace period, so clients are refused instead of left waiting."""
+def fcgi_urls(supervisord: Any, groups: Optional[Set[str]] = None) -> List[str]:
+    """The socket URLs of fcgi groups (of ``groups``, when given) that are meant to serve: some
+    process is starting, running, backing off or stopping. A group stopped by hand or FATAL
+    everywhere lets its socket go after the grace period, so clients are refused instead of
+    left waiting."""
     from supervisor.states import ProcessStates
 
     active = (ProcessStates.STARTING, ProcessStates.RUNNING, ProcessStates.BACKOFF, ProcessStates.STOPPING)
     urls = []
     for group in list(getattr(supervisord, "process_groups", {}).values()):
         manager = getattr(group, "socket_manager", None)
-        if manager is None:
+        if manager is None or (groups is not None and group.config.name not in groups):
             continue
         # A worker the migration gate holds (controller.py marks it) is not going to accept:
         # refuse clients rather than queue them behind a failed migration.
@@ -197,14 +214,16 @@ def _on_event(event: Any) -> None:
         return
     supervisord = _SUPERVISORD.get("current")
     if supervisord is not None:
-        HOLDS.reconcile(fcgi_urls(supervisord))
+        HOLDS.reconcile(fcgi_urls(supervisord, _SUPERVISORD.get("groups", lambda: None)()))
 
 
-def subscribe(supervisord: Any) -> None:
-    """Reconcile the holds on TICK_5 and group changes of this supervisord run."""
+def subscribe(supervisord: Any, groups: Callable[[], Optional[Set[str]]] = lambda: None) -> None:
+    """Reconcile the holds on TICK_5 and group changes of this supervisord run; ``groups``: the
+    web groups whose sockets are held."""
     from supervisor import events
 
     _SUPERVISORD["current"] = supervisord
+    _SUPERVISORD["groups"] = groups
     # events.clear() at every (re)start drops our subscription; subscribe once per run.
     if not any(callback is _on_event for _kind, callback in events.callbacks):
         events.subscribe(events.Tick5Event, _on_event)

@@ -9,10 +9,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
-from ..contracts import Policy
+from ..contracts import SIZE_UNITS as _SIZE_UNITS
+from ..contracts import Policy, format_size  # noqa: F401  (format_size: re-exported)
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 @dataclass(frozen=True)
@@ -206,12 +206,3 @@ def parse_size(text: str) -> int:
     number, unit = match.groups()
     unit = (unit or "").upper().replace("I", "").rstrip("B") or ("B" if unit else "")
     return int(float(number) * _SIZE_UNITS[unit])
-
-
-def format_size(n: float) -> str:
-    """Bytes as a short human size: '1 GB', '512 MB' (powers of 1024, as parse_size)."""
-    for unit in ("TB", "GB", "MB", "KB"):
-        scale = _SIZE_UNITS[unit[0]]
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{int(n)} B"

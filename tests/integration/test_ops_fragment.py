@@ -139,6 +139,8 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
         own = {group, f"{group}_listener", f"{group}_migrate", f"{group}_watchdog"}
         assert {p["group"] for p in st["processes"]} <= own, ("another app's programs leaked in", st["processes"])
         assert st["ok"], st
+    res = ctl(main_conf, "fastapi_status", "web")  # the table, as an operator reads it (no uvicorn here)
+    assert res.returncode == 0 and "web:web_00" in res.stdout and "Error" not in res.stdout, res.stdout + res.stderr
     res = ctl(main_conf, "fastapi_status")  # two apps, no group= in [ctlplugin:fastapi]: say which
     assert res.returncode != 0 and "name the app" in res.stdout, res.stdout + res.stderr
     web_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
@@ -206,6 +208,17 @@ def answers(port: int) -> bool:
         conn.close()
 
 
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def test_up_status_check_restart_down_through_supervisord_serverurl_without_flags(os_supervisord):
     """Issue 10: `up` in a running OS supervisord applies only this app's groups; `status`,
     `check`, `restart`, `down` need no --serverurl; another app's pending change stays pending."""
@@ -257,8 +270,12 @@ def test_up_status_check_restart_down_through_supervisord_serverurl_without_flag
     assert {i["pid"] for i in control.proxy(f"unix://{folder}/os.sock").supervisor.getAllProcessInfo()
             if i["group"] == "shop_admin"} == admin_pids
 
+    # shop's plugin holds shop's socket, never shop_admin's (an app without the plugin).
+    holds = control.proxy(f"unix://{folder}/os.sock").fastapi_shop.getSocketHolds()
+    assert [h["url"] for h in holds] == [f"tcp://127.0.0.1:{shop_port}"], holds
     out = cli(admin, "down")
     assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr
+    wait_until(lambda: port_free(admin_port), 3, "shop_admin's port to be free after its down")
     assert not os.path.exists(os.path.join(folder, "conf.d", "shop_admin.conf"))
     assert not {"shop_admin", "shop_admin_listener"} & groups_running(main_conf)
     assert ctl(main_conf, "update").returncode == 0 and "shop_admin" not in groups_running(main_conf)

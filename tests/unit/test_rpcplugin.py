@@ -91,3 +91,28 @@ def test_listener_state_fits_xmlrpc():
     safe = xmlrpc_safe(data)
     assert safe == {"incidents": {"web_00": {"opened": 1.5, "delay": float(2**40)}}, "spawns": {"web_00": [1, 2]}}
     xmlrpc.client.dumps((safe,))
+
+
+def test_a_socket_of_another_app_is_bound_as_supervisord_would_and_never_held():
+    binds = []
+
+    def original(cfg):
+        binds.append(cfg.url)
+        return listening()
+
+    holds = SocketHolds()
+    holds.wanted = lambda cfg: cfg.url == "tcp://ours:1"
+    holds.bind(Cfg("tcp://theirs:2"), original).close()
+    holds.bind(Cfg("tcp://theirs:2"), original).close()
+    holds.bind(Cfg("tcp://ours:1"), original).close()
+    holds.bind(Cfg("tcp://ours:1"), original).close()
+    assert binds == ["tcp://theirs:2", "tcp://theirs:2", "tcp://ours:1"] and list(holds.held) == ["tcp://ours:1"]
+
+    def broken(cfg):
+        raise RuntimeError("no options")
+
+    holds.wanted = broken  # a failing question never fails the bind: not held
+    holds.bind(Cfg("tcp://other:3"), original).close()
+    assert "tcp://other:3" not in holds.held
+    for s in holds.held.values():
+        s.close()
