@@ -183,8 +183,11 @@ def up(spec: Spec, command: str, progress: Progress, timeout: float) -> List[str
     old = _read(fragment)
     text = render(spec, command, fragment=True, with_plugins=s.plugins)
     deploy.make_dirs(spec)
-    deploy.write_atomic(fragment, text, deploy.conf_mode(spec))
-    progress(f"wrote {fragment}")
+    if text == old:
+        progress(f"{fragment} is up to date")
+    else:
+        deploy.write_atomic(fragment, text, deploy.conf_mode(spec))
+        progress(f"wrote {fragment}")
     if s.plugins and not plugin_loaded(proxy, spec.app.name):
         # Applied now, the web group would start with nothing to gate it or hold a crash loop.
         raise UserError(f"supervisord at {s.serverurl} loads plugins only when it starts, and has not loaded "

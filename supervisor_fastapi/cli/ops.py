@@ -311,6 +311,7 @@ class Status:
     listener_data: bool
     holds: Optional[List[Dict[str, Any]]] = None
     controller: bool = False
+    app: str = ""
 
     @property
     def down(self) -> List[str]:
@@ -390,7 +391,7 @@ def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any
     gate = (control or {}).get("gate")
     return Status(rows=rows, gate=gate if isinstance(gate, dict) else None,
                   last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds,
-                  controller=control is not None)
+                  controller=control is not None, app=app)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -440,8 +441,9 @@ def _notes(r: Row, now: float) -> str:
 def _footer(status: Status, now: float) -> List[str]:
     out = []
     if not status.controller:
-        out.append("controller: none for this app (its conf has no [rpcinterface:fastapi_<app>], or supervisord "
-                   "has not loaded it): no crash-loop holds, no gate beyond autostart, restart counts unknown")
+        section = f"[rpcinterface:{Names(status.app).rpc_namespace}]" if status.app else "its plugin section"
+        out.append(f"controller: none ({section} is not loaded in supervisord): no crash-loop holds, "
+                   "no gate beyond autostart, restart counts unknown")
     elif status.gate:
         detail = status.gate.get("detail")
         out.append(f"migration gate: {status.gate.get('state')}" + (f" ({detail})" if detail else ""))

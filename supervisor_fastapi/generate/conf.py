@@ -352,7 +352,8 @@ def header(spec: Spec, command: str, plugins: bool = True) -> List[str]:
         f"Do not edit: change the spec and run `{command}`.",
     ]
     if not plugins:
-        lines += ["Rendered without the supervisor-fastapi plugin (no --with-plugins), so this deployment has:"]
+        why = "supervisord.plugins = false" if spec.supervisord.shared else "no --with-plugins"
+        lines += [f"Rendered without the supervisor-fastapi plugin ({why}), so this deployment has:"]
         lines += [f"- {loss}" for loss in NO_PLUGIN_LOSSES]
     return lines
 

@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, List
 
 from ..contracts import ControlConfig, read_json, read_rss, read_worker_states
-from ..layout import LISTENER_STATE
+from ..layout import LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
 from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, subscribe
 
@@ -67,8 +67,9 @@ class FastAPINamespaceRPCInterface:
     def getRSS(self) -> Dict[str, int]:
         """RSS in KiB of every running process of the app, by pid (as a string)."""
         out: Dict[str, int] = {}
+        listener = Names(self.control.config.app).listener
         for group in list(self.supervisord.process_groups.values()):
-            if not self.control.owns_group(group.config.name):
+            if not (self.control.owns_group(group.config.name) or group.config.name == listener):
                 continue
             for process in list(group.processes.values()):
                 if process.pid:

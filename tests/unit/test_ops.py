@@ -176,7 +176,8 @@ def test_status_without_listener_data_is_graceful():
     s = collect_status(INFOS[:1], {"web_00": {"pid": 10, "beat": 4599.0}}, None, {}, 4600.0, "web")
     assert s.ok and s.rows[0].rss is None and s.rows[0].restarts_1h is None  # nobody counted them
     text = format_status(s, 4600.0)
-    assert "listener: no state file yet" in text and "controller: none for this app" in text and text.endswith("ok")
+    assert "listener: no state file yet" in text and text.endswith("ok")
+    assert "controller: none ([rpcinterface:fastapi_web] is not loaded" in text
     assert "restart counts unknown" in text and text.splitlines()[1].split()[5] == "-"
 
 
