@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import click
 
@@ -122,25 +122,38 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         kube.render(spec, output, regenerate_command(config, output, target=target),
                     lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
         return
-    s = spec.supervisord
-    # supervisord.serverurl: the spec says it is a fragment, for a supervisord with or without the plugin.
-    fragment, with_plugins = fragment or s.shared, with_plugins or (s.shared and s.plugins)
-    command = up_command(config) if s.shared else \
-        regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
-    plugins = True if with_plugins else None
+    fragment, plugins, command = _render_choice(spec, config, output, fragment, with_plugins)
     if output == "-":
         click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
         return
+    s = spec.supervisord
     path = output or (str(s.fragment) if s.shared else deploy.default_conf_path(spec))
     deploy.render_to(spec, path, command, fragment=fragment, with_plugins=plugins)
     click.echo(f"wrote {path}", err=True)
-    if fragment:
-        target = str(s.fragment) if s.shared else Names(spec.app.name).fragment
-        copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
-        click.echo(f"install: {copy}supervisorctl reread && supervisorctl update"
-                   + ("   (or: supervisor-fastapi up)" if s.shared else ""), err=True)
-    else:
-        click.echo(f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)", err=True)
+    click.echo(_next_step(spec, path, fragment), err=True)
+
+
+def _render_choice(spec: Spec, config: Optional[str], output: Optional[str], fragment: bool,
+                   with_plugins: bool) -> Tuple[bool, Optional[bool], str]:
+    """(fragment?, plugin sections?, the command the header names) for `render`.
+
+    With supervisord.serverurl the spec says it all: a fragment, with the plugin sections when
+    supervisord.plugins, and `up` is what applies it."""
+    s = spec.supervisord
+    fragment, with_plugins = fragment or s.shared, with_plugins or (s.shared and s.plugins)
+    command = up_command(config) if s.shared else \
+        regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
+    return fragment, (True if with_plugins else None), command
+
+
+def _next_step(spec: Spec, path: str, fragment: bool) -> str:
+    if not fragment:
+        return f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)"
+    s = spec.supervisord
+    target = str(s.fragment) if s.shared else Names(spec.app.name).fragment
+    copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
+    return f"install: {copy}supervisorctl reread && supervisorctl update" + \
+        ("   (or: supervisor-fastapi up)" if s.shared else "")
 
 
 @main.command()
