@@ -197,7 +197,13 @@ def log_sizes(layout: Layout) -> Dict[str, int]:
 def apply_update(proxy: Any, progress: Progress, only: Optional[Set[str]] = None) -> None:
     """What `supervisorctl update` does: reread, then remove/replace/add the changed groups;
     with ``only``, just those groups (a shared supervisord: other apps' changes are theirs)."""
-    added, changed, removed = proxy.supervisor.reloadConfig()[0]
+    try:
+        added, changed, removed = proxy.supervisor.reloadConfig()[0]
+    except xmlrpc.client.Fault as exc:
+        # On a shared supervisord the file at fault may be another app's fragment.
+        raise UserError(f"supervisord cannot reread its conf, so nothing was applied: {exc.faultString}; "
+                        "fix that file (`supervisorctl reread` shows the same), then run `supervisor-fastapi up` "
+                        "again") from None
     if only is not None:
         others = sorted(set(added + changed + removed) - only)
         if others:

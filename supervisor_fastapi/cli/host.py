@@ -19,7 +19,7 @@ import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import DeployError, UserError
 from ..generate.conf import groups_in, render
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -220,13 +220,18 @@ def down(spec: Spec, progress: Progress) -> bool:
         removed = False
     listener = Names(spec.app.name).listener
     # The listener last: it sends the alerts the others' stops raise.
+    left = []
     for group in sorted(present, key=lambda g: g == listener):
         progress(f"stopping {group}")
         try:
             proxy.supervisor.stopProcessGroup(group, True)
+            proxy.supervisor.removeProcessGroup(group)
         except xmlrpc.client.Fault as exc:
             progress(f"{group}: {exc.faultString}")
-        proxy.supervisor.removeProcessGroup(group)
+            left.append(group)
+    if left:
+        raise DeployError(f"could not stop and remove {', '.join(left)} in supervisord at "
+                          f"{spec.supervisord.serverurl}; see its log, then run `supervisor-fastapi down` again")
     return bool(present) or removed
 
 

@@ -6,12 +6,13 @@ import os
 import shlex
 import sys
 import time
+import xmlrpc.client
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import click
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import DeployError, UserError
 from ..generate import systemd
 from ..generate.conf import render
 from ..generate.ini import UnsafeValue
@@ -42,6 +43,10 @@ def user_errors(f: F) -> F:
             # The loader refuses such values with the key; this is the net under it.
             click.secho(f"error: a value cannot be written to supervisord.conf: {exc}", fg="red", err=True)
             sys.exit(UserError.exit_code)
+        except xmlrpc.client.Fault as exc:
+            # supervisord refused a call the command did not expect to fail: say what it said.
+            click.secho(f"error: supervisord refused: {exc.faultString}", fg="red", err=True)
+            sys.exit(DeployError.exit_code)
         except OSError as exc:
             # A path the user gave (or the spec implies) that cannot be read or written:
             # `-o /missing/dir/x.conf`, a run_dir under a read-only folder, ...

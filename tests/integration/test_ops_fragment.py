@@ -306,3 +306,18 @@ def test_status_names_the_fix_when_nothing_answers_at_serverurl(os_supervisord):
         assert out.returncode == 2, (args, out.stdout + out.stderr)
         assert "supervisord.serverurl: no supervisord answers at unix://" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_up_says_when_another_apps_fragment_breaks_the_reread(os_supervisord):
+    """On a shared supervisord the file that breaks `reread` may be somebody else's: one line, nothing applied."""
+    folder, procs = os_supervisord
+    main_conf = write_os_conf(folder)
+    start_os_supervisord(main_conf, procs)
+    with open(os.path.join(folder, "conf.d", "zz_other.conf"), "w") as f:
+        f.write("[program:other]\nnumprocs=2\ncommand=/bin/sleep 60\n")  # numprocs without %(process_num)s
+    spec, _ = write_shared_spec(folder, "shop", plugins=False)
+    out = cli(spec, "up")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "supervisord cannot reread its conf, so nothing was applied" in out.stderr, out.stderr
+    assert "process_num" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "shop" not in groups_running(main_conf)

@@ -287,3 +287,20 @@ def test_init_writes_the_loaders_own_crash_loop_defaults(folder):
 
     assert run("init", "--name", "shop").exit_code == 0
     assert load_spec(cwd=str(folder)).crash_loop.default == Backoff()
+
+
+def test_a_fault_supervisord_answers_is_one_line_not_a_traceback(capsys):
+    import xmlrpc.client
+
+    import pytest
+
+    from supervisor_fastapi.cli.main import user_errors
+
+    @user_errors
+    def command():
+        raise xmlrpc.client.Fault(70, "NOT_RUNNING: web_00")
+
+    with pytest.raises(SystemExit) as exit_info:
+        command()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: supervisord refused: NOT_RUNNING: web_00"
