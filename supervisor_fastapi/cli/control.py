@@ -78,14 +78,18 @@ def rpc_timeout(spec: Spec) -> float:
     return spec.server.graceful_timeout + STOP_MARGIN + RPC_TIMEOUT
 
 
+def answer_problem(proxy: Any) -> Optional[str]:
+    """Why the supervisord behind ``proxy`` does not answer as RUNNING, or None."""
+    try:
+        state = proxy.supervisor.getState()["statename"]
+    except (OSError, xmlrpc.client.Error) as exc:
+        return str(exc) or type(exc).__name__
+    return None if state == "RUNNING" else f"it is {state}"
+
+
 def is_running(layout: Layout) -> bool:
     """True when a supervisord answers on this deployment's control socket."""
-    if not os.path.exists(layout.socket):
-        return False
-    try:
-        return rpc(layout, PROBE_TIMEOUT).supervisor.getState()["statename"] == "RUNNING"
-    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
-        return False
+    return os.path.exists(layout.socket) and answer_problem(rpc(layout, PROBE_TIMEOUT)) is None
 
 
 def worker_states(layout: Layout) -> Dict[str, Dict[str, Any]]:

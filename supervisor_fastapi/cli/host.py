@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import xmlrpc.client
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
 from ..errors import DeployError, UserError
@@ -32,20 +32,11 @@ PROBE_TIMEOUT = 20.0
 SERVING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
-def answer_problem(proxy: Any) -> Optional[str]:
-    """Why the supervisord behind ``proxy`` does not answer, or None."""
-    try:
-        state = proxy.supervisor.getState()["statename"]
-    except (OSError, xmlrpc.client.Error) as exc:
-        return str(exc) or type(exc).__name__
-    return None if state == "RUNNING" else f"it is {state}"
-
-
 def connect(spec: Spec) -> Any:
     """A proxy to the supervisord of ``supervisord.serverurl``, which answers; else one line with the fix."""
     url = str(spec.supervisord.serverurl)
     proxy = control.proxy(url, control.rpc_timeout(spec))
-    problem = answer_problem(proxy)
+    problem = control.answer_problem(proxy)
     if problem:
         raise UserError(f"{spec.source}: supervisord.serverurl: no supervisord answers at {url} ({problem}); "
                         "start it (Debian: `systemctl start supervisor`), run as a user its socket admits "
@@ -114,13 +105,16 @@ def plugin_import_problem(daemon: Dict[str, Any], timeout: float = PROBE_TIMEOUT
     return None
 
 
-def host_checks(spec: Spec) -> List[checks.Result]:
-    """`check` for a fragment deployment: that supervisord answers, and can run the plugin."""
+def host_checks(spec: Spec) -> Tuple[bool, List[checks.Result]]:
+    """`check` for a fragment deployment: whether this app's workers hold its port there (the
+    bind line), and that supervisord answers and can run the plugin."""
     s, names = spec.supervisord, Names(spec.app.name)
     proxy = control.proxy(str(s.serverurl))
-    problem = answer_problem(proxy)
+    problem = control.answer_problem(proxy)
     if problem:
-        return [checks.Result(False, "supervisord.serverurl", f"no supervisord answers at {s.serverurl} ({problem})")]
+        return False, [checks.Result(False, "supervisord.serverurl",
+                                     f"no supervisord answers at {s.serverurl} ({problem})")]
+    infos = proxy.supervisor.getAllProcessInfo()
     version = proxy.supervisor.getSupervisorVersion()
     results = [checks.Result(True, "supervisord.serverurl", f"{s.serverurl} answers (supervisord {version})")]
     folder = os.path.dirname(str(s.fragment))
@@ -128,7 +122,7 @@ def host_checks(spec: Spec) -> List[checks.Result]:
                                  str(s.fragment) if os.path.isdir(folder) else f"{folder} does not exist; set the "
                                  "key to a path that supervisord's [include] files= covers"))
     if not s.plugins:
-        return results + checks.plugin_checks(True, False, "supervisord.plugins = false")
+        return serving(infos, names.web), results + checks.plugin_checks(True, False, "supervisord.plugins = false")
     daemon = daemon_python(proxy)
     if daemon is None:
         results.append(checks.Result(True, "plugin import", "not checked: run as root to see supervisord's Python"))
@@ -137,7 +131,7 @@ def host_checks(spec: Spec) -> List[checks.Result]:
         results.append(checks.Result(problem is None, "plugin import", problem or f"{daemon['python']} imports "
                                      f"supervisor_fastapi {__version__}"))
     loaded = plugin_loaded(proxy, spec.app.name)
-    present = any(i["group"] == names.web for i in proxy.supervisor.getAllProcessInfo())
+    present = any(i["group"] == names.web for i in infos)
     if loaded:
         detail = f"{names.rpc_namespace} is loaded: gate, crash-loop holds, socket hold"
     elif present:
@@ -145,7 +139,7 @@ def host_checks(spec: Spec) -> List[checks.Result]:
                   "when supervisord starts): restart that supervisord once (Debian: `systemctl restart supervisor`)")
     else:
         detail = f"{names.rpc_namespace} not loaded yet: `up` writes the fragment and says how to load it"
-    return results + [checks.Result(loaded or not present, "plugin", detail)]
+    return serving(infos, names.web), results + [checks.Result(loaded or not present, "plugin", detail)]
 
 
 def _read(path: str) -> str:
@@ -233,11 +227,3 @@ def down(spec: Spec, progress: Progress) -> bool:
         raise DeployError(f"could not stop and remove {', '.join(left)} in supervisord at "
                           f"{spec.supervisord.serverurl}; see its log, then run `supervisor-fastapi down` again")
     return bool(present) or removed
-
-
-def serves(spec: Spec) -> bool:
-    """Whether this app's workers hold its port in that supervisord now (`check`'s bind line)."""
-    proxy = control.proxy(str(spec.supervisord.serverurl))
-    if answer_problem(proxy):
-        return False
-    return serving(proxy.supervisor.getAllProcessInfo(), Names(spec.app.name).web)

@@ -175,7 +175,8 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
     elif spec.supervisord.shared:
         from . import host
 
-        results = checks.run_checks(spec, host.serves(spec), checks.total_ram()) + host.host_checks(spec)
+        serving, host_results = host.host_checks(spec)  # one round of questions to that supervisord
+        results = checks.run_checks(spec, serving, checks.total_ram()) + host_results
     else:
         running = control.is_running(Layout(spec.run_dir))
         results = checks.run_checks(spec, running, checks.total_ram())
