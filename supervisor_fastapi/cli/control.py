@@ -4,6 +4,7 @@ The decisions (is every worker ready? did something fail?) are pure functions ov
 ``getAllProcessInfo`` records and worker state files, so they are unit-tested with data.
 """
 
+import http.client
 import os
 import socket
 import subprocess
@@ -45,6 +46,13 @@ def proxy(serverurl: str, timeout: float = RPC_TIMEOUT) -> Any:
                 self.close()
                 raise RpcTimeout(f"supervisord at {serverurl} did not answer within {timeout:g} s (stopped, "
                                  "or overloaded?); nothing more was done: see its log, or `kill -CONT` it") from None
+            except http.client.HTTPException as exc:
+                # Not an answer: a connection cut mid-reply (supervisord restarting?) or bytes
+                # that are not HTTP. The connection is dropped, so a retry starts clean.
+                self.close()
+                raise DeployError(f"supervisord at {serverurl} did not give an HTTP answer "
+                                  f"({type(exc).__name__}: {str(exc)[:60]!r}); nothing more was done: "
+                                  "is it reloading? try again") from None
 
     transport = Transport(os.environ.get("SUPERVISOR_USERNAME", ""), os.environ.get("SUPERVISOR_PASSWORD", ""),
                           serverurl)

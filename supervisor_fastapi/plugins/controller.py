@@ -71,6 +71,7 @@ class Waker:
     def __init__(self, on_pass: Callable[[], None], log: Log) -> None:
         self.on_pass, self.log = on_pass, log
         self.r, self.w = os.pipe()
+        self.closed = False  # every call runs on supervisord's one thread: a flag is enough
         for fd in (self.r, self.w):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
@@ -105,6 +106,11 @@ class Waker:
         pass
 
     def poke(self) -> None:
+        if self.closed:
+            # The old run's controllers still poke while a reload stops their workers; the
+            # number may already be an accepted RPC client's socket, and a byte written
+            # there would precede supervisord's answer to it.
+            return
         try:
             os.write(self.w, b"\0")
         except OSError:
@@ -112,6 +118,9 @@ class Waker:
 
     def close(self) -> None:
         """Called while supervisord still owns these descriptor numbers (see Registry._on_stopping)."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             if signal.set_wakeup_fd(-1) != self.w:
                 signal.set_wakeup_fd(self.previous_wakeup)

@@ -140,3 +140,53 @@ def test_unix_socket_restart_group_refuses_nothing(deploy, tmp_path):
     print(f"\nrestart web:* on a unix socket: {r.summary()}")
     assert r.failures == 0, r.summary()
     assert oct(os.stat(path).st_mode & 0o777) == "0o660"
+
+
+def test_reload_under_rpc_traffic_gives_every_client_a_clean_answer(deploy):
+    # CI saw `BadStatusLine: '\x00HTTP/1.1 200 OK'` during `reload`: the old run's controller
+    # poked its closed self-pipe while the workers stopped, and that number was by then an
+    # accepted RPC client's socket. Clients here connect anew for every call, as
+    # supervisorctl and monitoring scripts do, all through the reload.
+    import socket
+    import threading
+    import time
+
+    d = deploy({"server": {"workers": 4}})
+    body = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getState</methodName>"
+            b"<params></params></methodCall>")
+    request = (b"POST /RPC2 HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    bad, answered, done = [], [0], threading.Event()
+
+    def client():
+        while not done.is_set():
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            try:
+                s.connect(d.layout.socket)
+                s.sendall(request)
+                first = s.recv(16)
+                if first and not first.startswith(b"HTTP/"):
+                    bad.append(first)
+                elif first:
+                    answered[0] += 1
+            except OSError:
+                time.sleep(0.005)  # between the old server's close and the new one's bind
+            finally:
+                s.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            before = ready_pids(d)
+            d.ctl("reload")
+            wait_until(lambda old=before: (p := _safe(ready_pids, d)) and not (p & old), 60,
+                       "workers back after reload")
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
+    assert answered[0] > 50, answered
+    assert bad == [], f"{len(bad)} answers did not start with HTTP/: {bad[:3]}"

@@ -32,3 +32,46 @@ def test_worker_is_ready_only_when_its_state_file_names_the_running_pid():
 def test_failed_migration_fails_the_deployment_with_its_status():
     r = readiness(spec_with_migrate(), [info("web_migrate", "web_migrate", "EXITED", exitstatus=3, start=1)], {})
     assert r.failed == ["web_migrate"] and "status 3" in r.reasons["web_migrate"]
+
+
+def test_an_answer_that_is_not_http_is_one_deploy_error_and_a_fresh_connection_next():
+    # What a client saw during `reload` before the waker fix: a byte in front of the status
+    # line. The CLI says so in one line (exit 1) instead of a BadStatusLine traceback.
+    import socket
+    import threading
+
+    import pytest
+
+    from supervisor_fastapi.cli.control import proxy
+    from supervisor_fastapi.errors import DeployError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    body = b"<?xml version='1.0'?><methodResponse><params><param><value><string>RUNNING</string></value>" \
+           b"</param></params></methodResponse>"
+    answers = [b"\x00HTTP/1.1 200 OK\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)]
+    connections = []
+
+    def serve():
+        for answer in answers:
+            conn, _ = server.accept()
+            connections.append(conn)
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        p = proxy(f"http://127.0.0.1:{port}", timeout=5)
+        with pytest.raises(DeployError, match="did not give an HTTP answer.*BadStatusLine"):
+            p.supervisor.getState()
+        assert p.supervisor.getState() == "RUNNING"  # on a new connection
+        t.join(5)
+        assert len(connections) == 2
+    finally:
+        for c in connections:
+            c.close()
+        server.close()

@@ -116,3 +116,31 @@ def test_a_socket_of_another_app_is_bound_as_supervisord_would_and_never_held():
     assert "tcp://other:3" not in holds.held
     for s in holds.held.values():
         s.close()
+
+
+def test_a_closed_waker_never_writes_to_the_descriptor_that_reuses_its_number():
+    # supervisord's reload: the waker is closed at SupervisorStoppingEvent, then workers exit
+    # while the RPC server still accepts; an accepted client socket takes the freed number.
+    # A poke from the old run must not put a byte in front of that client's HTTP answer
+    # (seen in CI as BadStatusLine '\x00HTTP/1.1 200 OK' during `reload`).
+    import os
+
+    from supervisor_fastapi.plugins.controller import Waker
+
+    waker = Waker(lambda: None, lambda message: None)
+    number = waker.w
+    waker.close()
+    r, w = os.pipe()
+    try:
+        os.dup2(w, number)  # whatever supervisord opens next under that number
+        waker.poke()
+        os.set_blocking(r, False)
+        try:
+            leaked = os.read(r, 16)
+        except BlockingIOError:
+            leaked = b""
+        assert leaked == b""
+    finally:
+        for fd in {r, w, number}:
+            os.close(fd)
+
