@@ -32,6 +32,11 @@ class RpcTimeout(DeployError):
     """supervisord did not answer in time: the command stops there and says so (exit 1)."""
 
 
+class RpcGarbled(DeployError, ConnectionError):
+    """The answer was not HTTP. A command stops with one line (exit 1); a loop that waits for
+    supervisord to come or go takes it, like any connection error, as "not answering"."""
+
+
 def proxy(serverurl: str, timeout: float = RPC_TIMEOUT) -> Any:
     """The one way this package builds an XML-RPC proxy to a supervisord (``unix://`` or
     ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD.
@@ -47,12 +52,13 @@ def proxy(serverurl: str, timeout: float = RPC_TIMEOUT) -> Any:
                 raise RpcTimeout(f"supervisord at {serverurl} did not answer within {timeout:g} s (stopped, "
                                  "or overloaded?); nothing more was done: see its log, or `kill -CONT` it") from None
             except http.client.HTTPException as exc:
-                # Not an answer: a connection cut mid-reply (supervisord restarting?) or bytes
-                # that are not HTTP. The connection is dropped, so a retry starts clean.
+                if isinstance(exc, OSError):
+                    raise  # RemoteDisconnected: a connection error like any other
+                # Bytes that are not HTTP. The connection is dropped, so a retry starts clean.
                 self.close()
-                raise DeployError(f"supervisord at {serverurl} did not give an HTTP answer "
-                                  f"({type(exc).__name__}: {str(exc)[:60]!r}); nothing more was done: "
-                                  "is it reloading? try again") from None
+                raise RpcGarbled(f"supervisord at {serverurl} did not give an HTTP answer "
+                                 f"({type(exc).__name__}: {str(exc)[:60]!r}); nothing more was done: "
+                                 "is it reloading? try again") from None
 
     transport = Transport(os.environ.get("SUPERVISOR_USERNAME", ""), os.environ.get("SUPERVISOR_PASSWORD", ""),
                           serverurl)

@@ -42,7 +42,7 @@ def test_an_answer_that_is_not_http_is_one_deploy_error_and_a_fresh_connection_n
 
     import pytest
 
-    from supervisor_fastapi.cli.control import proxy
+    from supervisor_fastapi.cli.control import answer_problem, proxy
     from supervisor_fastapi.errors import DeployError
 
     server = socket.socket()
@@ -51,7 +51,7 @@ def test_an_answer_that_is_not_http_is_one_deploy_error_and_a_fresh_connection_n
     port = server.getsockname()[1]
     body = b"<?xml version='1.0'?><methodResponse><params><param><value><string>RUNNING</string></value>" \
            b"</param></params></methodResponse>"
-    answers = [b"\x00HTTP/1.1 200 OK\r\n\r\n",
+    answers = [b"\x00HTTP/1.1 200 OK\r\n\r\n", b"\x00HTTP/1.1 200 OK\r\n\r\n",
                b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)]
     connections = []
 
@@ -68,9 +68,10 @@ def test_an_answer_that_is_not_http_is_one_deploy_error_and_a_fresh_connection_n
         p = proxy(f"http://127.0.0.1:{port}", timeout=5)
         with pytest.raises(DeployError, match="did not give an HTTP answer.*BadStatusLine"):
             p.supervisor.getState()
+        assert "did not give an HTTP answer" in (answer_problem(p) or "")  # a wait loop: not answering
         assert p.supervisor.getState() == "RUNNING"  # on a new connection
         t.join(5)
-        assert len(connections) == 2
+        assert len(connections) == 3
     finally:
         for c in connections:
             c.close()
