@@ -71,7 +71,7 @@ class Waker:
     def __init__(self, on_pass: Callable[[], None], log: Log) -> None:
         self.on_pass, self.log = on_pass, log
         self.r, self.w = os.pipe()
-        self.closed = False  # every call runs on supervisord's one thread: a flag is enough
+        self.retired = False  # every call runs on supervisord's one thread: a flag is enough
         for fd in (self.r, self.w):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
@@ -106,7 +106,7 @@ class Waker:
         pass
 
     def poke(self) -> None:
-        if self.closed:
+        if self.retired:
             # The old run's controllers still poke while a reload stops their workers; the
             # number may already be an accepted RPC client's socket, and a byte written
             # there would precede supervisord's answer to it.
@@ -116,11 +116,15 @@ class Waker:
         except OSError:
             pass  # full: a wake-up is pending anyway
 
+    def retire(self) -> None:
+        """Never write again, and leave the descriptors alone: their numbers may be reused already."""
+        self.retired = True
+
     def close(self) -> None:
         """Called while supervisord still owns these descriptor numbers (see Registry._on_stopping)."""
-        if self.closed:
+        if self.retired:
             return
-        self.closed = True
+        self.retired = True
         try:
             if signal.set_wakeup_fd(-1) != self.w:
                 signal.set_wakeup_fd(self.previous_wakeup)
@@ -512,6 +516,8 @@ class Registry:
             self.supervisord.options.get_socket_map().pop(waker.r, None)
         if close:
             waker.close()
+        else:
+            waker.retire()
 
     def refresh_configs(self) -> None:
         """Take the plugin sections' options as supervisord last read them (start, reread).

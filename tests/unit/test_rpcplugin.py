@@ -144,3 +144,48 @@ def test_a_closed_waker_never_writes_to_the_descriptor_that_reuses_its_number():
         for fd in {r, w, number}:
             os.close(fd)
 
+
+
+def test_a_run_that_ended_without_a_stopping_event_leaves_a_waker_that_never_writes():
+    # Registry.start_run for a new Supervisor object without SupervisorStoppingEvent before
+    # it: the old waker's numbers may be reused already, so they are neither closed nor
+    # written; the old run's controllers still hold its poke.
+    import os
+
+    from supervisor import events
+
+    from supervisor_fastapi.plugins.controller import Registry
+
+    class Options:
+        def __init__(self):
+            self.socket_map = {}
+
+        def get_socket_map(self):
+            return self.socket_map
+
+    class Supervisord:
+        def __init__(self):
+            self.options = Options()
+
+    callbacks = list(events.callbacks)
+    registry = Registry()
+    try:
+        registry.start_run(Supervisord(), lambda message: None)
+        old = registry.waker
+        registry.start_run(Supervisord(), lambda message: None)
+        r, w = os.pipe()
+        try:
+            os.dup2(w, old.w)  # what the new run opened under that number
+            old.poke()
+            os.set_blocking(r, False)
+            try:
+                leaked = os.read(r, 16)
+            except BlockingIOError:
+                leaked = b""
+            assert leaked == b""
+        finally:
+            for fd in {r, w, old.w, old.r}:
+                os.close(fd)
+    finally:
+        registry._on_stopping(None)
+        events.callbacks[:] = callbacks
