@@ -118,32 +118,35 @@ def test_a_socket_of_another_app_is_bound_as_supervisord_would_and_never_held():
         s.close()
 
 
+def _bytes_a_poke_puts_in_a_file_reusing_its_number(waker):
+    """Put a new pipe under ``waker.w`` (what supervisord opens next under a freed number),
+    poke, and return what that pipe received. Closes the pipe and that number."""
+    import os
+
+    r, w = os.pipe()
+    try:
+        os.dup2(w, waker.w)
+        waker.poke()
+        os.set_blocking(r, False)
+        try:
+            return os.read(r, 16)
+        except BlockingIOError:
+            return b""
+    finally:
+        for fd in {r, w, waker.w}:
+            os.close(fd)
+
+
 def test_a_closed_waker_never_writes_to_the_descriptor_that_reuses_its_number():
     # supervisord's reload: the waker is closed at SupervisorStoppingEvent, then workers exit
     # while the RPC server still accepts; an accepted client socket takes the freed number.
     # A poke from the old run must not put a byte in front of that client's HTTP answer
     # (seen in CI as BadStatusLine '\x00HTTP/1.1 200 OK' during `reload`).
-    import os
-
     from supervisor_fastapi.plugins.controller import Waker
 
     waker = Waker(lambda: None, lambda message: None)
-    number = waker.w
     waker.close()
-    r, w = os.pipe()
-    try:
-        os.dup2(w, number)  # whatever supervisord opens next under that number
-        waker.poke()
-        os.set_blocking(r, False)
-        try:
-            leaked = os.read(r, 16)
-        except BlockingIOError:
-            leaked = b""
-        assert leaked == b""
-    finally:
-        for fd in {r, w, number}:
-            os.close(fd)
-
+    assert _bytes_a_poke_puts_in_a_file_reusing_its_number(waker) == b""
 
 
 def test_a_run_that_ended_without_a_stopping_event_leaves_a_waker_that_never_writes():
@@ -173,19 +176,10 @@ def test_a_run_that_ended_without_a_stopping_event_leaves_a_waker_that_never_wri
         registry.start_run(Supervisord(), lambda message: None)
         old = registry.waker
         registry.start_run(Supervisord(), lambda message: None)
-        r, w = os.pipe()
         try:
-            os.dup2(w, old.w)  # what the new run opened under that number
-            old.poke()
-            os.set_blocking(r, False)
-            try:
-                leaked = os.read(r, 16)
-            except BlockingIOError:
-                leaked = b""
-            assert leaked == b""
+            assert _bytes_a_poke_puts_in_a_file_reusing_its_number(old) == b""
         finally:
-            for fd in {r, w, old.w, old.r}:
-                os.close(fd)
+            os.close(old.r)
     finally:
         registry._on_stopping(None)
         events.callbacks[:] = callbacks
