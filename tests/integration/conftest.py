@@ -61,6 +61,19 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+def daemon_pid(pidfile: str, timeout: float = 30.0) -> int:
+    """The pid of a supervisord just started by hand, once its pidfile names a live process.
+
+    `supervisord -c conf` returns when its first process exits after the fork; the daemon writes
+    its pidfile after that, so reading the file at once races with it.
+    """
+    def live() -> int:
+        pid = control._read_pid(pidfile)
+        return pid if pid and control._alive(pid) else 0
+
+    return wait_until(live, timeout, f"{pidfile} to name a running supervisord")
+
+
 @dataclass
 class Deployment:
     folder: str

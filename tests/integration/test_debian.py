@@ -30,7 +30,7 @@ from supervisor_fastapi.cli import control
 from supervisor_fastapi.contracts import read_worker_states
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, free_port, wait_until
+from .conftest import APPS, daemon_pid, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +88,8 @@ def debian():
         f.write(MAIN_CONF.format(folder=folder))
     env = dict(os.environ, PYTHONPATH=plugins)
     yield folder, main_conf, env
+    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))  # before shutdown removes the file
     subprocess.run([SUPERVISORCTL, "-c", main_conf, "shutdown"], env=env, capture_output=True, timeout=60)
-    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
     if pid:
         deadline = time.monotonic() + 60
         while control._alive(pid) and time.monotonic() < deadline:
@@ -150,9 +150,7 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
 
     def start_supervisord() -> int:
         subprocess.run([SUPERVISORD, "-c", main_conf], env=env, check=True, timeout=60)
-        pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
-        assert pid and control._alive(pid)
-        return pid
+        return daemon_pid(os.path.join(folder, "supervisord.pid"))
 
     pid = start_supervisord()
     # It is Debian's supervisord, under /usr/bin/python3.

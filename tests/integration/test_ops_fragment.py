@@ -15,7 +15,7 @@ import tomli_w
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, free_port, wait_until
+from .conftest import APPS, daemon_pid, free_port, wait_until
 
 CLI = [sys.executable, "-m", "supervisor_fastapi"]
 
@@ -25,11 +25,10 @@ def os_supervisord():
     folder = tempfile.mkdtemp(prefix="sfo-")
     procs = []
     yield folder, procs
+    pid = control._read_pid(os.path.join(folder, "supervisord.pid"))  # before shutdown removes the file
     for conf in procs:
         subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", conf, "shutdown"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    pidfile = os.path.join(folder, "supervisord.pid")
-    pid = control._read_pid(pidfile)
     if pid:
         wait_until(lambda: not control._alive(pid), 60, "supervisord to exit")
         try:
@@ -93,8 +92,7 @@ def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
     folder, procs = os_supervisord
     main_conf = write_os_conf(folder, ctl_group="web")
     spec_path, port = write_fragment(folder, "web")
-    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
-    procs.append(main_conf)
+    start_os_supervisord(main_conf, procs)
     url = f"unix://{os.path.join(folder, 'os.sock')}"
     layout = Layout(os.path.join(folder, "web-run"))
 
@@ -122,8 +120,7 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
     main_conf = write_os_conf(folder)
     write_fragment(folder, "web")
     write_fragment(folder, "web_admin")
-    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
-    procs.append(main_conf)
+    start_os_supervisord(main_conf, procs)
 
     def status(group):
         res = ctl(main_conf, "fastapi_status", group, "--json")
@@ -180,6 +177,7 @@ def start_os_supervisord(main_conf: str, procs: list) -> None:
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", main_conf], check=True, timeout=30)
     if main_conf not in procs:
         procs.append(main_conf)
+    daemon_pid(os.path.join(os.path.dirname(main_conf), "supervisord.pid"))
 
 
 def restart_os_supervisord(folder: str, main_conf: str, procs: list) -> None:
