@@ -74,6 +74,22 @@ def daemon_pid(pidfile: str, timeout: float = 30.0) -> int:
     return wait_until(live, timeout, f"{pidfile} to name a running supervisord")
 
 
+def reap(pid: Optional[int], timeout: float = 60.0) -> None:
+    """Teardown after `shutdown`: give ``pid`` ``timeout`` seconds to exit, then SIGKILL it.
+
+    Never fails the test: a supervisord that hangs on shutdown is killed, not left behind.
+    """
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while control._alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class Deployment:
     folder: str

@@ -15,11 +15,9 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import xmlrpc.client
 from typing import Tuple
 
@@ -30,7 +28,7 @@ from supervisor_fastapi.cli import control
 from supervisor_fastapi.contracts import read_worker_states
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, daemon_pid, free_port, wait_until
+from .conftest import APPS, daemon_pid, free_port, reap, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +88,7 @@ def debian():
     yield folder, main_conf, env
     pid = control._read_pid(os.path.join(folder, "supervisord.pid"))  # before shutdown removes the file
     subprocess.run([SUPERVISORCTL, "-c", main_conf, "shutdown"], env=env, capture_output=True, timeout=60)
-    if pid:
-        deadline = time.monotonic() + 60
-        while control._alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    reap(pid)
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import tomli_w
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, daemon_pid, free_port, wait_until
+from .conftest import APPS, daemon_pid, free_port, reap, wait_until
 
 CLI = [sys.executable, "-m", "supervisor_fastapi"]
 
@@ -29,12 +28,7 @@ def os_supervisord():
     for conf in procs:
         subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", conf, "shutdown"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    if pid:
-        wait_until(lambda: not control._alive(pid), 60, "supervisord to exit")
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    reap(pid)
     shutil.rmtree(folder, ignore_errors=True)
 
 
