@@ -594,6 +594,12 @@ def wrap(process: Any, control: AppControl) -> None:
             control.log(f"supervisor-fastapi: gate check failed ({exc!r}); spawning")
             reason = None
         if reason is not None:
+            if process.get_state() == _states().STOPPED and getattr(process, "administrative_stop", False):
+                # Stopped (by `update`'s stopProcessGroup, or by hand) before it ever ran:
+                # supervisord's autostart pass spawns a STOPPED process whose laststart is 0.
+                # Held, it went back to BACKOFF and removeProcessGroup refused the group
+                # (STILL_RUNNING); left STOPPED it can be removed, and it starts once the gate opens.
+                return None
             control.hold(process, FOREVER, "gate", reason)
             return None
         log_start = _log_size(process)  # before the child can write: where this run's lines begin
