@@ -220,6 +220,11 @@ def run_dir_problem(path: str, uid: int = 0) -> Optional[str]:
         own = path if i == 0 else folder
         if i > 0 and st.st_mode & stat.S_ISVTX:
             continue
+        if i == 0 and st.st_mode & stat.S_ISVTX and st.st_mode & 0o002:
+            # /tmp itself: `chmod go-w` would be the wrong advice.
+            return (f"{own} is a folder every user can write (mode {stat.S_IMODE(st.st_mode):04o}), who could "
+                    f"plant the files root reads there; choose a supervisord.run_dir of its own, like /run/<app> "
+                    f"or /var/lib/<app>/run")
         if st.st_uid != uid:
             owner = _user_name(st.st_uid)
             return (f"{own} belongs to {owner}, who could swap the files root reads there; "
@@ -229,6 +234,24 @@ def run_dir_problem(path: str, uid: int = 0) -> Optional[str]:
             return (f"{folder} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):04o}), who could "
                     f"swap the files root reads there; run `chmod go-w {folder}`"
                     + ("" if i == 0 else " or choose a supervisord.run_dir under a folder only root can write"))
+    return None
+
+
+def run_files_problem(layout: Layout, shared: bool) -> Optional[str]:
+    """A folder or file under run_dir that is a symlink or the wrong kind: make_dirs opens them
+    without following a link and refuses (or would give a folder away), so `check` says so too."""
+    paths = layout.dirs() + ([] if shared else [layout.logfile])
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"cannot inspect {path}: {exc.strerror}"
+        is_dir = path in layout.dirs()
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISDIR(st.st_mode) != is_dir):
+            return (f"{path} is a symlink or not a {'folder' if is_dir else 'regular file'}; remove it "
+                    f"(`rm {path}`) and run again; supervisor-fastapi creates it")
     return None
 
 
@@ -255,11 +278,50 @@ def secret_file_problem(path: str) -> Optional[str]:
     return None
 
 
-def trust_checks(spec: Spec, euid: int) -> List[Result]:
-    """Who runs as whom, and whether secrets and run_dir are root's alone (as root only)."""
+def command_user(spec: Spec, alert: Any) -> Optional[str]:
+    """Whom a command alert runs as: its user, else app.user; None (the listener's own user) only
+    with run_as_root."""
+    return alert.get("user") or (None if alert.get("run_as_root") else spec.app.user)
+
+
+def trust_refusals(spec: Spec, euid: int) -> List[Result]:
+    """What `render` and `up` refuse before they write anything, and `check` fails on: one
+    list, so the three never disagree. As root: a run_dir someone else could write, a command
+    alert that would run as root unasked, a password_file others can read; as anyone: a
+    symlink where a run_dir folder or supervisord's log goes."""
+    out: List[Result] = []
+    layout = Layout(spec.run_dir)
+    problem = (run_dir_problem(layout.run_dir) if euid == 0 else None) or \
+        run_files_problem(layout, spec.supervisord.shared)
+    if problem:
+        out.append(Result(False, "supervisord.run_dir", problem))
     if euid != 0:
-        return []
-    out = [Result(True, "supervisord.run_dir", f"{spec.run_dir}: only root can write it")]
+        return out
+    for i, a in enumerate(spec.alerts):
+        key = f"alerts[{i}] ({a.name})"
+        if a.type == "command" and not command_user(spec, a) and not a.get("run_as_root"):
+            out.append(Result(False, f"{key}: the command would run as root",
+                              "set user = \"...\" on the alert (or app.user), or run_as_root = true"))
+        path = a.get("password_file") if a.type == "email" else None
+        # A missing file is not a trust problem (a systemd credential exists only while the
+        # service runs); `check` reports it on its own.
+        if path and os.path.lexists(path):
+            problem = secret_file_problem(path)
+            if problem:
+                out.append(Result(False, f"{key}: password_file is root's alone", problem))
+    return out
+
+
+def trust_checks(spec: Spec, euid: int) -> List[Result]:
+    """Who runs as whom, and whether secrets and run_dir are root's alone: the refusals of
+    `render`/`up` as FAIL lines, what holds as ok lines (as root only)."""
+    refused = trust_refusals(spec, euid)
+    if euid != 0:
+        return refused
+    failed = {r.what.split(":")[0] for r in refused}
+    out = list(refused)
+    if "supervisord.run_dir" not in failed:
+        out.insert(0, Result(True, "supervisord.run_dir", f"{spec.run_dir}: only root can write it"))
     if spec.app.user:
         out.append(Result(True, f"app.user {spec.app.user} runs the web workers, the migration and [[programs]]",
                           "the event listener and the watchdog run as root: they hold the alert credentials and "
@@ -267,15 +329,12 @@ def trust_checks(spec: Spec, euid: int) -> List[Result]:
                           "(see docs/security.md)"))
     for i, a in enumerate(spec.alerts):
         key = f"alerts[{i}] ({a.name})"
+        if key in failed:
+            continue
         if a.type == "command":
-            user = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
-            if user:
-                out.append(Result(True, f"{key}: the command runs as {user}"))
-            elif a.get("run_as_root"):
-                out.append(Result(True, f"{key}: the command runs as root", "run_as_root = true"))
-            else:
-                out.append(Result(False, f"{key}: the command would run as root",
-                                  "set user = \"...\" on the alert (or app.user), or run_as_root = true"))
+            user = command_user(spec, a)
+            out.append(Result(True, f"{key}: the command runs as {user}") if user else
+                       Result(True, f"{key}: the command runs as root", "run_as_root = true"))
         if a.type == "email" and a.get("password_file"):
             problem = secret_file_problem(a.get("password_file"))
             out.append(Result(problem is None, f"{key}: password_file is root's alone",

@@ -89,13 +89,11 @@ def make_dirs(spec: Spec) -> None:
 
     As root (supervisord then runs as root), run_dir must be root's alone: root reads and
     writes files there at fixed names, so whoever can write it could make root follow a
-    link or give away a folder."""
+    link or give away a folder. Every trust refusal is `check`'s too (checks.trust_refusals)."""
     layout = Layout(spec.run_dir)
     root = os.geteuid() == 0
-    if root:
-        problem = checks.run_dir_problem(layout.run_dir)
-        if problem:
-            raise UserError(f"{spec.source}: supervisord.run_dir: {problem}")
+    for refused in checks.trust_refusals(spec, os.geteuid()):
+        raise UserError(f"{spec.source}: {refused.what}: {refused.detail}")
     parent = os.path.dirname(layout.run_dir)
     if parent:
         os.makedirs(parent, exist_ok=True)

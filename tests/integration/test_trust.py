@@ -206,3 +206,27 @@ def test_no_secret_is_readable_by_nobody_or_reaches_the_workers(deploy, app_pyth
     # And www-data cannot read the listener's environment (it runs as root).
     out = as_user("www-data", "cat", f"/proc/{infos['web_listener']}/environ")
     assert out.returncode != 0 and SMTP_PASSWORD not in out.stdout
+
+
+def test_check_fails_on_every_run_dir_up_refuses(deploy, app_python):
+    """Issue 18: check vouched for a 0777 run_dir and for run_dir = "/tmp" (exit 0) while up refused them."""
+    d = deploy(base(app_python), start=False)
+    open_for_others(d.folder)
+    assert d.cli("check").returncode == 0
+    os.chmod(d.layout.run_dir, 0o777)
+    tmp_spec = os.path.join(d.folder, "tmp-run.toml")
+    with open(d.spec_path) as f, open(tmp_spec, "w") as out:
+        out.write(f.read().replace(d.layout.run_dir, "/tmp"))
+    for spec_path, words in ((d.spec_path, f"{d.layout.run_dir} is writable by its group or others (mode 0777)"),
+                             (tmp_spec, "/tmp is a folder every user can write (mode 1777)")):
+        check = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "check", "-c", spec_path],
+                               capture_output=True, text=True, timeout=120)
+        assert check.returncode == 1, check.stdout + check.stderr
+        failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+        assert failed == [f"FAIL supervisord.run_dir: {words}" + failed[0].split(words, 1)[1]], check.stdout
+        assert "ok   supervisord.run_dir" not in check.stdout
+        up = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "up", "-c", spec_path],
+                            capture_output=True, text=True, timeout=120)
+        assert up.returncode == 2, up.stdout + up.stderr
+        assert up.stderr.strip() == f"error: {spec_path}: {failed[0][len('FAIL '):]}", up.stderr
+        assert "Traceback" not in check.stdout + check.stderr + up.stdout + up.stderr

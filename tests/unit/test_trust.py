@@ -510,3 +510,83 @@ def test_a_spec_folder_the_conf_cannot_carry_is_one_line(folder):
     with pytest.raises(SpecError) as info:
         parse_spec(spec_text(), folder + "/supervisor-fastapi.toml", folder, HOST)
     assert "\n" not in str(info.value) and "the spec file's path" in str(info.value)
+
+
+# --- check and render/up agree on every trust refusal (issue 18, point 2) ---------------------------
+
+
+def _world_writable(folder: str, spec: Any) -> None:
+    os.makedirs(spec.run_dir)
+    os.chmod(spec.run_dir, 0o777)
+
+
+def _app_user_owns(folder: str, spec: Any) -> None:
+    os.makedirs(spec.run_dir)
+    os.chown(spec.run_dir, 33, 33)
+
+
+def _workers_link(folder: str, spec: Any) -> None:
+    os.makedirs(spec.run_dir, 0o711)
+    os.mkdir(os.path.join(folder, "root-only"), 0o700)
+    os.symlink(os.path.join(folder, "root-only"), Layout(spec.run_dir).state_dir)
+
+
+def _log_link(folder: str, spec: Any) -> None:
+    os.makedirs(spec.run_dir, 0o711)
+    os.symlink("/etc/shadow", Layout(spec.run_dir).logfile)
+
+
+def _readable_password(folder: str, spec: Any) -> None:
+    path = os.path.join(folder, "smtp-password")
+    with open(path, "w") as f:
+        f.write("x\n")
+    os.chmod(path, 0o644)
+
+
+TRUST_REFUSALS = [
+    ("run", "", _world_writable, "supervisord.run_dir: {run_dir} is writable by its group or others (mode 0777)"),
+    ("run", "", _app_user_owns, "supervisord.run_dir: {run_dir} belongs to www-data"),
+    ("/tmp", "", None, "supervisord.run_dir: /tmp is a folder every user can write (mode 1777)"),
+    ("run", "", _workers_link, "supervisord.run_dir: {run_dir}/workers is a symlink or not a folder"),
+    ("run", "", _log_link, "supervisord.run_dir: {run_dir}/supervisord.log is a symlink or not a regular file"),
+    ("run", '[[alerts]]\ntype = "command"\ncommand = "x"\n', None,
+     "alerts[0] (command): the command would run as root: set user"),
+    ("run", '[[alerts]]\ntype = "email"\nfrom = "a@x.org"\nto = "b@x.org"\npassword_file = "smtp-password"\n',
+     _readable_password, "alerts[0] (email): password_file is root's alone: {folder}/smtp-password is readable by "
+                         "others than root"),
+]
+
+
+@needs_root
+@pytest.mark.parametrize("run_dir,extra,arrange,words", TRUST_REFUSALS)
+def test_check_fails_where_render_and_up_refuse(tmp_path, run_dir, extra, arrange, words):
+    folder = str(tmp_path)
+    os.chmod(folder, 0o755)
+    run_dir = os.path.join(folder, run_dir)
+    source = os.path.join(folder, "supervisor-fastapi.toml")
+    spec = parse_spec(spec_text(extra, run_dir=run_dir), source, folder, HOST)
+    if arrange:
+        arrange(folder, spec)
+    words = words.format(run_dir=run_dir, folder=folder)
+    # check: a FAIL line with these words.
+    failed = [f"{r.what}: {r.detail}" for r in checks.trust_checks(spec, 0) if not r.ok]
+    assert any(line.startswith(words) for line in failed), failed
+    # render and up (make_dirs): refused with the same line, nothing created or given away.
+    with pytest.raises(UserError) as info:
+        deploy.make_dirs(spec)
+    assert str(info.value) == f"{source}: {failed[0]}"
+    assert not os.path.exists(os.path.join(run_dir, "logs")) or run_dir == "/tmp"
+    assert os.stat(os.path.join(folder, "root-only") if arrange is _workers_link else folder).st_uid == 0
+
+
+@needs_root
+def test_check_says_ok_where_render_accepts(tmp_path):
+    folder = str(tmp_path)
+    os.chmod(folder, 0o755)
+    spec = parse_spec(spec_text('[[alerts]]\ntype = "command"\ncommand = "x"\nuser = "nobody"\n',
+                                run_dir=os.path.join(folder, "run")), os.path.join(folder, "s.toml"), folder, HOST)
+    results = checks.trust_checks(spec, 0)
+    assert all(r.ok for r in results), results
+    assert results[0].what == "supervisord.run_dir"
+    deploy.make_dirs(spec)
+    assert checks.trust_refusals(spec, 0) == []
