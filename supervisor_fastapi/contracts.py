@@ -29,9 +29,6 @@ FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 # A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.
 MAX_STATE_BYTES = 4096
 MAX_JSON_BYTES = 256 * 1024
-# A folder the app user writes is listed at most this far: a million entries must not
-# make a root reader spend seconds (or megabytes) on names it would not read anyway.
-MAX_DIR_ENTRIES = 1024
 # Longest integer literal a reader converts: int() of a long digit string is quadratic on
 # Python < 3.11, and no file between our processes holds a number that long.
 MAX_INT_DIGITS = 40
@@ -170,32 +167,11 @@ def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
             "beat": st.st_mtime}
 
 
-def _listed(state_dir: str) -> List[str]:
-    """Plain names in ``state_dir``, at most MAX_DIR_ENTRIES of them (lstat-free: scandir's d_type)."""
-    names: List[str] = []
-    try:
-        with os.scandir(state_dir) as entries:
-            for entry in entries:
-                if len(names) >= MAX_DIR_ENTRIES:
-                    break
-                if entry.name.endswith(".tmp") or entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        names.append(entry.name)
-                except OSError:
-                    continue
-    except OSError:
-        return []
-    return names
+def read_worker_states(state_dir: str, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+    """The state of each worker in ``names`` (the process names supervisord reports), by name.
 
-
-def read_worker_states(state_dir: str, names: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, Any]]:
-    """Every worker's state by process name. With ``names`` only those files are opened
-    (what a root reader should pass: the process names supervisord reports); without,
-    the regular files of the folder, at most MAX_DIR_ENTRIES."""
-    if names is None:
-        names = _listed(state_dir)
+    The folder is never listed: the app user writes it, and a listing can be made as long (or
+    as slow) as it likes, or bury the real files past any cap on entries."""
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
         if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):

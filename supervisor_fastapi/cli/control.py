@@ -12,7 +12,7 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail
 from ..errors import DeployError, UserError
@@ -106,9 +106,10 @@ def is_running(layout: Layout) -> bool:
     return os.path.exists(layout.socket) and answer_problem(rpc(layout, PROBE_TIMEOUT)) is None
 
 
-def worker_states(layout: Layout) -> Dict[str, Dict[str, Any]]:
-    """Ready/heartbeat files by process name: ``{"pid", "ready", "beat"}``."""
-    return read_worker_states(layout.state_dir)
+def worker_states(layout: Layout, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+    """Ready/heartbeat files of the processes ``names`` (as supervisord reports them), by name:
+    ``{"pid", "ready", "beat"}``. Never a listing of the folder: the app user writes it."""
+    return read_worker_states(layout.state_dir, names)
 
 
 @dataclass

@@ -45,7 +45,8 @@ class Edges:
     def infos(self) -> List[ProcessInfo]:
         raise NotImplementedError
 
-    def worker_states(self) -> Dict[str, Dict[str, Any]]:
+    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+        """The ready files of the processes ``names`` (supervisord's names): never a listing."""
         raise NotImplementedError
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
@@ -72,7 +73,7 @@ class Edges:
 class SupervisorEdges(Edges):
     """Edges over an XML-RPC proxy; state files come from ``read_states``/``read_listener``."""
 
-    def __init__(self, proxy: Any, app: str, read_states: Callable[[], Dict[str, Dict[str, Any]]],
+    def __init__(self, proxy: Any, app: str, read_states: Callable[[Sequence[str]], Dict[str, Dict[str, Any]]],
                  read_listener: Callable[[], Optional[Dict[str, Any]]],
                  read_rss: Callable[[Sequence[int]], Dict[int, int]]) -> None:
         self.proxy, self.app = proxy, app
@@ -81,8 +82,8 @@ class SupervisorEdges(Edges):
     def infos(self) -> List[ProcessInfo]:
         return list(self.proxy.supervisor.getAllProcessInfo())
 
-    def worker_states(self) -> Dict[str, Dict[str, Any]]:
-        return self._states()
+    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+        return self._states(names)
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         return self._listener()
@@ -194,7 +195,7 @@ def wait_replaced(edges: Edges, spec_name: str, old_pid: int, timeout: float, cl
             return f"it crashed and the crash-loop guard holds it: {info.get('spawnerr')}"
         if state == "STOPPED":
             return "it was stopped while starting"
-        if info["pid"] and info["pid"] != old_pid and is_ready(info, edges.worker_states()):
+        if info["pid"] and info["pid"] != old_pid and is_ready(info, edges.worker_states([info["name"]])):
             return None
         if clock() > deadline:
             detail = f" (supervisord says {state})" if state != "RUNNING" else " (RUNNING but not listening yet)"
@@ -208,8 +209,9 @@ def wait_others_settled(edges: Edges, group: str, name: str, timeout: float, clo
     (a watchdog recycle, say), so stopping ``name`` leaves the rest serving; None when settled."""
     deadline = clock() + timeout
     while True:
-        states = edges.worker_states()
-        busy = [namespec(i) for i in edges.infos() if i["group"] == group and namespec(i) != name
+        infos = edges.infos()
+        states = edges.worker_states([i["name"] for i in infos if i["group"] == group])
+        busy = [namespec(i) for i in infos if i["group"] == group and namespec(i) != name
                 and (i["statename"] in ("STARTING", "STOPPING") or (i["statename"] == "RUNNING"
                                                                     and not is_ready(i, states)))]
         if not busy:
@@ -494,7 +496,7 @@ def local_edges(layout: Layout, app: str, serverurl: Optional[str] = None,
 
     wait = control.RPC_TIMEOUT if timeout is None else timeout
     proxy = control.proxy(serverurl, wait) if serverurl else control.rpc(layout, wait)
-    return SupervisorEdges(proxy, app, lambda: control.worker_states(layout),
+    return SupervisorEdges(proxy, app, lambda names: control.worker_states(layout, names),
                            lambda: read_json(layout.listener_state), local_rss)
 
 
@@ -505,7 +507,9 @@ def rpc_edges(proxy: Any, app: str) -> SupervisorEdges:
     def rss(pids: Sequence[int]) -> Dict[int, int]:
         return {int(pid): int(kb) * 1024 for pid, kb in ns.getRSS().items()}
 
-    return SupervisorEdges(proxy, app, lambda: dict(ns.getWorkerStates()), lambda: ns.getListenerState() or None, rss)
+    # getWorkerStates opens only the names supervisord reports for the app's web group.
+    return SupervisorEdges(proxy, app, lambda names: dict(ns.getWorkerStates()), lambda: ns.getListenerState() or None,
+                           rss)
 
 
 def status_of(edges: Edges, app: str, holds: Optional[List[Dict[str, Any]]] = None,
@@ -514,7 +518,8 @@ def status_of(edges: Edges, app: str, holds: Optional[List[Dict[str, Any]]] = No
     infos = edges.infos()
     control = edges.control_state()
     pids = [i["pid"] for i in infos if i["pid"]]
-    return collect_status(infos, edges.worker_states(), edges.listener_state(), edges.rss(pids),
+    states = edges.worker_states([i["name"] for i in infos])
+    return collect_status(infos, states, edges.listener_state(), edges.rss(pids),
                           time.time() if now is None else now, app, holds, control,
                           app_groups(app, programs, control))
 

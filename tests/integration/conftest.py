@@ -25,7 +25,7 @@ import tomli_w
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
-from supervisor_fastapi.contracts import read_json
+from supervisor_fastapi.contracts import read_json, read_worker_states
 from supervisor_fastapi.layout import Layout, Names
 from supervisor_fastapi.spec import Spec, load_spec
 
@@ -47,6 +47,15 @@ def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def worker_files(layout: Layout) -> Dict[str, Dict[str, Any]]:
+    """Every ready file in the deployment's workers folder (the test lists it; the package never does)."""
+    try:
+        names = os.listdir(layout.state_dir)
+    except OSError:
+        names = []
+    return read_worker_states(layout.state_dir, names)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

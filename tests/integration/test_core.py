@@ -18,7 +18,7 @@ from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, wait_until
+from .conftest import APPS, wait_until, worker_files
 
 CORE = {"app": {"asgi": "coreapp:app", "directory": APPS}}
 
@@ -377,7 +377,7 @@ def test_demo_smoke():
 def test_ready_means_accepting(deploy):
     # `up` says ready only when every worker wrote its state file after uvicorn's startup.
     d = deploy(merge(CORE, {"server": {"workers": 3}}))
-    states = control.worker_states(d.layout)
+    states = worker_files(d.layout)
     web = {i["name"]: i["pid"] for i in d.infos() if i["group"] == "web"}
     assert {n: states[n]["pid"] for n in web} == web
     assert deploy_mod.url_of(d.spec) == f"http://127.0.0.1:{d.port}/"

@@ -25,10 +25,9 @@ import pytest
 import tomli_w
 
 from supervisor_fastapi.cli import control
-from supervisor_fastapi.contracts import read_worker_states
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, daemon_pid, free_port, reap, wait_until
+from .conftest import APPS, daemon_pid, free_port, reap, wait_until, worker_files
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +192,7 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
     assert "shop: restarted 2" in ctl("rolling_restart", "shop")
     # Each app's workers write their state into their own run_dir.
     for name in ("shop", "shop_admin"):
-        states = read_worker_states(Layout(os.path.join(folder, f"{name}-run")).state_dir)
+        states = worker_files(Layout(os.path.join(folder, f"{name}-run")))
         assert set(states) == {f"{name}_00", f"{name}_01"}, states
     out = cli(admin, "down")
     assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr

@@ -14,7 +14,7 @@ import tomli_w
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.layout import Layout
 
-from .conftest import APPS, daemon_pid, free_port, reap, wait_until
+from .conftest import APPS, daemon_pid, free_port, reap, wait_until, worker_files
 
 CLI = [sys.executable, "-m", "supervisor_fastapi"]
 
@@ -96,13 +96,13 @@ def test_fragment_with_plugins_status_and_restart_via_serverurl(os_supervisord):
 
     text = wait_until(ready, 30, "status to report every process up")
     assert "web:web_00" in text and f"tcp://127.0.0.1:{port}" in text, text
-    before = {s["pid"] for s in control.worker_states(layout).values()}
+    before = {s["pid"] for s in worker_files(layout).values()}
     out = subprocess.run(CLI + ["restart", "-c", spec_path, "--serverurl", url], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "restarted 2" in out.stdout, out.stdout + out.stderr
     res = ctl(main_conf, "rolling_restart")
     assert "web: restarted 2" in res.stdout, res.stdout + res.stderr
-    after = {s["pid"] for s in control.worker_states(layout).values()}
+    after = {s["pid"] for s in worker_files(layout).values()}
     assert not (before & after)
 
 
@@ -134,17 +134,17 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
     assert res.returncode == 0 and "web:web_00" in res.stdout and "Error" not in res.stdout, res.stdout + res.stderr
     res = ctl(main_conf, "fastapi_status")  # two apps, no group= in [ctlplugin:fastapi]: say which
     assert res.returncode != 0 and "name the app" in res.stdout, res.stdout + res.stderr
-    web_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
+    web_before = {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web-run"))).values()}
     res = ctl(main_conf, "rolling_restart", "web")
     assert "web: restarted 2" in res.stdout, res.stdout + res.stderr
-    admin_before = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web_admin-run"))).values()}
+    admin_before = {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web_admin-run"))).values()}
     res = ctl(main_conf, "rolling_restart", "web_admin")
     assert "web_admin: restarted 2" in res.stdout, res.stdout + res.stderr
-    web_after = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
-    admin_after = {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web_admin-run"))).values()}
+    web_after = {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web-run"))).values()}
+    admin_after = {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web_admin-run"))).values()}
     assert web_after and not (web_before & web_after), "web's roll replaced web's workers"
     assert admin_after and not (admin_before & admin_after)
-    assert web_after == {s["pid"] for s in control.worker_states(Layout(os.path.join(folder, "web-run"))).values()}
+    assert web_after == {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web-run"))).values()}
 
 
 def write_shared_spec(folder: str, name: str, plugins: bool, fragment: str = "", **extra) -> Tuple[str, int]:

@@ -6,7 +6,7 @@ import pytest
 
 from tests.loadgen import Load
 
-from .conftest import wait_until
+from .conftest import wait_until, worker_files
 
 
 def ready_pids(d):
@@ -14,7 +14,7 @@ def ready_pids(d):
     from supervisor_fastapi.cli import control
 
     infos = d.infos()
-    r = control.readiness(d.spec, infos, control.worker_states(d.layout))
+    r = control.readiness(d.spec, infos, worker_files(d.layout))
     if r.done and not r.failed and r.ready:
         return {i["pid"] for i in infos if i["group"] == "web"}
     return None

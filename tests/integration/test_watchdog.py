@@ -7,7 +7,7 @@ import time
 
 from tests.loadgen import Load
 
-from .conftest import wait_until
+from .conftest import wait_until, worker_files
 from .test_restart_socket import ready_pids
 
 
@@ -119,7 +119,7 @@ def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_
     assert f"pid {stuck}" in text, text
     from supervisor_fastapi.cli import control
 
-    assert stuck not in {s["pid"] for s in control.worker_states(d.layout).values()}, "it never listened"
+    assert stuck not in {s["pid"] for s in worker_files(d.layout).values()}, "it never listened"
     assert timeout <= killed_after <= timeout + 3, killed_after
     assert _pid_of(d, "web_01") != stuck, "the stuck process is gone"
     flag.unlink()  # the database is back: the next start-up finishes
@@ -133,7 +133,7 @@ def _blocked_pid(d, pids, timeout):
     from supervisor_fastapi.cli import control
 
     now = time.time()
-    for state in control.worker_states(d.layout).values():
+    for state in worker_files(d.layout).values():
         if state.get("pid") in pids and now - state["beat"] > 1.0:
             return state["pid"]
     return None

@@ -32,8 +32,8 @@ class FakeSupervisor(Edges):
                 self.pending[n] = left - 1
         return [dict(p) for p in self.procs.values()]
 
-    def worker_states(self):
-        return dict(self.files)
+    def worker_states(self, names):
+        return {n: v for n, v in self.files.items() if n in names}
 
     def listener_state(self):
         return self.listener
@@ -119,7 +119,7 @@ def test_a_shut_migration_gate_refuses_the_roll_before_stopping_anything():
 def test_timeout_when_the_new_worker_never_listens():
     fake = FakeSupervisor(["web_00"])
     fake.files = {}
-    fake.worker_states = lambda: {}
+    fake.worker_states = lambda names: {}
     r, _ = roll(fake)
     assert not r.ok and "not ready after 30 s" in r.reason
 
