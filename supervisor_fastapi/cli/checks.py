@@ -5,6 +5,8 @@ import errno
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -460,11 +462,47 @@ def app_results(spec: Spec) -> List[Result]:
     return results
 
 
+def command_problem(key: str, command: str, path: str) -> Tuple[bool, str]:
+    """Whether ``command``'s program resolves on ``path`` (the PATH its program is rendered with).
+
+    supervisord looks a bare command up in the program's environment= PATH before it forks;
+    that PATH is rendered (generate.conf.rendered_path), so a command found only through the
+    shell that runs `check` (an activated venv, pyenv shims) would not be found under systemd."""
+    try:
+        argv0 = shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return False, f"{key} = {command!r} cannot be split into arguments"
+    if "/" in argv0:
+        if os.path.isabs(argv0) and not os.access(argv0, os.X_OK):
+            return False, f"{key} = {command!r}: {argv0} is not an executable file"
+        return True, argv0
+    found = shutil.which(argv0, path=path)
+    if found:
+        return True, found
+    here = shutil.which(argv0)
+    where = f" (this shell finds {here}, through a PATH supervisord does not use)" if here else ""
+    return False, (f"{key} = {command!r}: {argv0!r} is not on the PATH its program gets, {path}, whoever "
+                   f"starts supervisord (systemd too){where}; write its full path, or install it beside app.python")
+
+
+def command_results(spec: Spec) -> List[Result]:
+    """The migration's and each [[programs]] command's program, found on the PATH it will run with."""
+    from ..generate.conf import program_environment
+
+    commands = [("migrate.command", spec.migrate.command, spec.migrate.env)] if spec.migrate else []
+    commands += [(f"programs[{i}].command", p.command, p.env) for i, p in enumerate(spec.programs)]
+    results = []
+    for key, command, env in commands:
+        ok, detail = command_problem(key, command, program_environment(spec, env)["PATH"])
+        results.append(Result(ok, f"{key} resolves", detail))
+    return results
+
+
 def preflight_problem(spec: Spec) -> Optional[str]:
     """What `up` checks before it starts anything: the first failing app check, as one line."""
-    for r in app_results(spec):
+    for r in app_results(spec) + command_results(spec):
         if not r.ok:
-            named = re.match(r"app\.\w+( =|:)", r.detail)  # the detail names its key, or gets the check's
+            named = re.match(r"[a-z_]+(\[\d+\])?\.\w+( =|:)", r.detail)  # the detail names its key, or gets the check's
             detail = r.detail if named else f"{r.what}: {r.detail}"
             return f"{spec.source}: {detail}; `supervisor-fastapi check` runs every check"
     return None
@@ -504,6 +542,7 @@ def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = N
                              f"{format_size(spec.memory.budget.of(ram))} budget")
     results.append(Result(problem is None, "memory capacity", detail))
     results += app_results(spec)
+    results += command_results(spec)
     results += trust_checks(spec, os.geteuid())
     problem = run_dir_creation_problem(Layout(spec.run_dir).run_dir)
     return results + ([Result(False, "supervisord.run_dir", problem)] if problem else [])

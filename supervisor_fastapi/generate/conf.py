@@ -29,6 +29,10 @@ LISTENER_BUFFER = 1024
 # (1 s) plus lifespan shutdown.
 STOP_MARGIN = 10
 RPC_NAMESPACE = "fastapi"
+# The folders every program's PATH ends with: what systemd gives a service. A program must
+# find its commands the same whoever started supervisord (a shell with a venv activated,
+# systemd at boot, `env -i`), so PATH is rendered, never inherited.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def worker_argv(spec: Spec) -> List[str]:
@@ -105,6 +109,25 @@ def listener_only_env(spec: Spec) -> List[str]:
     return sorted(names)
 
 
+def rendered_path(spec: Spec) -> str:
+    """PATH for every program: app.python's folder (the venv's bin/) first, then SYSTEM_PATH.
+
+    So `python`, `alembic` or any console script installed beside the app's interpreter
+    resolves under systemd's bare PATH as it does in an activated venv."""
+    folder = os.path.dirname(spec.app.python)
+    return f"{folder}:{SYSTEM_PATH}" if folder and folder not in SYSTEM_PATH.split(":") else SYSTEM_PATH
+
+
+def program_environment(spec: Spec, env: Tuple[Tuple[str, str], ...] = ()) -> Dict[str, str]:
+    """The environment= of an app program (web, migrate, [[programs]]): what it adds to supervisord's."""
+    merged = {n: "" for n in listener_only_env(spec)}
+    merged["PATH"] = rendered_path(spec)
+    # The spec's own env wins: naming a variable there (PATH too) passes it on deliberately.
+    merged.update(spec.app.env)
+    merged.update(env)
+    return merged
+
+
 def _blanked(spec: Spec) -> Options:
     return [("environment", ini.environment({n: "" for n in listener_only_env(spec)}))] \
         if listener_only_env(spec) else []
@@ -116,12 +139,7 @@ def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: O
         opts.append(("user", ini.escape(spec.app.user)))
     # The app's own files keep the usual 022 whatever supervisord's (077, see daemon_sections).
     opts.append(("umask", "022"))
-    # The spec's own env wins: naming a variable there passes it on deliberately.
-    merged = {n: "" for n in listener_only_env(spec)}
-    merged.update(spec.app.env)
-    merged.update(env)
-    if merged:
-        opts.append(("environment", ini.environment(merged)))
+    opts.append(("environment", ini.environment(program_environment(spec, env))))
     # ``log`` is INI text already: it may carry %(process_num)02d.
     opts += [("redirect_stderr", "true"), ("stdout_logfile", log),
              ("stdout_logfile_maxbytes", "10MB"), ("stdout_logfile_backups", "5")]
@@ -213,7 +231,9 @@ def listener_section(spec: Spec, controller: bool = True) -> ini.Section:
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),
         # Its settings, alert channels included: not on the command line, which ps shows to everyone.
-        ("environment", ini.environment({LISTENER_ENV: listener_config(spec, controller).to_env()})),
+        # PATH as the app's programs get it: a `command` alert channel finds its command the same way.
+        ("environment", ini.environment({LISTENER_ENV: listener_config(spec, controller).to_env(),
+                                         "PATH": rendered_path(spec)})),
         # stdout is the event protocol; the listener logs to stderr only. NONE: without it
         # supervisord copies the protocol (READY, RESULT 2 OK) into an AUTO child log.
         ("stdout_logfile", "NONE"),

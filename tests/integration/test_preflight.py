@@ -191,3 +191,24 @@ def test_demo_stops_cleanly_when_its_terminal_closes():
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_check_and_up_name_a_migration_command_only_this_shell_finds(tmp_path):
+    # Found in a venv a shell activated, not beside app.python nor on systemd's PATH: under
+    # systemd the migration could not start and the app stayed down after a reboot.
+    shell_bin = tmp_path / "shell-bin"
+    shell_bin.mkdir()
+    (shell_bin / "migrate-tool").write_text("#!/bin/sh\nexit 0\n")
+    (shell_bin / "migrate-tool").chmod(0o755)
+    folder = tmp_path / "app"
+    folder.mkdir()
+    app_folder(folder)
+    spec_path = folder / "supervisor-fastapi.toml"
+    spec_path.write_text(spec_path.read_text() + '\n[migrate]\ncommand = "migrate-tool upgrade"\n')
+    env = {**os.environ, "PATH": f"{shell_bin}:{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "check"], cwd=str(folder), capture_output=True,
+                       text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = failing_line(r.stdout, "migrate.command resolves")
+    assert "'migrate-tool' is not on the PATH its program gets" in line and \
+        f"this shell finds {shell_bin}/migrate-tool" in line, line

@@ -180,3 +180,22 @@ def test_conf_problem_leaves_run_dir_alone(tmp_path):
     spec = spec_of(data(), base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
     assert checks.conf_problem(spec) is None
     assert not (tmp_path / "run").exists()
+
+
+def test_a_command_is_looked_up_on_the_path_its_program_gets_not_this_shells(tmp_path, monkeypatch):
+    venv, elsewhere = tmp_path / "venv" / "bin", tmp_path / "shell-only"
+    for folder in (venv, elsewhere):
+        folder.mkdir(parents=True)
+    for tool in (venv / "alembic", elsewhere / "migrate-tool"):
+        tool.write_text("#!/bin/sh\n")
+        tool.chmod(0o755)
+    path = f"{venv}:/usr/bin"
+    monkeypatch.setenv("PATH", f"{elsewhere}:/usr/bin")
+    assert checks.command_problem("migrate.command", "alembic upgrade head", path) == (True, str(venv / "alembic"))
+    ok, detail = checks.command_problem("migrate.command", "migrate-tool up", path)
+    assert not ok
+    assert detail.startswith(f"migrate.command = 'migrate-tool up': 'migrate-tool' is not on the PATH its program "
+                             f"gets, {path}, whoever starts supervisord (systemd too) (this shell finds "
+                             f"{elsewhere / 'migrate-tool'}")
+    assert checks.command_problem("programs[0].command", "/no/such/tool x", path) == \
+        (False, "programs[0].command = '/no/such/tool x': /no/such/tool is not an executable file")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.errors import SpecError, UserError
-from supervisor_fastapi.generate.conf import build, worker_argv
+from supervisor_fastapi.generate.conf import build, rendered_path, worker_argv
 from supervisor_fastapi.layout import Names
 from supervisor_fastapi.spec import parse_spec
 from supervisor_fastapi.uvicorn_settings import UVICORN_SETTINGS
@@ -184,12 +184,13 @@ def assert_loads_with_supervisor(spec):
     web = groups[spec.app.name]
     assert len(web) == spec.server.workers
     assert shlex.split(web[0][1].command) == worker_argv(spec)
-    assert (web[0][1].environment or {}) == dict(spec.app.env)
+    # Every app program gets PATH (app.python's folder first) unless the spec's env sets it.
+    assert (web[0][1].environment or {}) == {"PATH": rendered_path(spec), **dict(spec.app.env)}
     assert web[0][1].directory == spec.app.directory
     for p in spec.programs:
         got = groups[f"{spec.app.name}_{p.name}"][0][1]
         assert got.command == p.command
-        assert (got.environment or {}) == {**dict(spec.app.env), **dict(p.env)}
+        assert (got.environment or {}) == {"PATH": rendered_path(spec), **dict(spec.app.env), **dict(p.env)}
     if spec.migrate:
         assert groups[f"{spec.app.name}_migrate"][0][1].command == spec.migrate.command
     # Every group supervisor sees was built by the renderer (assert_no_injection); these must be among them.

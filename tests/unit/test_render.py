@@ -12,6 +12,9 @@ from supervisor_fastapi.runtime.worker import decode_settings, parse_args
 
 from ._core_helpers import HOST, conf_of, data, load, make_dirs, program_configs, raw_sections, spec_of
 
+# What every app program gets: HOST.python's folder first, then systemd's folders.
+PATH = "/opt/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 @pytest.fixture
 def run_dir(tmp_path):
@@ -141,7 +144,7 @@ def test_environment_user_and_directory(run_dir):
     web = sections["fcgi-program:web"]
     assert web["directory"] == "/srv/a b"
     procs = program_configs(load(text))["web"]
-    assert procs[0][1].environment == {"A": "a,b c", "DATABASE_URL": "postgres://u@h/db?x=1%"}
+    assert procs[0][1].environment == {"A": "a,b c", "DATABASE_URL": "postgres://u@h/db?x=1%", "PATH": PATH}
     assert procs[0][1].directory == "/srv/a b"
 
 
@@ -162,8 +165,8 @@ def test_programs_and_migrate(run_dir):
     groups = program_configs(load(text))
     assert [n for n, _ in groups["web_jobs"]] == ["web_jobs_00", "web_jobs_01", "web_jobs_02"]
     assert groups["web_jobs"][0][1].autostart is False and groups["web_jobs"][0][1].directory == "/srv/jobs"
-    assert groups["web_beat"][0][1].environment == {"X": "1"}
-    assert groups["web_migrate"][0][1].environment == {"M": "1"}
+    assert groups["web_beat"][0][1].environment == {"X": "1", "PATH": PATH}
+    assert groups["web_migrate"][0][1].environment == {"M": "1", "PATH": PATH}
     assert groups["web_migrate"][0][1].priority < groups["web"][0][1].priority
 
 
@@ -178,7 +181,7 @@ def test_percent_everywhere_survives_supervisors_expansion(tmp_path):
     options = load(conf_of(spec))
     groups = program_configs(options)
     web = groups["web"][0][1]
-    assert web.directory == "/srv/%(here)s" and web.environment == {"P": "100%"}
+    assert web.directory == "/srv/%(here)s" and web.environment == {"P": "100%", "PATH": PATH}
     assert web.stdout_logfile == f"{run_dir}/logs/web_00.log"
     assert groups["web_p"][0][1].command == "echo %(ENV_HOME)s 100%"
     assert groups["web_p"][0][1].stdout_logfile == f"{run_dir}/logs/web_p.log"
@@ -222,3 +225,20 @@ def test_layout_paths():
     assert (layout.socket, layout.pidfile, layout.logfile) == ("/r/supervisor.sock", "/r/supervisord.pid",
                                                                 "/r/supervisord.log")
     assert layout.dirs() == ["/r", "/r/logs", "/r/workers"] and layout.program_log("x") == "/r/logs/x.log"
+
+
+def test_every_program_finds_commands_beside_app_python_whoever_starts_supervisord(run_dir):
+    # supervisord looks a bare command up in the program's own environment= PATH: rendered,
+    # it does not depend on the shell (an activated venv) or systemd's bare PATH.
+    spec, text, sections = loaded(data(migrate={"command": "python migrate.py"},
+                                       programs=[{"name": "beat", "command": "celery beat"}],
+                                       alerts=[{"type": "command", "command": "notify"}]), run_dir)
+    groups = program_configs(load(text))
+    for group in ("web", "web_migrate", "web_beat", "web_listener"):
+        assert groups[group][0][1].environment["PATH"] == PATH, group
+    # A PATH the spec sets is passed on as written.
+    spec, text, sections = loaded(data(app={"env": {"PATH": "/mine"}}, migrate={"command": "x"}), run_dir)
+    assert program_configs(load(text))["web_migrate"][0][1].environment["PATH"] == "/mine"
+    # A bare app.python (no folder) gets systemd's folders only.
+    bare = spec_of(data(app={"python": "python3"}), run_dir=run_dir)
+    assert render_mod.rendered_path(bare) == render_mod.SYSTEM_PATH
