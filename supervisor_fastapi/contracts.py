@@ -29,6 +29,9 @@ FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 # A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.
 MAX_STATE_BYTES = 4096
 MAX_JSON_BYTES = 256 * 1024
+# A worker's request counters ([metrics]): ~1 kB of JSON (8 methods x 5 classes, 12 buckets).
+MAX_METRICS_BYTES = 64 * 1024
+METRICS_SUFFIX = ".metrics"
 # Longest integer literal a reader converts: int() of a long digit string is quadratic on
 # Python < 3.11, and no file between our processes holds a number that long.
 MAX_INT_DIGITS = 40
@@ -91,9 +94,9 @@ def read_json(path: str, max_bytes: int = MAX_JSON_BYTES) -> Optional[Dict[str, 
     return parse_json_object(read_small_file(path, max_bytes))
 
 
-def write_json_atomic(path: str, data: Mapping[str, Any], mode: int = 0o600) -> None:
-    """Write via a temporary file, fsync and rename: a reader never sees half a file, and a
-    full disk leaves the old file in place (the OSError reaches the caller)."""
+def write_json_atomic(path: str, data: Mapping[str, Any], mode: int = 0o600, sync: bool = True) -> None:
+    """Write via a temporary file, fsync (unless ``sync`` is False) and rename: a reader never
+    sees half a file, and a full disk leaves the old file in place (the OSError reaches the caller)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     body = json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8")
     # O_EXCL: never write through whatever already sits at the temporary name (a link
@@ -106,7 +109,8 @@ def write_json_atomic(path: str, data: Mapping[str, Any], mode: int = 0o600) -> 
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(tmp)
@@ -177,6 +181,23 @@ def read_worker_states(state_dir: str, names: Iterable[str]) -> Dict[str, Dict[s
         if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
             continue
         data = read_worker_state(os.path.join(state_dir, name))
+        if data is not None:
+            out[name] = data
+    return out
+
+
+def metrics_path(state_dir: str, process_name: str) -> str:
+    """A web worker's request counters ([metrics]), beside its state file; written by the worker."""
+    return os.path.join(state_dir, process_name + METRICS_SUFFIX)
+
+
+def read_worker_metrics(state_dir: str, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+    """The metrics files of the named workers (only those: the folder is the app user's), as JSON objects."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
+            continue
+        data = read_json(metrics_path(state_dir, name), MAX_METRICS_BYTES)
         if data is not None:
             out[name] = data
     return out
@@ -363,6 +384,20 @@ def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
         return dict(getattr(proxy, Names(app).rpc_namespace).getState())
     except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
         return None
+
+
+def announce_restart(proxy: Any, app: str, name: str, cause: str) -> None:
+    """Tell ``app``'s controller that the current run of ``name`` (group:name) ends on purpose, so
+    [metrics] counts its exit as ``cause`` (memory, hung, rolled). Without the plugin (or with an
+    older one) nobody listens, and the caller's action goes ahead anyway."""
+    from .layout import Names
+
+    if not cause:
+        return
+    try:
+        getattr(proxy, Names(app).rpc_namespace).expectRestart(name, cause)
+    except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
+        pass
 
 
 def notify(proxy: Any, app: str, kind: str, process: str, summary: str,

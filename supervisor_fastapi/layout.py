@@ -46,6 +46,11 @@ class Names:
     def watchdog(self) -> str:
         return f"{self.app}_watchdog"
 
+    @property
+    def metrics(self) -> str:
+        """The Prometheus exporter ([metrics])."""
+        return f"{self.app}_metrics"
+
     def program(self, name: str) -> str:
         """The group of a ``[[programs]]`` entry."""
         return f"{self.app}_{name}"
@@ -67,7 +72,7 @@ class Names:
 
 
 # Program names a [[programs]] entry may not take: they collide with the ones above.
-RESERVED_PROGRAMS = ("migrate", "listener", "watchdog")
+RESERVED_PROGRAMS = ("migrate", "listener", "watchdog", "metrics")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, control_state, format_size, is_ready, read_json, read_rss
+from ..contracts import FAILED_STATES, announce_restart, control_state, format_size, is_ready, read_json, read_rss
 from ..layout import Layout, Names
 
 ProcessInfo = Dict[str, Any]
@@ -95,6 +95,8 @@ class SupervisorEdges(Edges):
         return self._rss(pids)
 
     def stop(self, namespec: str) -> None:
+        # Only the rolling restart stops through the edges: its exits count as "rolled" ([metrics]).
+        announce_restart(self.proxy, self.app, namespec if ":" in namespec else f"{namespec}:{namespec}", "rolled")
         try:
             self.proxy.supervisor.stopProcess(namespec, True)
         except xmlrpc.client.Fault as exc:
@@ -350,7 +352,8 @@ def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Option
 def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[str, Any]] = None) -> List[str]:
     """Exactly the supervisor groups of ``app``: never another app's, whatever its name."""
     names = Names(app)
-    groups = {names.web, names.migrate, names.listener, names.watchdog} | {names.program(p) for p in programs}
+    groups = {names.web, names.migrate, names.listener, names.watchdog, names.metrics} | {names.program(p)
+                                                                                        for p in programs}
     for ns in ((control or {}).get("processes") or {}):
         groups.add(str(ns).split(":", 1)[0])
     return sorted(groups)

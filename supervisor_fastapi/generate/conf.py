@@ -46,6 +46,8 @@ def worker_argv(spec: Spec) -> List[str]:
     if s.heartbeat_timeout:
         # Beat often enough that a single late beat never looks like a hang.
         argv += ["--heartbeat-interval", f"{max(0.2, min(1.0, s.heartbeat_timeout / 4)):g}"]
+    if spec.metrics is not None:
+        argv.append("--metrics")  # count requests into state_dir/<name>.metrics, on each beat
     for key, value in s.uvicorn:
         argv += encode_setting(key, value)
     return argv
@@ -63,6 +65,8 @@ def control_config(spec: Spec) -> ControlConfig:
     groups = (names.web,) + tuple(names.program(p.name) for p in spec.programs)
     if watchdog_argv(spec) is not None:
         groups += (names.watchdog,)
+    if spec.metrics is not None:
+        groups += (names.metrics,)
     # [crash_loop.programs.<name>]: <name> is app.name (the web group) or a [[programs]] name.
     overrides = tuple((names.web if name == spec.app.name else names.program(name), b)
                       for name, b in c.overrides)
@@ -332,6 +336,41 @@ def watchdog_section(spec: Spec) -> Optional[ini.Section]:
     return f"program:{name}", opts + _blanked(spec)
 
 
+def metrics_argv(spec: Spec) -> Optional[List[str]]:
+    """The Prometheus exporter's command ([metrics]), or None without the table."""
+    if spec.metrics is None:
+        return None
+    names, layout = Names(spec.app.name), Layout(spec.run_dir)
+    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.metrics", "--app", spec.app.name, "--web", names.web,
+            "--state-dir", layout.state_dir, "--listener-state", layout.listener_state, "--bind", spec.metrics.bind]
+    if spec.memory.limit is not None:
+        argv += ["--memory-limit", str(spec.memory.limit)]
+    return argv + (["--migrate", names.migrate] if spec.migrate else [])
+
+
+def metrics_section(spec: Spec) -> Optional[ini.Section]:
+    """``[program:<app>_metrics]``: runs as supervisord's user, like the watchdog (it reads root's
+    listener state and asks supervisord over its socket); it imports supervisor and the stdlib only."""
+    argv = metrics_argv(spec)
+    if argv is None:
+        return None
+    name = Names(spec.app.name).metrics
+    opts: Options = [
+        ("command", ini.command(argv)),
+        ("priority", str(PRIORITY_PROGRAMS)),
+        ("autostart", "true"),
+        ("autorestart", "true"),
+        ("startsecs", "1"),
+        ("stopwaitsecs", "10"),
+        ("directory", ini.escape(spec.base_dir)),
+        ("redirect_stderr", "true"),
+        ("stdout_logfile", ini.logfile(Layout(spec.run_dir).program_log(name))),
+        ("stdout_logfile_maxbytes", "10MB"),
+        ("stdout_logfile_backups", "5"),
+    ]
+    return f"program:{name}", opts + _blanked(spec)
+
+
 def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = None) -> List[ini.Section]:
     """Every section of the generated conf, in a fixed order.
 
@@ -352,6 +391,9 @@ def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = Non
     watchdog = watchdog_section(spec)
     if watchdog:
         sections.append(watchdog)
+    metrics = metrics_section(spec)
+    if metrics:
+        sections.append(metrics)
     return sections
 
 

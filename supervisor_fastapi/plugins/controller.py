@@ -36,7 +36,7 @@ import random
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_worker_state
 from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
@@ -45,6 +45,12 @@ from .gate import Gate, GateWatch, Migration, gate_of
 Log = Callable[[str], None]
 TICK_EVERY = 0.1  # the timers run at most this often (every loop pass asks)
 FOREVER = float("inf")
+# Why a process was restarted, as counted for [metrics] (supervisor_fastapi_restarts_total):
+# the first three are how a run ended (crashloop.classify); the others are announced by
+# whoever ends the run on purpose (expect_restart: the watchdog, the rolling restart).
+RESTART_CAUSES = ("killed", "crashed", "start_failed", "memory", "hung", "rolled")
+ANNOUNCED_CAUSES = ("memory", "hung", "rolled")
+_CLASSIFIED = {"killed": "killed", "crash": "crashed", "start_failure": "start_failed"}
 
 
 def _states() -> Any:
@@ -159,6 +165,8 @@ class AppControl:
         self.holds: Dict[str, Held] = {}
         self.timed_out: Dict[float, bool] = {}  # migration laststart -> stopped by us for its timeout
         self.log_starts: Dict[str, int] = {}  # namespec -> its log's size when its current run was spawned
+        self.restarts: Dict[str, Dict[str, int]] = {}  # namespec -> cause -> count, this supervisord run
+        self.announced: Dict[str, Tuple[int, str]] = {}  # namespec -> (pid, cause) of an exit on purpose
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -208,9 +216,11 @@ class AppControl:
 
     def spawn_failed(self, process: Any) -> None:
         """spawn() itself failed (no such command, fork failure): a start failure."""
+        self._count(process, "start_failed")
         self._decide(process, "start_failure", None, detail=str(process.spawnerr or "spawn error"))
 
-    def finished(self, process: Any, was: str, stopping: bool, sig: Optional[int], ready: bool) -> None:
+    def finished(self, process: Any, was: str, stopping: bool, sig: Optional[int], ready: bool,
+                 pid: int = 0) -> None:
         if not self.controlled(process):
             if self.config.migrate and process.config.name == self.config.migrate:
                 self.on_pass()
@@ -218,7 +228,25 @@ class AppControl:
         expected = process.exitstatus in getattr(process.config, "exitcodes", (0,))
         served = ready if process.group.config.name == self.config.web else was in ("RUNNING", "STOPPING")
         cause = classify(stopping=stopping, served=served, expected=expected, signal=sig)
+        announced = self.announced.pop(namespec(process), None)
+        if announced is not None and announced[0] == pid:
+            self._count(process, announced[1])
+        elif cause in _CLASSIFIED:
+            self._count(process, _CLASSIFIED[cause])
         self._decide(process, cause, sig)
+
+    def expect_restart(self, process: Any, cause: str) -> bool:
+        """Whoever ends ``process``'s current run on purpose says why, just before (the watchdog:
+        memory, hung; the rolling restart: rolled), so its exit is counted under that cause
+        instead of how it ended (a hung worker's SIGKILL is not an operator's kill)."""
+        if cause not in ANNOUNCED_CAUSES or not self.controlled(process) or not process.pid:
+            return False
+        self.announced[namespec(process)] = (int(process.pid), cause)
+        return True
+
+    def _count(self, process: Any, cause: str) -> None:
+        counts = self.restarts.setdefault(namespec(process), {})
+        counts[cause] = counts.get(cause, 0) + 1
 
     def _decide(self, process: Any, cause: Any, sig: Optional[int], detail: str = "") -> None:
         now = self.clock()
@@ -397,6 +425,7 @@ class AppControl:
             entry: Dict[str, Any] = {"state": _statename(process)}
             if self.controlled(process):
                 entry.update(self.loop(process).snapshot(now))
+                entry["restarts"] = dict(self.restarts.get(ns, {}))
             held = self.holds.get(ns)
             if held is not None:
                 entry["held"] = {"until": None if held.until == FOREVER else held.until, "kind": held.kind,
@@ -624,7 +653,7 @@ def wrap(process: Any, control: AppControl) -> None:
             pass
         finish_original(pid, sts)
         try:
-            control.finished(process, was, stopping, sig, ready)
+            control.finished(process, was, stopping, sig, ready, pid)
         except Exception as exc:
             control.log(f"supervisor-fastapi: controller error after exit: {exc!r}")
 

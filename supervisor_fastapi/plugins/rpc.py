@@ -49,6 +49,15 @@ class FastAPINamespaceRPCInterface:
         REGISTRY.refresh_configs()
         return self.control.resume()
 
+    def expectRestart(self, name: str, cause: str) -> bool:
+        """Announce that the current run of ``name`` (group:name) is about to end on purpose, for
+        ``cause`` (memory, hung or rolled): its exit is counted under that cause in getState's
+        restarts. False when the process is not this app's or not running."""
+        group_name, _, process_name = str(name).partition(":")
+        group = self.supervisord.process_groups.get(group_name)
+        process = group.processes.get(process_name or group_name) if group is not None else None
+        return bool(process is not None and self.control.expect_restart(process, str(cause)))
+
     def getSocketHolds(self) -> List[Dict[str, Any]]:
         """The sockets held open by the plugin: url, fd, unused_since (0 while in use)."""
         return HOLDS.describe()

@@ -30,7 +30,8 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..contracts import format_size, notify, read_json, read_rss, read_worker_states, write_json_atomic
+from ..contracts import (announce_restart, format_size, notify, read_json, read_rss, read_worker_states,
+                         write_json_atomic)
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
 # alerted) so that one stuck worker does not block every later recycle.
@@ -75,6 +76,7 @@ class Worker:
 @dataclass(frozen=True)
 class Stop:
     name: str
+    cause: str = field(default="memory", compare=False)  # announced to the controller ([metrics])
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Start:
 @dataclass(frozen=True)
 class Kill:
     name: str
+    cause: str = field(default="", compare=False)  # "hung": counted as such, not as a kill
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Watchdog:
               out: List[Action]) -> None:
         """SIGKILL (a blocked or unfinished loop cannot drain), once per pid; supervisord respawns it."""
         self.killed[w.pid] = now
-        out.append(Kill(w.name))
+        out.append(Kill(w.name, "hung" if kind == "hung_worker" else ""))
         out.append(Alert(kind, w.name, f"{w.name} (pid {w.pid}) {why}; killed, supervisord starts a new one",
                          (("pid", w.pid),) + details))
 
@@ -244,9 +247,11 @@ def carry_out(proxy: Any, app: str, actions: Sequence[Action], log: Callable[[st
         try:
             if isinstance(a, Kill):
                 log(f"killing {a.name} (SIGKILL)")
+                announce_restart(proxy, app, a.name, a.cause)
                 proxy.supervisor.signalProcess(a.name, "KILL")
             elif isinstance(a, Stop):
                 log(f"stopping {a.name} (drain)")
+                announce_restart(proxy, app, a.name, a.cause)
                 proxy.supervisor.stopProcess(a.name, False)
             elif isinstance(a, Start):
                 log(f"starting {a.name}")

@@ -133,6 +133,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--fd", type=int, default=0)
     p.add_argument("--state-dir", default=None, help="folder for the ready/heartbeat file")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--metrics", action="store_true",
+                   help="count requests into <state-dir>/<process name>.metrics, written on each beat")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a uvicorn.Config setting")
     return p.parse_args(argv)
@@ -143,11 +145,20 @@ def build_server(args: argparse.Namespace) -> Any:
 
     from .drain import DrainingServer
 
-    config = uvicorn.Config(args.app, factory=args.factory, backlog=args.backlog,
-                            timeout_graceful_shutdown=int(args.graceful_timeout) or None,
-                            **decode_settings(args.settings))
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"worker-{os.getpid()}"
-    return DrainingServer(config, StateFile(args.state_dir, name), args.heartbeat_interval, args.graceful_timeout)
+    config_cls, state = uvicorn.Config, StateFile(args.state_dir, name)
+    if args.metrics and args.state_dir:
+        from ..contracts import metrics_path
+        from .reqcount import Counts, MeteredState, MetricsFile, metered_config
+
+        counts = Counts()
+        metrics = MetricsFile(metrics_path(args.state_dir, name), counts)
+        metrics.load()
+        config_cls, state = metered_config(uvicorn.Config, counts), MeteredState(state, metrics)
+    config = config_cls(args.app, factory=args.factory, backlog=args.backlog,
+                        timeout_graceful_shutdown=int(args.graceful_timeout) or None,
+                        **decode_settings(args.settings))
+    return DrainingServer(config, state, args.heartbeat_interval, args.graceful_timeout)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -30,6 +30,7 @@ from .model import (  # noqa: F401
     Kubernetes,
     Listener,
     Memory,
+    Metrics,
     Migrate,
     Program,
     Server,
@@ -215,7 +216,7 @@ def _names(kinds: Tuple[type, ...]) -> str:
 # --- sections ---------------------------------------------------------------------------
 
 TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener",
-             "kubernetes")
+             "kubernetes", "metrics")
 
 
 def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,
@@ -283,9 +284,30 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
                         send_retries=lt.number("send_retries", 3, integer=True, maximum=20))
     env_names = {n for table in [app.env, migrate.env if migrate else ()] + [p.env for p in programs] for n, _ in table}
     kubernetes = _kubernetes(_Table(data.get("kubernetes", {}), "kubernetes", source, KUBERNETES_KEYS), env_names)
+    metrics = None
+    if "metrics" in data:
+        metrics = _metrics(_Table(data["metrics"], "metrics", source, ("bind", "allow_remote")), base_dir, server)
     return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
                 programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener,
-                kubernetes=kubernetes, keys=_key_paths(data))
+                kubernetes=kubernetes, metrics=metrics, keys=_key_paths(data))
+
+
+def _metrics(t: _Table, base_dir: str, server: Server) -> Metrics:
+    """``[metrics]``: ``bind`` is HOST:PORT, tcp://HOST:PORT or unix:///path; off loopback only with
+    ``allow_remote = true`` (the endpoint has no authentication)."""
+    raw = t.text("bind", "127.0.0.1:9150")
+    try:
+        bind = parse_bind(raw if "://" in raw else f"tcp://{raw}", base_dir)
+    except ValueError as exc:
+        t.fail("bind", str(exc))
+    t.safe("bind", bind.url)
+    if bind.kind == "tcp" and not (bind.host == "localhost" or bind.host.startswith("127.")) \
+            and not t.flag("allow_remote", False):
+        t.fail("bind", f"{bind.host} is not loopback, and /metrics has no authentication",
+               "bind 127.0.0.1 (scrape through a proxy or an SSH tunnel), or add allow_remote = true")
+    if bind == server.bind:
+        t.fail("bind", f"is server.bind ({bind.url}): the workers listen there", "choose another port or path")
+    return Metrics(bind=bind.url)
 
 
 def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
@@ -458,7 +480,7 @@ def _programs(data: Any, source: str, base_dir: str, app: App) -> Tuple[Program,
     names = Names(app.name)
     # Full supervisor names already taken: the web group and the programs we render.
     taken = {names.web: "the web workers", names.migrate: "the migration", names.listener: "the event listener",
-             names.watchdog: "the watchdog"}
+             names.watchdog: "the watchdog", names.metrics: "the metrics exporter"}
     out = []
     for i, item in enumerate(data):
         t = _Table(item, f"programs[{i}]", source, ("name", "command", "numprocs", "env", "directory", "autostart"))

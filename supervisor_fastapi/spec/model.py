@@ -141,6 +141,13 @@ class Listener:
     send_retries: int = 3
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """``[metrics]``: where the exporter serves /metrics (tcp://HOST:PORT or unix:///path)."""
+
+    bind: str = "tcp://127.0.0.1:9150"
+
+
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 SERVICE_TYPES: Tuple[str, ...] = get_args(ServiceType)
 
@@ -178,6 +185,7 @@ class Spec:
     alerts: Tuple[Alert, ...] = ()
     listener: Listener = Listener()
     kubernetes: Kubernetes = Kubernetes()
+    metrics: Optional[Metrics] = None  # None: no [metrics] table, no exporter, no request counting
     # Dotted paths of the keys the file sets ("server.bind", "programs[0].env", "alerts"),
     # so a target can name the ones it ignores.
     keys: FrozenSet[str] = frozenset()

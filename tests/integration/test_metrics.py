@@ -1,0 +1,195 @@
+"""[metrics]: the exporter program as Prometheus sees it, against real workers.
+
+- N requests add exactly N to http_requests_total (counted in the workers, flushed on beats);
+- kill -9 of a ready worker adds exactly 1 to its restarts_total{cause="killed"}, and its
+  request counters do not go backwards across the restart;
+- a memory recycle by the watchdog adds 1 to cause="memory" (and nothing to "killed");
+- `promtool check metrics` accepts the exposition; a real Prometheus scrapes it and loads
+  the documented rules file (docs/metrics-rules.yml) without errors.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+from typing import Dict, Tuple
+
+import pytest
+
+from .conftest import free_port, wait_until
+from .test_restart_socket import ready_pids
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RULES = os.path.join(ROOT, "docs", "metrics-rules.yml")
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$')
+Series = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, body
+        assert resp.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+        return body
+    finally:
+        conn.close()
+
+
+def parse(text: str) -> Series:
+    out: Series = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, line
+        labels = tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    """The sum of the series of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in series.items() if n == name and want <= set(ls))
+
+
+def metrics_deploy(deploy, extra=None):
+    port = free_port()
+    d = deploy(dict({"metrics": {"bind": f"127.0.0.1:{port}"}}, **(extra or {})))
+    wait_until(lambda: _answers(port), 20, "the exporter to answer")
+    d.metrics_port = port
+    return d
+
+
+def _answers(port: int) -> bool:
+    try:
+        return "supervisor_fastapi_up" in scrape(port)
+    except OSError:
+        return False
+
+
+def requests_total(d) -> float:
+    return value(parse(scrape(d.metrics_port)), "supervisor_fastapi_http_requests_total")
+
+
+def test_requests_kill_and_memory_recycle_are_counted(deploy):
+    d = metrics_deploy(deploy, {"memory": {"limit": "120MB", "check_interval": 1.0, "limit_checks": 2}})
+    first = parse(scrape(d.metrics_port))
+    assert value(first, "supervisor_fastapi_up") == 1
+    assert value(first, "supervisor_fastapi_worker_up") == 2
+    for process in ("web_00", "web_01"):
+        assert value(first, "supervisor_fastapi_worker_rss_bytes", process=process) > 10 * 2**20
+        assert abs(value(first, "supervisor_fastapi_worker_start_time_seconds", process=process) - time.time()) < 120
+        for cause in ("killed", "crashed", "start_failed", "memory", "hung", "rolled"):
+            assert ("supervisor_fastapi_restarts_total",
+                    (("app", "web"), ("cause", cause), ("process", process))) in first
+
+    # N requests add exactly N (counted in the workers, written on their next beat).
+    before = requests_total(d)
+    n = 37
+    for _ in range(n):
+        assert d.get("/")[0] == 200
+    wait_until(lambda: requests_total(d) >= before + n, 10, f"{n} more requests counted")
+    time.sleep(1.5)  # a beat later: nothing counted twice
+    after = parse(scrape(d.metrics_port))
+    assert value(after, "supervisor_fastapi_http_requests_total") == before + n
+    assert value(after, "supervisor_fastapi_http_requests_total", method="GET", status_class="2xx") >= n
+    assert value(after, "supervisor_fastapi_http_request_duration_seconds_count") == before + n
+
+    # kill -9 of a ready worker: exactly +1 killed for it, nothing else; its counters carry on.
+    victim = next(i for i in d.infos() if i["name"] == "web_00")
+    served = value(after, "supervisor_fastapi_http_requests_total", process="web_00")
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_until(lambda: (p := ready_pids(d)) and len(p) == 2 and victim["pid"] not in p, 30, "web_00 replaced")
+    killed = parse(scrape(d.metrics_port))
+    assert value(killed, "supervisor_fastapi_restarts_total", process="web_00", cause="killed") == 1
+    assert value(killed, "supervisor_fastapi_restarts_total") == 1
+    assert value(killed, "supervisor_fastapi_http_requests_total", process="web_00") >= served
+    assert value(killed, "supervisor_fastapi_worker_up") == 2
+
+    # A memory recycle: +1 memory for the fat worker, the kill count unchanged.
+    status, body = d.get("/grow?mb=150")
+    assert status == 200
+    fat = next(i["name"] for i in d.infos() if i["pid"] == body["pid"])
+    recycled = wait_until(lambda: (s := parse(scrape(d.metrics_port))) and value(
+        s, "supervisor_fastapi_restarts_total", process=fat, cause="memory") >= 1 and s, 30, "the memory recycle")
+    assert value(recycled, "supervisor_fastapi_restarts_total", process=fat, cause="memory") == 1
+    assert value(recycled, "supervisor_fastapi_restarts_total", cause="killed") == 1
+    assert value(recycled, "supervisor_fastapi_restarts_total") == 2
+
+
+@pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("promtool")),
+                    reason="needs Debian's prometheus package (prometheus, promtool)")
+def test_prometheus_scrapes_the_exporter_and_loads_the_documented_rules(deploy, tmp_path):
+    d = metrics_deploy(deploy, {"migrate": {"command": "true"}})
+    text = scrape(d.metrics_port)
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    rules = subprocess.run(["promtool", "check", "rules", RULES], capture_output=True, text=True, timeout=30)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert value(parse(text), "supervisor_fastapi_migration_gate_open") == 1
+    assert value(parse(text), "supervisor_fastapi_migration_last_success") == 1
+
+    web = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {RULES}\n"
+        "scrape_configs:\n  - job_name: supervisor-fastapi\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{d.metrics_port}']\n")
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{web}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def query(q: str):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", web, timeout=5)
+                conn.request("GET", "/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+                data = json.loads(conn.getresponse().read())
+                conn.close()
+            except (OSError, ValueError):
+                return None
+            return data["data"]["result"] if data.get("status") == "success" else None
+
+        found = wait_until(lambda: query("supervisor_fastapi_worker_up == 1"), 30, "Prometheus to scrape the workers")
+        assert sorted(r["metric"]["process"] for r in found) == ["web_00", "web_01"]
+        assert query('up{job="supervisor-fastapi"}')[0]["value"][1] == "1"
+        for family in ("supervisor_fastapi_worker_rss_bytes", "supervisor_fastapi_worker_start_time_seconds",
+                       "supervisor_fastapi_restarts_total", "supervisor_fastapi_held",
+                       "supervisor_fastapi_migration_gate_open", "supervisor_fastapi_http_requests_total",
+                       "supervisor_fastapi_http_request_duration_seconds_bucket"):
+            assert query(family), family
+        conn = http.client.HTTPConnection("127.0.0.1", web, timeout=5)
+        conn.request("GET", "/api/v1/rules")
+        groups = json.loads(conn.getresponse().read())["data"]["groups"]
+        conn.close()
+        rules_seen = [r for g in groups for r in g["rules"]]
+        assert rules_seen and all(r["health"] in ("ok", "unknown") for r in rules_seen), rules_seen
+        # Nothing is wrong with this deployment: no documented alert fires.
+        wait_until(lambda: all(r.get("lastEvaluation", "").startswith("2") and r["health"] == "ok"
+                               for r in _rules(web)), 15, "every rule evaluated")
+        assert not [r["name"] for r in _rules(web) if r["state"] != "inactive"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _rules(port: int):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/api/v1/rules")
+    groups = json.loads(conn.getresponse().read())["data"]["groups"]
+    conn.close()
+    return [r for g in groups for r in g["rules"]]
