@@ -434,6 +434,7 @@ IGNORED: Sequence[Tuple[str, str]] = (
     ("crash_loop*", "the kubelet's CrashLoopBackOff: 10 s, doubling to 5 min"),
     ("alerts*", "Kubernetes events and the cluster's monitoring"),
     ("listener*", "no event listener"),
+    ("metrics*", "no supervisord to ask: scrape the pods (kube-state-metrics, the app's own /metrics)"),
 )
 
 

@@ -88,9 +88,9 @@ def collect(seen: Observed) -> List[Family]:
         parsed = parse_counts(seen.requests.get(name))
         if parsed is None:
             continue
-        counts, buckets, total = parsed
+        by_kind, buckets, total = parsed
         # Every (method, class) the worker has seen; none seen yet: GET 2xx at 0, so the series exists.
-        for (method, klass), n in sorted(counts.items()) or [(("GET", "2xx"), 0)]:
+        for (method, klass), n in sorted(by_kind.items()) or [(("GET", "2xx"), 0)]:
             requests.add(n, dict(labels, method=method, status_class=klass))
         bounds = tuple(float(b) for b in seen.requests[name]["bounds"])
         duration.add_histogram(labels, bounds, buckets, total)
@@ -111,21 +111,21 @@ def collect(seen: Observed) -> List[Family]:
         if not isinstance(entry, dict) or "restarts" not in entry:
             continue  # not under the crash-loop guard (the migration)
         labels = {"app": app, "process": ns.split(":", 1)[-1]}
-        counts = entry.get("restarts") if isinstance(entry.get("restarts"), dict) else {}
+        causes: Dict[str, Any] = entry["restarts"] if isinstance(entry.get("restarts"), dict) else {}
         for cause in RESTART_CAUSES:
-            restarts.add(_number(counts.get(cause)), dict(labels, cause=cause))
-        hold = entry.get("held") if isinstance(entry.get("held"), dict) else None
-        crash_hold = hold is not None and hold.get("kind") == "crash"
+            restarts.add(_number(causes.get(cause)), dict(labels, cause=cause))
+        hold: Dict[str, Any] = entry["held"] if isinstance(entry.get("held"), dict) else {}
+        crash_hold = hold.get("kind") == "crash"
         held.add(1 if crash_hold else 0, labels)
-        if crash_hold and isinstance(hold.get("until"), (int, float)):  # type: ignore[union-attr]
-            held_until.add(float(hold["until"]), labels)  # type: ignore[index]
+        if crash_hold and isinstance(hold.get("until"), (int, float)):
+            held_until.add(float(hold["until"]), labels)
     families += [restarts, held, held_until]
     families += _migration(seen)
     families.append(_alerts(seen))
     if seen.release:
-        info = _family("release_info", "gauge", "the release the deployment runs")
-        info.add(1, {"app": app, "release": seen.release})
-        families.append(info)
+        release = _family("release_info", "gauge", "the release the deployment runs")
+        release.add(1, {"app": app, "release": seen.release})
+        families.append(release)
     return families
 
 
@@ -213,7 +213,7 @@ def scrape(settings: Settings, connect: Callable[[], Any]) -> bytes:
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "supervisor-fastapi-metrics"
     timeout = SCRAPE_TIMEOUT
-    produce: Callable[[], bytes] = staticmethod(lambda: b"")  # type: ignore[assignment]
+    produce: Callable[[], bytes] = staticmethod(lambda: b"")
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] != "/metrics":

@@ -168,7 +168,9 @@ def metered_config(config_cls: Any, counts: Counts) -> Any:
     """A subclass of uvicorn.Config whose loaded app is wrapped in a RequestCounter (the worker
     passes uvicorn.Config; kept as an argument so this module imports no uvicorn)."""
 
-    class MeteredConfig(config_cls):  # type: ignore[misc, valid-type]
+    class MeteredConfig(config_cls):
+        loaded_app: Any
+
         def load(self) -> None:
             super().load()
             self.loaded_app = RequestCounter(self.loaded_app, counts)

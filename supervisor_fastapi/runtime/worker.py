@@ -146,7 +146,8 @@ def build_server(args: argparse.Namespace) -> Any:
     from .drain import DrainingServer
 
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"worker-{os.getpid()}"
-    config_cls, state = uvicorn.Config, StateFile(args.state_dir, name)
+    config_cls: Any = uvicorn.Config
+    state: Any = StateFile(args.state_dir, name)
     if args.metrics and args.state_dir:
         from ..contracts import metrics_path
         from .reqcount import Counts, MeteredState, MetricsFile, metered_config
