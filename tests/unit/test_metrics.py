@@ -145,13 +145,13 @@ def test_an_odd_file_starts_from_zero(data):
     assert counts.load(data) is False and counts.requests == {} and sum(counts.buckets) == 0
 
 
-def test_metrics_files_are_read_only_by_name_never_through_links_and_never_taken_for_workers(tmp_path):
+def test_metrics_files_are_read_by_name_never_through_links_and_never_taken_for_ready_files(tmp_path):
     c = Counts()
     c.observe("GET", 200, 0.1)
     MetricsFile(metrics_path(str(tmp_path), "web_00"), c).flush()
     os.symlink(metrics_path(str(tmp_path), "web_00"), metrics_path(str(tmp_path), "web_01"))
     assert set(read_worker_metrics(str(tmp_path), ["web_00", "web_01", "../x", ""])) == {"web_00"}
-    assert read_worker_states(str(tmp_path)) == {}  # a listing of the folder skips the .metrics files
+    assert read_worker_states(str(tmp_path), ["web_00"]) == {}  # a metrics file is no ready file
 
 
 # --- the exporter's mapping ----------------------------------------------------------------
