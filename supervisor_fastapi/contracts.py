@@ -227,6 +227,44 @@ def is_enospc(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# --- the releases' record (run_dir/releases.json) ------------------------------------------
+#
+# Written by the operator's CLI only (deploy, rollback), in run_dir, which is root's: the app
+# user cannot forge it. The migration program supervisord starts reads it to skip a
+# migration that already succeeded for the release it runs in.
+
+MIGRATION_OK = "ok"
+MIGRATION_FAILED = "failed"
+RELEASE_ID_MAX = 64
+
+
+def valid_release_id(value: Any) -> bool:
+    """A release id is one plain folder name: letters, digits, '.', '_', '-', not starting with '.'."""
+    return isinstance(value, str) and 0 < len(value) <= RELEASE_ID_MAX and value[0] != "." \
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+
+
+def read_release_record(path: str) -> Dict[str, Any]:
+    """The record, with only well-formed entries: {"releases": {id: {...}}, "history": [id, ...]}.
+    Anything odd (missing, a link, too big, not JSON) reads as an empty record."""
+    data = read_json(path) or {}
+    releases = data.get("releases")
+    out: Dict[str, Dict[str, Any]] = {}
+    if isinstance(releases, dict):
+        for rid, entry in releases.items():
+            if valid_release_id(rid) and isinstance(entry, dict):
+                out[rid] = {k: v for k, v in entry.items() if isinstance(k, str)
+                            and isinstance(v, (str, int, float, type(None)))}
+    history = [h for h in data.get("history") or [] if valid_release_id(h)] \
+        if isinstance(data.get("history"), list) else []
+    return {"releases": out, "history": history}
+
+
+def migration_succeeded(record: Mapping[str, Any], release_id: str) -> bool:
+    entry = record.get("releases", {}).get(release_id) or {}
+    return entry.get("migration") == MIGRATION_OK
+
+
 # --- the controller's settings: rendered as the options of [rpcinterface:fastapi_<app>] ----
 #
 # supervisord hands a plugin section's options to its factory exactly as loaded (and, after
@@ -277,6 +315,7 @@ class ControlConfig:
     policy: Policy = Policy()
     overrides: Tuple[Tuple[str, Policy], ...] = ()  # by group name
     reminder_interval: float = 3600.0
+    current: str = ""  # release mode: the `current` symlink (which release a worker was started from)
 
     def policy_for(self, group: str) -> Policy:
         return dict(self.overrides).get(group, self.policy)
@@ -289,6 +328,8 @@ class ControlConfig:
         opts += [("groups", " ".join(self.groups)), ("crash_loop", self.policy.encode())]
         opts += [(f"crash_loop.{group}", policy.encode()) for group, policy in self.overrides]
         opts.append(("reminder_interval", _word(self.reminder_interval)))
+        if self.current:
+            opts.append(("current", self.current))
         return opts
 
     @classmethod
@@ -302,7 +343,8 @@ class ControlConfig:
                        migrate_timeout=float(options.get("migrate_timeout") or 0.0),
                        groups=tuple(options.get("groups", "").split()),
                        policy=Policy.decode(options.get("crash_loop", "")), overrides=overrides,
-                       reminder_interval=float(options.get("reminder_interval") or 3600.0))
+                       reminder_interval=float(options.get("reminder_interval") or 3600.0),
+                       current=options.get("current", ""))
         except KeyError as exc:
             raise ValueError(f"missing option {exc.args[0]!r}") from None
         except TypeError as exc:

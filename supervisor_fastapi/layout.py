@@ -8,7 +8,7 @@ rebuilding them. Standard library only: supervisord, the listener and the worker
 
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 # File names under run_dir (and its workers/ folder), each written by one process.
 SOCKET_FILE = "supervisor.sock"  # supervisord's control socket
@@ -20,6 +20,14 @@ LISTENER_STATE = "listener-state.json"  # the listener: last alert and its resul
 ALERT_JOURNAL = "alerts-undelivered.jsonl"  # the listener: alerts no channel took
 ALERTS_LOG = "alerts.log"  # the `log` alert channel's default file
 WATCHDOG_MEMO = "watchdog-state.json"  # the watchdog: consecutive over-limit counts
+# The releases' record (builds, migration results, which one was current): written by the
+# operator's CLI (root) only; the migration program reads it (run_dir/ is root's, so the app
+# user cannot forge it).
+RELEASE_RECORD = "releases.json"
+# Release mode, under app.directory: one folder per deploy, the serving one, the shared files.
+RELEASES_DIR = "releases"
+CURRENT_LINK = "current"
+SHARED_DIR = "shared"
 # Where Debian's and Ubuntu's `supervisor` package includes conf.d fragments from.
 OS_CONF_D = "/etc/supervisor/conf.d"
 
@@ -50,6 +58,10 @@ class Names:
     def metrics(self) -> str:
         """The Prometheus exporter ([metrics])."""
         return f"{self.app}_metrics"
+
+    def release_log(self, release_id: str) -> str:
+        """The log name (under logs/) of the migration and build `deploy` runs for one release."""
+        return f"{self.migrate}.{release_id}"
 
     def program(self, name: str) -> str:
         """The group of a ``[[programs]]`` entry."""
@@ -118,9 +130,56 @@ class Layout:
     def watchdog_memo(self) -> str:
         return os.path.join(self.run_dir, WATCHDOG_MEMO)
 
+    @property
+    def release_record(self) -> str:
+        return os.path.join(self.run_dir, RELEASE_RECORD)
+
     def program_log(self, program: str) -> str:
         return os.path.join(self.log_dir, f"{program}.log")
 
     def dirs(self) -> List[str]:
         """Folders that must exist before supervisord starts (it checks log folders)."""
         return [self.run_dir, self.log_dir, self.state_dir]
+
+
+@dataclass(frozen=True)
+class Releases:
+    """Release mode's folders under app.directory (``root``): ``releases/<id>/``, the ``current``
+    symlink (the serving release) and ``shared/`` (paths linked into every release)."""
+
+    root: str
+
+    @property
+    def releases_dir(self) -> str:
+        return os.path.join(self.root, RELEASES_DIR)
+
+    @property
+    def current(self) -> str:
+        """The symlink the workers' directory goes through: supervisord resolves it at each spawn."""
+        return os.path.join(self.root, CURRENT_LINK)
+
+    @property
+    def shared(self) -> str:
+        return os.path.join(self.root, SHARED_DIR)
+
+    def release(self, release_id: str) -> str:
+        return os.path.join(self.releases_dir, release_id)
+
+    def link_target(self, release_id: str) -> str:
+        """What ``current`` holds: relative, so the whole folder can be moved."""
+        return os.path.join(RELEASES_DIR, release_id)
+
+    def current_id(self) -> Optional[str]:
+        """The id of the release ``current`` points at, None when there is none."""
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        head, name = os.path.split(os.path.normpath(target))
+        return name if os.path.basename(head) == RELEASES_DIR and name else None
+
+    def id_of(self, path: str) -> Optional[str]:
+        """The release a (resolved) working folder belongs to, None when it is not one of ours."""
+        real = os.path.realpath(path)
+        head, name = os.path.split(real)
+        return name if head == os.path.realpath(self.releases_dir) else None

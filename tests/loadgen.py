@@ -20,10 +20,17 @@ pause=0.0, unix_path=None)``:
 - ``pause``: seconds each thread sleeps between requests (0 = as fast as it can).
 - ``timeout``: per-request socket timeout; a request slower than this counts as failed.
 - ``unix_path``: talk to a unix socket instead of host:port.
+- ``method``/``body``: send POSTs (with that body) instead of GETs.
+
+``quiet()`` (a context manager) holds every thread between two requests, its connection
+open and idle, until the block ends: what happens inside (a ``kill -9``) meets no request
+in flight, and the idle connections it breaks are found closed and reopened (``stale``).
 
 ``start()``/``stop() -> Result`` do the same as the ``with`` block. ``Result`` has
 ``requests``, ``ok``, ``failures``, ``stale``, ``errors`` (Counter of error kind -> count),
 ``pids`` (Counter of the ``pid`` field of JSON bodies, when the app returns one),
+``releases`` (Counter of their ``release`` field) and ``first_seen`` (release -> wall clock of
+its first answer),
 ``max_latency``, ``duration`` and ``summary()``. Every thread stops within ``timeout``
 seconds of ``stop()``; ``stop()`` raises if one does not.
 """
@@ -35,8 +42,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 
 @dataclass
@@ -47,6 +55,9 @@ class Result:
     stale: int = 0
     errors: Counter = field(default_factory=Counter)
     pids: Counter = field(default_factory=Counter)
+    releases: Counter = field(default_factory=Counter)
+    first_seen: Dict[Any, float] = field(default_factory=dict)
+    failed_at: List[Tuple[float, str]] = field(default_factory=list)  # (wall clock, error kind)
     max_latency: float = 0.0
     duration: float = 0.0
 
@@ -84,12 +95,16 @@ class Load:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/", mode: str = "close",
                  threads: int = 4, timeout: float = 10.0, pause: float = 0.0,
-                 unix_path: Optional[str] = None) -> None:
+                 unix_path: Optional[str] = None, method: str = "GET", body: bytes = b"") -> None:
         if mode not in ("close", "keepalive"):
             raise ValueError(f"mode must be 'close' or 'keepalive', not {mode!r}")
         self.host, self.port, self.path, self.mode = host, port, path, mode
         self.threads, self.timeout, self.pause, self.unix_path = threads, timeout, pause, unix_path
+        self.method, self.body = method, body
         self.result = Result()
+        self._quiet = threading.Event()
+        self._quiet.set()  # set: threads may send
+        self._busy = 0  # threads inside a request
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: List[threading.Thread] = []
@@ -100,7 +115,7 @@ class Load:
             return _UnixHTTPConnection(self.unix_path, self.timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def _record(self, error: Optional[str], latency: float, pid: Any = None) -> None:
+    def _record(self, error: Optional[str], latency: float, pid: Any = None, release: Any = None) -> None:
         with self._lock:
             r = self.result
             r.requests += 1
@@ -108,15 +123,24 @@ class Load:
             if error:
                 r.failures += 1
                 r.errors[error] += 1
+                r.failed_at.append((time.time(), error))
             else:
                 r.ok += 1
                 if pid is not None:
                     r.pids[pid] += 1
+                if release is not None:
+                    r.releases[release] += 1
+                    r.first_seen.setdefault(release, time.time())
 
     def _run(self) -> None:
         conn: Optional[http.client.HTTPConnection] = None
         headers = {"Connection": "close"} if self.mode == "close" else {}
         while not self._stop.is_set():
+            self._quiet.wait(self.timeout)
+            with self._lock:
+                if not self._quiet.is_set():
+                    continue
+                self._busy += 1
             if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
                 conn.close()
                 conn = None
@@ -125,15 +149,16 @@ class Load:
             if conn is None:
                 conn = self._connection()
             t0 = time.monotonic()
-            error, pid = None, None
+            error, pid, release = None, None, None
             try:
-                conn.request("GET", self.path, headers=headers)
+                conn.request(self.method, self.path, body=self.body or None, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status != 200:
                     error = f"HTTP {resp.status}"
                 elif body[:1] == b"{":
-                    pid = json.loads(body).get("pid")
+                    data = json.loads(body)
+                    pid, release = data.get("pid"), data.get("release")
                 if self.mode == "close" or resp.will_close:
                     conn.close()
                     conn = None
@@ -141,7 +166,9 @@ class Load:
                 error = type(exc).__name__
                 conn.close()
                 conn = None
-            self._record(error, time.monotonic() - t0, pid)
+            with self._lock:
+                self._busy -= 1
+            self._record(error, time.monotonic() - t0, pid, release)
             if self.pause:
                 self._stop.wait(self.pause)
         if conn is not None:
@@ -157,12 +184,32 @@ class Load:
 
     def stop(self) -> Result:
         self._stop.set()
+        self._quiet.set()
         for t in self._workers:
             t.join(self.timeout + 5)
             if t.is_alive():
                 raise RuntimeError("a load thread did not stop in time")
         self.result.duration = time.monotonic() - self._started
         return self.result
+
+    @contextmanager
+    def quiet(self, timeout: float = 10.0) -> Iterator[None]:
+        """Hold every thread between two requests (connections open and idle) during the block."""
+        with self._lock:
+            self._quiet.clear()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._busy == 0:
+                    break
+            if time.monotonic() > deadline:
+                self._quiet.set()
+                raise RuntimeError(f"requests still in flight after {timeout} s")
+            time.sleep(0.005)
+        try:
+            yield
+        finally:
+            self._quiet.set()
 
     def wait_requests(self, n: int, timeout: float = 10.0) -> None:
         """Block until at least ``n`` requests were sent (the load is really running)."""

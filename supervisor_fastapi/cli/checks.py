@@ -13,7 +13,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import did_you_mean
 from ..layout import Layout
@@ -182,24 +182,12 @@ def directory_problem(directory: str, user: Optional[str] = None) -> Optional[st
     return f"{demoted.who} cannot enter or list {directory}; give {demoted.user} read and search (r-x) access to it"
 
 
-def app_environ(spec: Spec, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The environment a check runs the app's code in, as app.user: what a worker gets (this
-    shell's environment standing in for supervisord's, plus the worker's environment=: the
-    listener's variables blanked, the rendered PATH, app.env)."""
-    from ..generate.conf import program_environment
-
-    env = dict(os.environ if environ is None else environ)
-    env.update(program_environment(spec))
-    return env
-
-
-def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None,
-                   env: Optional[Dict[str, str]] = None) -> Optional[str]:
+def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None) -> Optional[str]:
     """Whether app.python, run as app.user, can run the worker (supervisor_fastapi and uvicorn importable)."""
     code = "import supervisor_fastapi.runtime.worker, uvicorn"
     demoted = Demoted(user)
     try:
-        rc, out = run_python(python, ["-c", code], demoted, dict(os.environ) if env is None else env, timeout=60)
+        rc, out = run_python(python, ["-c", code], demoted, dict(os.environ), timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         return exec_problem(python, exc, demoted)
     if rc is None:
@@ -433,11 +421,11 @@ def import_message(app: App, verdict: Optional[Dict[str, Any]], output: str, who
             f"needs into app.python's environment")
 
 
-def import_problem(app: App, timeout: float = IMPORT_TIMEOUT, env: Optional[Dict[str, str]] = None) -> Optional[str]:
-    """Import app.asgi as the worker would (app.python, app.user, app.directory, ``env``: by
-    default this shell's and app.env); the problem, or None."""
+def import_problem(app: App, timeout: float = IMPORT_TIMEOUT) -> Optional[str]:
+    """Import app.asgi as the worker would (app.python, app.user, app.directory, app.env); the problem, or None."""
     demoted = Demoted(app.user)
-    env = dict(env) if env is not None else {**os.environ, **dict(app.env)}
+    env = dict(os.environ)
+    env.update(app.env)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves nothing behind, not even __pycache__
     try:
         rc, out = run_python(app.python, ["-c", PROBE, app.directory, app.asgi], demoted, env, timeout)
@@ -450,8 +438,15 @@ def import_problem(app: App, timeout: float = IMPORT_TIMEOUT, env: Optional[Dict
 
 
 def app_results(spec: Spec) -> List[Result]:
-    """app.directory, app.python and the app's import, as app.user; each later check needs the one before."""
+    """app.directory, app.python and the app's import, as app.user; each later check needs the one before.
+
+    In release mode the app is the current release (the ``current`` symlink)."""
     app = spec.app
+    if spec.release:
+        if not os.path.isdir(spec.workdir):
+            return [Result(False, "release", f"{spec.workdir} does not exist: no release is deployed yet; run "
+                           "`supervisor-fastapi deploy SRC` (a folder or a .tar.gz of the app)")]
+        app = dataclasses.replace(app, directory=spec.workdir)
     if not os.path.isdir(app.directory):
         return [Result(False, "app.directory", f"{app.directory} does not exist")]
     if app.user and os.geteuid() == 0:
@@ -464,13 +459,10 @@ def app_results(spec: Spec) -> List[Result]:
     problem = directory_problem(app.directory, app.user)
     if problem:
         return [Result(False, "app.directory", problem)]
-    # The app's code runs as app.user here: it must not see the alert credentials an operator's
-    # shell may hold (SMTP_PASSWORD exported for alert-test), as the workers do not.
-    env = app_environ(spec)
-    problem = python_problem(app.python, app.directory, app.asgi, app.user, env)
+    problem = python_problem(app.python, app.directory, app.asgi, app.user)
     results = [Result(problem is None, "app.python runs the worker", problem or app.python)]
     if problem is None:
-        problem = import_problem(app, env=env)
+        problem = import_problem(app)
         who = (f" as {app.user}" if os.geteuid() == 0 else " as this user (not root: supervisord cannot "
                "switch to app.user either)") if app.user else ""
         results.append(Result(problem is None, "app.asgi imports", problem or f"{app.asgi} in {app.directory}{who}"))
@@ -556,11 +548,29 @@ def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = N
         detail = problem or (f"{spec.server.workers} x {format_size(spec.memory.per_worker)} within "
                              f"{format_size(spec.memory.budget.of(ram))} budget")
     results.append(Result(problem is None, "memory capacity", detail))
+    results.append(release_mode_result(spec))
     results += app_results(spec)
     results += command_results(spec)
     results += trust_checks(spec, os.geteuid())
     problem = run_dir_creation_problem(Layout(spec.run_dir).run_dir)
     return results + ([Result(False, "supervisord.run_dir", problem)] if problem else [])
+
+
+# What in-place mode cannot do: `check` says it (docs/releases.md says more).
+IN_PLACE_LIMITS = ("off: the code in app.directory is changed in place and is the only copy, so a failed migration "
+                   "cannot keep full capacity (a worker that exits meanwhile would start the new code, so it is held "
+                   "until a migration succeeds) and there is no rollback; add a [release] table for immutable "
+                   "releases (docs/releases.md)")
+
+
+def release_mode_result(spec: Spec) -> Result:
+    if spec.release is None:
+        return Result(True, "release mode", IN_PLACE_LIMITS)
+    from ..layout import Releases
+
+    current = Releases(spec.app.directory).current_id()
+    return Result(True, "release mode", f"on: current release {current or '(none yet)'}, keep {spec.release.keep}"
+                  + (f", shared {', '.join(spec.release.shared)}" if spec.release.shared else ""))
 
 
 def plugin_checks(fragment: bool, with_plugins: bool, why: str = "fragment without --with-plugins") -> List[Result]:

@@ -192,9 +192,10 @@ def log_sizes(layout: Layout) -> Dict[str, int]:
     return sizes
 
 
-def apply_update(proxy: Any, progress: Progress, only: Optional[Set[str]] = None) -> None:
+def apply_update(proxy: Any, progress: Progress, only: Optional[Set[str]] = None) -> List[str]:
     """What `supervisorctl update` does: reread, then remove/replace/add the changed groups;
-    with ``only``, just those groups (a shared supervisord: other apps' changes are theirs)."""
+    with ``only``, just those groups (a shared supervisord: other apps' changes are theirs).
+    Returns the groups it (re)added."""
     try:
         added, changed, removed = proxy.supervisor.reloadConfig()[0]
     except xmlrpc.client.Fault as exc:
@@ -215,6 +216,7 @@ def apply_update(proxy: Any, progress: Progress, only: Optional[Set[str]] = None
     for verb, names in (("added", added), ("changed", changed), ("removed", removed)):
         if names:
             progress(f"{verb}: {', '.join(sorted(names))}")
+    return list(changed) + list(added)
 
 
 def resume(proxy: Any, spec: Spec, progress: Progress) -> None:

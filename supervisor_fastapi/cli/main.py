@@ -210,6 +210,54 @@ def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
     click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
 
 
+@main.command("deploy")
+@click.argument("src", metavar="SRC")
+@config_option
+@click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
+@click.option("--id", "release_id", metavar="ID", default=None,
+              help="The new release's id (default: the UTC time, 20261204164500).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds each new worker may take to accept.")
+@user_errors
+def deploy_cmd(src: str, config: Optional[str], output: Optional[str], release_id: Optional[str],
+               timeout: float) -> None:
+    """Release mode: SRC (a folder or a .tar.gz) becomes a new release; it is built, imported and
+    migrated, and only when its migration exits 0 does `current` switch and the workers roll onto it."""
+    from . import releases
+
+    spec = load_spec(config)
+    conf = output or deploy.default_conf_path(spec)
+    click.echo(releases.deploy_release(spec, conf, regenerate_command(config, output), src, progress, release_id,
+                                       timeout))
+
+
+@main.command("rollback")
+@click.argument("release_id", metavar="[ID]", required=False)
+@config_option
+@click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
+@click.option("--migrate", is_flag=True, help="Run [migrate] from that release first (it never runs otherwise).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds each new worker may take to accept.")
+@user_errors
+def rollback_cmd(release_id: Optional[str], config: Optional[str], output: Optional[str], migrate: bool,
+                 timeout: float) -> None:
+    """Release mode: switch `current` to the previous release (or ID) and roll the workers onto it."""
+    from . import releases
+
+    spec = load_spec(config)
+    conf = output or deploy.default_conf_path(spec)
+    click.echo(releases.rollback(spec, conf, regenerate_command(config, output), progress, release_id, migrate,
+                                 timeout))
+
+
+@main.command("releases")
+@config_option
+@user_errors
+def releases_cmd(config: Optional[str]) -> None:
+    """Release mode: each release's id, creation time, migration result; * marks the current one."""
+    from . import releases
+
+    click.echo(releases.format_releases(releases.list_releases(load_spec(config))))
+
+
 @main.command()
 @config_option
 @user_errors

@@ -305,6 +305,7 @@ class Row:
     incident: Optional[Dict[str, Any]] = None
     held: Optional[Dict[str, Any]] = None
     problem: str = ""
+    release: Optional[str] = None  # release mode: the release this worker was started from
 
 
 @dataclass
@@ -316,6 +317,7 @@ class Status:
     holds: Optional[List[Dict[str, Any]]] = None
     controller: bool = False
     app: str = ""
+    release: Optional[str] = None  # release mode: the release `current` points at
 
     @property
     def down(self) -> List[str]:
@@ -328,7 +330,7 @@ class Status:
     def to_json(self) -> Dict[str, Any]:
         return {"ok": self.ok, "down": self.down, "processes": [asdict(r) for r in self.rows],
                 "gate": self.gate, "last_alert": self.last_alert, "listener_data": self.listener_data,
-                "controller": self.controller, "socket_holds": self.holds}
+                "controller": self.controller, "socket_holds": self.holds, "release": self.release}
 
 
 def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Optional[Dict[str, Any]],
@@ -382,7 +384,8 @@ def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss
         ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
         incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay", "gave_up")}
         if incident else None, held=held,
-        problem=_problem(info, incident, held, info["group"] == names.migrate))
+        problem=_problem(info, incident, held, info["group"] == names.migrate),
+        release=control_entry(control, info).get("release") if running and control is not None else None)
 
 
 def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
@@ -396,7 +399,7 @@ def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any
     gate = (control or {}).get("gate")
     return Status(rows=rows, gate=gate if isinstance(gate, dict) else None,
                   last_alert=(listener or {}).get("last_alert"), listener_data=listener is not None, holds=holds,
-                  controller=control is not None, app=app)
+                  controller=control is not None, app=app, release=(control or {}).get("release"))
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -424,7 +427,7 @@ def _when(epoch: Any, now: float) -> str:
 
 
 def _notes(r: Row, now: float) -> str:
-    notes = []
+    notes = [f"release {r.release}"] if r.release else []
     if r.ready is False and r.state == "RUNNING":
         notes.append("not listening yet")
     if r.beat_age is not None and r.beat_age > 5:
@@ -449,7 +452,9 @@ def _footer(status: Status, now: float) -> List[str]:
         section = f"[rpcinterface:{Names(status.app).rpc_namespace}]" if status.app else "its plugin section"
         out.append(f"controller: none ({section} is not loaded in supervisord): no crash-loop holds, "
                    "no gate beyond autostart, restart counts unknown")
-    elif status.gate:
+    if status.release:
+        out.append(f"current release: {status.release}")
+    if status.controller and status.gate:
         detail = status.gate.get("detail")
         out.append(f"migration gate: {status.gate.get('state')}" + (f" ({detail})" if detail else ""))
     if not status.listener_data:

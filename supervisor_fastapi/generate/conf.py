@@ -7,11 +7,12 @@ so no spec value can inject a section or option. Nothing here touches the disk.
 
 import os
 import re
+import shlex
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig
-from ..layout import Layout, Names
+from ..layout import Layout, Names, Releases
 from ..spec import Program, Spec
 from ..uvicorn_settings import encode_setting
 from . import ini
@@ -74,20 +75,21 @@ def control_config(spec: Spec) -> ControlConfig:
                          migrate=names.migrate if spec.migrate else "",
                          migrate_timeout=spec.migrate.timeout if spec.migrate else 0.0,
                          groups=groups, policy=c.default, overrides=tuple(sorted(overrides)),
-                         reminder_interval=spec.listener.reminder_interval)
+                         reminder_interval=spec.listener.reminder_interval,
+                         current=spec.workdir if spec.release else "")
 
 
 def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:
     """The spec's ``[[alerts]]`` as the plain records the listener's settings carry.
 
     A command channel's record says whom it runs as (its ``user``, else app.user; nobody
-    only with ``run_as_root``); its environment is an allow-list plus its own ``pass_env``
-    (listener/alerts.py command_env), so it needs no list of what to hide."""
+    only with ``run_as_root``) and which variables it must not inherit (the SMTP ones)."""
     out = []
     for a in spec.alerts:
         options = {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}
         if a.type == "command":
             options["user"] = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
+            options["hidden_env"] = listener_only_env(spec)
         out.append({"type": a.type, "name": a.name, "options": options})
     return tuple(out)
 
@@ -102,8 +104,7 @@ def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
 
 
 def listener_only_env(spec: Spec) -> List[str]:
-    """Variables only the listener may see: the SMTP credentials named by email alerts and
-    what command alerts pass on (``pass_env``: a channel's settings, not the app's).
+    """Variables only the listener may see: the SMTP credentials named by email alerts.
 
     supervisord passes its whole environment to every child; ``NAME=""`` in a program's
     environment= is the only way a conf can take one back."""
@@ -111,8 +112,6 @@ def listener_only_env(spec: Spec) -> List[str]:
     for a in spec.alerts:
         if a.type == "email":
             names.update(n for n in (a.get("username_env"), a.get("password_env")) if n)
-        if a.type == "command":
-            names.update(a.get("pass_env") or ())
     return sorted(names)
 
 
@@ -141,7 +140,7 @@ def _blanked(spec: Spec) -> Options:
 
 
 def _common(spec: Spec, log: str, env: Tuple[Tuple[str, str], ...], directory: Optional[str] = None) -> Options:
-    opts: Options = [("directory", ini.escape(directory or spec.app.directory))]
+    opts: Options = [("directory", ini.escape(directory or spec.workdir))]
     if spec.app.user:
         opts.append(("user", ini.escape(spec.app.user)))
     # The app's own files keep the usual 022 whatever supervisord's (077, see daemon_sections).
@@ -185,13 +184,25 @@ def web_section(spec: Spec, controller: bool = True) -> ini.Section:
     return f"fcgi-program:{name}", opts + _common(spec, log, ())
 
 
+def migrate_command(spec: Spec) -> str:
+    """The migration program's command: the spec's own; in release mode wrapped so that a
+    release whose migration `deploy` already ran (and recorded) is not migrated again."""
+    assert spec.migrate is not None
+    if not spec.release:
+        return ini.raw_command(spec.migrate.command)
+    argv = [spec.app.python, "-m", "supervisor_fastapi.runtime.release_migrate",
+            "--record", Layout(spec.run_dir).release_record, "--releases", Releases(spec.app.directory).releases_dir,
+            "--", *shlex.split(spec.migrate.command)]
+    return ini.command(argv)
+
+
 def migrate_section(spec: Spec) -> Optional[ini.Section]:
     m = spec.migrate
     if m is None:
         return None
     name = Names(spec.app.name).migrate
     opts: Options = [
-        ("command", ini.raw_command(m.command)),
+        ("command", migrate_command(spec)),
         ("priority", str(PRIORITY_MIGRATE)),
         ("autostart", "true"),
         ("autorestart", "false"),

@@ -167,6 +167,7 @@ class AppControl:
         self.log_starts: Dict[str, int] = {}  # namespec -> its log's size when its current run was spawned
         self.restarts: Dict[str, Dict[str, int]] = {}  # namespec -> cause -> count, this supervisord run
         self.announced: Dict[str, Tuple[int, str]] = {}  # namespec -> (pid, cause) of an exit on purpose
+        self.releases: Dict[str, str] = {}  # release mode: namespec -> the release it was spawned from
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -208,9 +209,16 @@ class AppControl:
         gate = self._gate()  # now, not as of the last pass: the migration may have just exited
         return None if gate.open else gate.detail
 
+    def current_release(self) -> str:
+        """Release mode: the release ``current`` points at now ('' otherwise)."""
+        return os.path.basename(os.path.realpath(self.config.current)) if self.config.current else ""
+
     def spawned(self, process: Any, log_start: int = 0) -> None:
         self._unhold(process)
         self.log_starts[namespec(process)] = log_start
+        if self.config.current:
+            # supervisord chdir'd the child through `current` just now: this is the release it runs.
+            self.releases[namespec(process)] = self.current_release()
         if self.controlled(process):
             self.loop(process).started(self.clock())
 
@@ -426,6 +434,8 @@ class AppControl:
             if self.controlled(process):
                 entry.update(self.loop(process).snapshot(now))
                 entry["restarts"] = dict(self.restarts.get(ns, {}))
+            if ns in self.releases and entry["state"] in ("STARTING", "RUNNING", "STOPPING"):
+                entry["release"] = self.releases[ns]
             held = self.holds.get(ns)
             if held is not None:
                 entry["held"] = {"until": None if held.until == FOREVER else held.until, "kind": held.kind,
@@ -433,7 +443,7 @@ class AppControl:
             procs[ns] = entry
         return {"app": self.config.app, "since": self.started, "now": now, "settings": dict(self.config.to_options()),
                 "gate": {"state": self.gate.state, "detail": self.gate.detail} if self.config.migrate else None,
-                "processes": procs}
+                "release": self.current_release() or None, "processes": procs}
 
     # -- alerts --
 
@@ -443,6 +453,13 @@ class AppControl:
 
     def _emit(self, event: str, kind: str, process: str, summary: str, details: Dict[str, Any],
               log_of: Optional[str] = None) -> None:
+        release = self.releases.get(process) or self.releases.get(log_of or "")
+        if release is None and self.config.current and ":" not in process:
+            release = next((r for ns, r in self.releases.items() if ns.endswith(":" + process)), None)
+        if release is not None:
+            details = dict(details, release=release)
+        elif self.config.current:
+            details = dict(details, current_release=self.current_release())
         self.log(f"supervisor-fastapi: alert {event} {kind}: {summary}")
         self.emit({"app": self.config.app, "event": event, "kind": kind, "process": process, "summary": summary,
                    "details": details, "log_of": log_of, "log_from": self.log_starts.get(log_of or "", 0)})

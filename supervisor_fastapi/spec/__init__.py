@@ -25,6 +25,7 @@ from .model import (
                     Metrics,
                     Migrate,
                     Program,
+                    Release,
                     Server,
                     Spec,
                     Supervisord,
@@ -35,5 +36,5 @@ from .model import (
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
            "pyproject_with_table",
            "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Metrics",
-           "Migrate", "Program", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES", "format_size",
-           "parse_size"]
+           "Migrate", "Program", "Release", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES",
+           "format_size", "parse_size"]

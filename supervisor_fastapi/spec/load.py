@@ -10,7 +10,7 @@ import os
 import re
 import sys
 import urllib.parse
-from typing import Any, Dict, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
@@ -33,6 +33,7 @@ from .model import (  # noqa: F401
     Metrics,
     Migrate,
     Program,
+    Release,
     Server,
     Spec,
     Supervisord,
@@ -216,7 +217,7 @@ def _names(kinds: Tuple[type, ...]) -> str:
 # --- sections ---------------------------------------------------------------------------
 
 TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener",
-             "kubernetes", "metrics")
+             "kubernetes", "metrics", "release")
 
 
 def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,
@@ -287,9 +288,11 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
     metrics = None
     if "metrics" in data:
         metrics = _metrics(_Table(data["metrics"], "metrics", source, ("bind", "allow_remote")), base_dir, server)
+    release = _release(_Table(data["release"], "release", source, ("keep", "shared", "build"))) \
+        if "release" in data else None
     return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
                 programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener,
-                kubernetes=kubernetes, metrics=metrics, keys=_key_paths(data))
+                kubernetes=kubernetes, metrics=metrics, release=release, keys=_key_paths(data))
 
 
 def _metrics(t: _Table, base_dir: str, server: Server) -> Metrics:
@@ -308,6 +311,28 @@ def _metrics(t: _Table, base_dir: str, server: Server) -> Metrics:
     if bind == server.bind:
         t.fail("bind", f"is server.bind ({bind.url}): the workers listen there", "choose another port or path")
     return Metrics(bind=bind.url)
+
+
+SHARED_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.][A-Za-z0-9_.\-]*)*\Z")
+
+
+def _release(t: _Table) -> Release:
+    shared = t.get("shared", (list,), [], "a list of paths like [\"data\", \".env\"]")
+    seen: List[str] = []
+    for i, path in enumerate(shared):
+        key = f"shared[{i}]"
+        if not isinstance(path, str):
+            t.fail(key, f"must be a string, not {_kind(path)}")
+        norm = os.path.normpath(path) if path else ""
+        if not SHARED_RE.match(path) or norm != path.rstrip("/") or norm.split("/")[0] in (".", "..") \
+                or ".." in norm.split("/"):
+            t.fail(key, f"{path!r} is not a relative path inside the release",
+                   "name a file or folder of the app, like \"data\" or \".env\"")
+        if norm in seen:
+            t.fail(key, f"{path!r} is listed twice")
+        seen.append(norm)
+    build = t.command("build") if "build" in t.data else None
+    return Release(keep=t.number("keep", 5, integer=True, minimum=0, maximum=1000), shared=tuple(seen), build=build)
 
 
 def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
@@ -543,7 +568,7 @@ ALERT_KEYS: Dict[str, Tuple[str, ...]] = {
     "webhook": ("url", "timeout", "headers"),
     "email": ("host", "port", "starttls", "ssl", "from", "to", "username", "username_env", "password_env",
               "password_file", "timeout", "subject_prefix"),
-    "command": ("command", "timeout", "user", "run_as_root", "pass_env"),
+    "command": ("command", "timeout", "user", "run_as_root"),
     "log": ("path",),
 }
 
@@ -564,7 +589,6 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
             t.fail("name", f"{name!r} is used by two alerts", "give each [[alerts]] its own name")
         names.add(name)
         out.append(Alert(type=kind, name=name, options=tuple(sorted(_alert_options(t, kind, base_dir).items()))))
-    _other_channels_secrets(out, source)
     return tuple(out)
 
 
@@ -638,32 +662,7 @@ def _command_options(t: _Table, base_dir: str) -> Dict[str, Any]:
     if run_as_root and user:
         t.fail("run_as_root", "run_as_root = true and user cannot both be set", "keep one")
     return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=600)),
-            "user": user, "run_as_root": run_as_root, "pass_env": _pass_env(t)}
-
-
-def _pass_env(t: _Table) -> Tuple[str, ...]:
-    """The variables a command alert takes from the listener's environment (besides PATH, HOME, LANG)."""
-    names = t.get("pass_env", (list,), [], "an array of environment variable names")
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-            t.fail(f"pass_env[{i}]", f"{name!r} is not an environment variable name")
-        if name.startswith("SUPERVISOR_"):
-            t.fail(f"pass_env[{i}]", f"{name} is supervisord's or the listener's own (it may hold every channel's "
-                   "settings)", "pass only the variables the command itself needs")
-    return tuple(sorted(set(names)))
-
-
-def _other_channels_secrets(alerts: Sequence[Alert], source: str) -> None:
-    """A command alert may not pass on another channel's credentials (an email's username_env
-    or password_env): it usually runs as app.user, who could read them."""
-    owned = {a.get(k): (i, k) for i, a in enumerate(alerts) if a.type == "email"
-             for k in ("username_env", "password_env") if a.get(k)}
-    for i, a in enumerate(alerts):
-        for name in (a.get("pass_env") or ()) if a.type == "command" else ():
-            if name in owned:
-                other, key = owned[name]
-                raise SpecError(source, f"alerts[{i}].pass_env", f"{name} is alerts[{other}].{key}, another "
-                                "channel's credential", "a command alert gets only what its own channel needs")
+            "user": user, "run_as_root": run_as_root}
 
 
 def _log_options(t: _Table, base_dir: str) -> Dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
 from ..contracts import SIZE_UNITS as _SIZE_UNITS
 from ..contracts import Policy, format_size  # noqa: F401  (format_size: re-exported)
+from ..layout import Releases
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
 
@@ -109,6 +110,15 @@ class Migrate:
     env: Tuple[Tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class Release:
+    """``[release]``: immutable releases under app.directory (docs/releases.md)."""
+
+    keep: int = 5  # old releases kept besides the current and the previous one
+    shared: Tuple[str, ...] = ()  # paths (relative) linked from shared/ into every release
+    build: Optional[str] = None  # a command run in the new release's folder before its pre-flight
+
+
 # The crash-loop settings are one record on both sides: the spec reads them into it and the
 # controller inside supervisord reads them back from the conf (contracts.Policy).
 Backoff = Policy
@@ -186,6 +196,7 @@ class Spec:
     listener: Listener = Listener()
     kubernetes: Kubernetes = Kubernetes()
     metrics: Optional[Metrics] = None  # None: no [metrics] table, no exporter, no request counting
+    release: Optional[Release] = None  # release mode; None: the code in app.directory is changed in place
     # Dotted paths of the keys the file sets ("server.bind", "programs[0].env", "alerts"),
     # so a target can name the ones it ignores.
     keys: FrozenSet[str] = frozenset()
@@ -193,6 +204,12 @@ class Spec:
     @property
     def run_dir(self) -> str:
         return self.supervisord.run_dir
+
+    @property
+    def workdir(self) -> str:
+        """Where the app's processes run: app.directory, or in release mode its ``current`` symlink
+        (supervisord chdirs through it at each spawn, so every start path starts the current release)."""
+        return Releases(self.app.directory).current if self.release else self.app.directory
 
 
 @dataclass(frozen=True)
