@@ -435,6 +435,8 @@ IGNORED: Sequence[Tuple[str, str]] = (
     ("alerts*", "Kubernetes events and the cluster's monitoring"),
     ("listener*", "no event listener"),
     ("metrics*", "no supervisord to ask: scrape the pods (kube-state-metrics, the app's own /metrics)"),
+    ("release*", "the image is the release: its migration Job runs once per image, the Deployment's rollout "
+                 "switches, `kubectl rollout undo` rolls back (docs/releases.md)"),
 )
 
 
