@@ -28,6 +28,7 @@ RELEASE_RECORD = "releases.json"
 RELEASES_DIR = "releases"
 CURRENT_LINK = "current"
 SHARED_DIR = "shared"
+PROXY_DIR = "proxy"  # the supervised TLS proxy's own files (Caddy: certificates, keys, autosave)
 # Where Debian's and Ubuntu's `supervisor` package includes conf.d fragments from.
 OS_CONF_D = "/etc/supervisor/conf.d"
 
@@ -63,6 +64,26 @@ class Names:
         """The log name (under logs/) of the migration and build `deploy` runs for one release."""
         return f"{self.migrate}.{release_id}"
 
+    @property
+    def proxy(self) -> str:
+        """The supervised TLS proxy (``[https]`` with proxy = "caddy")."""
+        return f"{self.app}_proxy"
+
+    @property
+    def caddyfile(self) -> str:
+        """File name of the Caddyfile, beside the spec (and the default conf)."""
+        return f"{self.app}.Caddyfile"
+
+    @property
+    def caddy_snippet(self) -> str:
+        """File name of the Caddy site block an OS-packaged Caddy imports."""
+        return f"{self.app}.caddy"
+
+    @property
+    def nginx_site(self) -> str:
+        """File name of the nginx site file (``render --target nginx``)."""
+        return f"{self.app}.nginx.conf"
+
     def program(self, name: str) -> str:
         """The group of a ``[[programs]]`` entry."""
         return f"{self.app}_{name}"
@@ -84,7 +105,7 @@ class Names:
 
 
 # Program names a [[programs]] entry may not take: they collide with the ones above.
-RESERVED_PROGRAMS = ("migrate", "listener", "watchdog", "metrics")
+RESERVED_PROGRAMS = ("migrate", "listener", "watchdog", "metrics", "proxy")
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,16 @@ class Layout:
     @property
     def release_record(self) -> str:
         return os.path.join(self.run_dir, RELEASE_RECORD)
+
+    @property
+    def proxy_dir(self) -> str:
+        """The supervised proxy's HOME, storage and config autosave (its user's alone, 0700)."""
+        return os.path.join(self.run_dir, PROXY_DIR)
+
+    @property
+    def proxy_storage(self) -> str:
+        """Caddy's certificate storage (``storage file_system``)."""
+        return os.path.join(self.proxy_dir, "data")
 
     def program_log(self, program: str) -> str:
         return os.path.join(self.log_dir, f"{program}.log")

@@ -8,7 +8,7 @@
     assert r.failures == 0, r.summary()
 
 ``Load(host, port, path="/", mode="close"|"keepalive", threads=4, timeout=10.0,
-pause=0.0, unix_path=None)``:
+pause=0.0, unix_path=None, method="GET", body=None, ssl_context=None)``:
 
 - ``mode="close"``: every request opens a new TCP connection (``Connection: close``).
 - ``mode="keepalive"``: each thread keeps one HTTP/1.1 connection and reuses it; after a
@@ -21,6 +21,7 @@ pause=0.0, unix_path=None)``:
 - ``timeout``: per-request socket timeout; a request slower than this counts as failed.
 - ``unix_path``: talk to a unix socket instead of host:port.
 - ``method``/``body``: send POSTs (with that body) instead of GETs.
+- ``ssl_context``: speak HTTPS with this context (a proxy in front of the workers).
 
 ``quiet()`` (a context manager) holds every thread between two requests, its connection
 open and idle, until the block ends: what happens inside (a ``kill -9``) meets no request
@@ -95,12 +96,13 @@ class Load:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/", mode: str = "close",
                  threads: int = 4, timeout: float = 10.0, pause: float = 0.0,
-                 unix_path: Optional[str] = None, method: str = "GET", body: bytes = b"") -> None:
+                 unix_path: Optional[str] = None, method: str = "GET", body: bytes = b"",
+                 ssl_context: Any = None) -> None:
         if mode not in ("close", "keepalive"):
             raise ValueError(f"mode must be 'close' or 'keepalive', not {mode!r}")
         self.host, self.port, self.path, self.mode = host, port, path, mode
         self.threads, self.timeout, self.pause, self.unix_path = threads, timeout, pause, unix_path
-        self.method, self.body = method, body
+        self.method, self.body, self.ssl_context = method, body, ssl_context
         self.result = Result()
         self._quiet = threading.Event()
         self._quiet.set()  # set: threads may send
@@ -113,6 +115,8 @@ class Load:
     def _connection(self) -> http.client.HTTPConnection:
         if self.unix_path:
             return _UnixHTTPConnection(self.unix_path, self.timeout)
+        if self.ssl_context is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def _record(self, error: Optional[str], latency: float, pid: Any = None, release: Any = None) -> None:

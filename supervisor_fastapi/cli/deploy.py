@@ -129,6 +129,8 @@ def default_conf_path(spec: Spec) -> str:
 def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False,
               with_plugins: Optional[bool] = None) -> str:
     """Render the spec and write it atomically; the text is loaded by supervisor's parser first."""
+    from . import https
+
     text = render(spec, command, fragment=fragment, with_plugins=with_plugins)
     make_dirs(spec)
     if not fragment:
@@ -136,6 +138,7 @@ def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False,
         if err:  # a renderer bug, not a user error: keep the old file and say so
             raise UserError(f"the generated conf does not load in supervisord ({err}); nothing was written. "
                             "Please report this with your spec.")
+    https.write_files(spec, command, fragment)  # [https]: the Caddyfile (or snippet) the conf's program reads
     write_atomic(conf_path, text, conf_mode(spec))
     return text
 

@@ -23,7 +23,7 @@ from ..errors import DeployError, UserError
 from ..generate.conf import groups_in, render
 from ..layout import Layout, Names
 from ..spec import Spec
-from . import checks, control, deploy
+from . import checks, control, deploy, https
 from .ops import app_groups
 
 Progress = Callable[[str], None]
@@ -177,6 +177,7 @@ def up(spec: Spec, command: str, progress: Progress, timeout: float) -> List[str
     old = _read(fragment)
     text = render(spec, command, fragment=True, with_plugins=s.plugins)
     deploy.make_dirs(spec)
+    https.write_files(spec, command, fragment=True)  # [https]: a site snippet for the OS's Caddy
     if text == old:
         progress(f"{fragment} is up to date")
     else:

@@ -7,8 +7,9 @@ from ..generate import kubernetes
 from ..spec import Spec
 from .deploy import write_atomic
 
-# The render targets; `render` and `check` take their --target choices from here.
-TARGETS = ("supervisord", "kubernetes")
+# The render targets; `render` and `check` take their --target choices from here. nginx and
+# caddy: the [https] site for an OS-packaged proxy (cli/https.py).
+TARGETS = ("supervisord", "kubernetes", "nginx", "caddy")
 
 Echo = Callable[[str], None]
 

@@ -82,7 +82,8 @@ def up_command(config: Optional[str]) -> str:
 
 def target_option(f: F) -> F:
     return click.option("--target", type=click.Choice(kube.TARGETS), default=kube.TARGETS[0], show_default=True,
-                        help="supervisord: one host; kubernetes: manifests for a cluster (docs/kubernetes.md).")(f)
+                        help="supervisord: one host; kubernetes: manifests for a cluster (docs/kubernetes.md); "
+                             "nginx, caddy: the [https] site for an OS-packaged proxy (docs/https.md).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,6 +128,14 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         kube.render(spec, output, regenerate_command(config, output, target=target),
                     lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
         return
+    if target in ("nginx", "caddy"):
+        from . import https
+
+        if fragment or with_plugins:
+            raise UserError("--fragment and --with-plugins are for --target supervisord")
+        https.render_site(spec, target, output, regenerate_command(config, output, target=target),
+                          lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
+        return
     fragment, plugins, command = _render_choice(spec, config, output, fragment, with_plugins)
     if output == "-":
         click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
@@ -134,6 +143,10 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
     s = spec.supervisord
     path = output or (str(s.fragment) if s.shared else deploy.default_conf_path(spec))
     deploy.render_to(spec, path, command, fragment=fragment, with_plugins=plugins)
+    from . import https
+
+    for written, _ in https.proxy_files(spec, command, fragment):
+        click.echo(f"wrote {written}", err=True)  # [https]: the Caddyfile (or the OS Caddy's snippet)
     click.echo(f"wrote {path}", err=True)
     click.echo(_next_step(spec, path, fragment), err=True)
 
@@ -172,6 +185,10 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
     spec = load_spec(config)
     if target == "kubernetes":
         results = checks.kubernetes_checks(spec)
+    elif target in ("nginx", "caddy"):
+        from . import https
+
+        results = [checks.Result(True, "spec", spec.source)] + https.site_checks(spec, target)
     elif spec.supervisord.shared:
         from . import host
 
@@ -181,6 +198,10 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
         running = control.is_running(Layout(spec.run_dir))
         results = checks.run_checks(spec, running, checks.total_ram())
         results += checks.plugin_checks(fragment, with_plugins)
+    if target == "supervisord" and spec.https is not None:
+        from . import https
+
+        results += https.check_results(spec, fragment or spec.supervisord.shared)
     for r in results:
         mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))

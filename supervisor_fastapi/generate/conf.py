@@ -15,7 +15,7 @@ from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig
 from ..layout import Layout, Names, Releases
 from ..spec import Program, Spec
 from ..uvicorn_settings import encode_setting
-from . import ini
+from . import caddy, ini
 
 Options = List[Tuple[str, str]]
 
@@ -68,6 +68,8 @@ def control_config(spec: Spec) -> ControlConfig:
         groups += (names.watchdog,)
     if spec.metrics is not None:
         groups += (names.metrics,)
+    if caddy.supervised(spec):
+        groups += (names.proxy,)  # a crashing Caddy is held and alerted on like any program
     # [crash_loop.programs.<name>]: <name> is app.name (the web group) or a [[programs]] name.
     overrides = tuple((names.web if name == spec.app.name else names.program(name), b)
                       for name, b in c.overrides)
@@ -408,6 +410,9 @@ def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = Non
     metrics = metrics_section(spec)
     if metrics:
         sections.append(metrics)
+    proxy = None if fragment else caddy.proxy_section(spec, listener_only_env(spec))
+    if proxy:
+        sections.append(proxy)
     return sections
 
 

@@ -19,6 +19,7 @@ from .model import (
                     Budget,
                     CrashLoop,
                     HostDefaults,
+                    Https,
                     Kubernetes,
                     Listener,
                     Memory,
@@ -35,6 +36,6 @@ from .model import (
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
            "pyproject_with_table",
-           "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Listener", "Memory", "Metrics",
-           "Migrate", "Program", "Release", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES",
+           "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Https", "Listener", "Memory",
+           "Metrics", "Migrate", "Program", "Release", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES",
            "format_size", "parse_size"]

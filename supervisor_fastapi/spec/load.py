@@ -5,6 +5,7 @@ relative paths are resolved against and the host defaults it may need (interpret
 CPU count), so tests can pin them. Every error is a SpecError naming the key path.
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -16,6 +17,7 @@ from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
 from ..layout import RESERVED_PROGRAMS, Layout, Names
 from ..uvicorn_settings import UVICORN_OWNED, UVICORN_SETTINGS, UvicornSetting
+from .https import read_https, uvicorn_defaults
 from .model import (  # noqa: F401
     _SIZE_UNITS,
     SERVICE_TYPES,
@@ -217,7 +219,8 @@ def _names(kinds: Tuple[type, ...]) -> str:
 # --- sections ---------------------------------------------------------------------------
 
 TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener",
-             "kubernetes", "metrics", "release")
+             "kubernetes", "metrics", "release", "https")
+HTTPS_KEYS = ("domains", "tls", "email", "https_port", "http_port", "proxy")
 
 
 def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,
@@ -290,9 +293,15 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
         metrics = _metrics(_Table(data["metrics"], "metrics", source, ("bind", "allow_remote")), base_dir, server)
     release = _release(_Table(data["release"], "release", source, ("keep", "shared", "build"))) \
         if "release" in data else None
+    https = None
+    if "https" in data:
+        https = read_https(_Table(data["https"], "https", source, HTTPS_KEYS), base_dir)
+        # Behind the proxy the app must trust its X-Forwarded-* headers; keys the spec sets win.
+        given = dict(server.uvicorn)
+        server = dataclasses.replace(server, uvicorn=tuple(sorted({**uvicorn_defaults(server.bind), **given}.items())))
     return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
                 programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener,
-                kubernetes=kubernetes, metrics=metrics, release=release, keys=_key_paths(data))
+                kubernetes=kubernetes, metrics=metrics, release=release, https=https, keys=_key_paths(data))
 
 
 def _metrics(t: _Table, base_dir: str, server: Server) -> Metrics:
@@ -505,7 +514,8 @@ def _programs(data: Any, source: str, base_dir: str, app: App) -> Tuple[Program,
     names = Names(app.name)
     # Full supervisor names already taken: the web group and the programs we render.
     taken = {names.web: "the web workers", names.migrate: "the migration", names.listener: "the event listener",
-             names.watchdog: "the watchdog", names.metrics: "the metrics exporter"}
+             names.watchdog: "the watchdog", names.metrics: "the metrics exporter",
+             names.proxy: "the TLS proxy ([https])"}
     out = []
     for i, item in enumerate(data):
         t = _Table(item, f"programs[{i}]", source, ("name", "command", "numprocs", "env", "directory", "autostart"))

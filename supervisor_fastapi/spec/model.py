@@ -181,6 +181,27 @@ class Kubernetes:
     prestop_delay: int = 5
 
 
+ProxyKind = Literal["caddy", "nginx"]
+PROXIES: Tuple[str, ...] = get_args(ProxyKind)
+# "auto": ACME (Caddy itself; for nginx, certbot's files); "internal": Caddy's own CA;
+# "files": the cert and key given.
+TlsMode = Literal["auto", "internal", "files"]
+
+
+@dataclass(frozen=True)
+class Https:
+    """``[https]``: a TLS termination proxy in front of the workers (generate/caddy.py, nginx.py)."""
+
+    domains: Tuple[str, ...]
+    tls: TlsMode = "auto"
+    cert: Optional[str] = None  # with tls = "files" (and nginx with "auto": certbot's paths)
+    key: Optional[str] = None
+    email: Optional[str] = None
+    https_port: int = 443
+    http_port: int = 80  # 0: no plain-HTTP listener, so no redirect
+    proxy: ProxyKind = "caddy"
+
+
 @dataclass(frozen=True)
 class Spec:
     source: str  # absolute path of the spec file
@@ -197,6 +218,7 @@ class Spec:
     kubernetes: Kubernetes = Kubernetes()
     metrics: Optional[Metrics] = None  # None: no [metrics] table, no exporter, no request counting
     release: Optional[Release] = None  # release mode; None: the code in app.directory is changed in place
+    https: Optional[Https] = None
     # Dotted paths of the keys the file sets ("server.bind", "programs[0].env", "alerts"),
     # so a target can name the ones it ignores.
     keys: FrozenSet[str] = frozenset()
