@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple
 
 from ..errors import UserError
 from ..generate import caddy, nginx
+from ..generate.conf import program_environment
 from ..layout import Layout
 from ..spec import Spec
 from .checks import Result
@@ -22,7 +23,7 @@ Echo = Callable[[str], None]
 PROXY_DIR_MODE = 0o700  # Caddy's certificates and keys: supervisord's user's alone
 VALIDATE_TIMEOUT = 60.0
 CADDY_INSTALL = ("install it: `apt-get install caddy` (Debian 12, Ubuntu 22.04 and later) or see "
-                 "https://caddyserver.com/docs/install; supervisord runs the `caddy` on its PATH")
+                 "https://caddyserver.com/docs/install")
 
 
 def proxy_files(spec: Spec, command: str, fragment: bool = False) -> List[Tuple[str, str]]:
@@ -116,9 +117,10 @@ def check_results(spec: Spec, fragment: bool = False) -> List[Result]:
                                              "(`apt-get install nginx`)")]
         problem = nginx_problem(spec, found)
         return [Result(problem is None, "nginx -t accepts the site file", problem or found)]
-    found = shutil.which("caddy")
+    path = program_environment(spec)["PATH"]  # where supervisord will look for it
+    found = shutil.which("caddy", path=path)
     if not found:
-        return [Result(False, "caddy", f"not found on PATH; {CADDY_INSTALL}")]
+        return [Result(False, "caddy", f"not found on the programs' PATH ({path}); {CADDY_INSTALL}")]
     problem = caddy_problem(spec, found, fragment)
     what = "caddy validate accepts the " + ("Caddyfile" if caddy.supervised(spec, fragment) else "site snippet")
     return [Result(problem is None, what, problem or found)]

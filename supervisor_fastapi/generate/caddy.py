@@ -160,22 +160,25 @@ def install_steps(spec: Spec, path: str) -> List[str]:
 
 
 def caddy_argv(spec: Spec) -> List[str]:
-    """Caddy's command line: ``caddy`` from supervisord's PATH (Debian's package: /usr/bin/caddy)."""
+    """Caddy's command line: ``caddy`` from the program's PATH (Debian's package: /usr/bin/caddy)."""
     return ["caddy", "run", "--config", caddyfile_path(spec), "--adapter", "caddyfile"]
 
 
-def environment(spec: Spec, hidden: Sequence[str] = ()) -> List[Tuple[str, str]]:
+def environment(spec: Spec, hidden: Sequence[str] = (), path: str = "") -> List[Tuple[str, str]]:
     """Caddy's environment: its HOME and XDG folders under run_dir (it writes an autosave and
-    a .step folder there, never in root's home), the digest of its file, and the names
-    only the listener may see, blanked."""
+    a .step folder there, never in root's home), the digest of its file, the PATH supervisord
+    finds ``caddy`` on (the one every program gets), and the names only the listener may see,
+    blanked."""
     d = Layout(spec.run_dir).proxy_dir
     env = {n: "" for n in hidden}
+    if path:
+        env["PATH"] = path
     env.update({"HOME": d, "XDG_CONFIG_HOME": os.path.join(d, "config"), "XDG_DATA_HOME": os.path.join(d, "data"),
                 CONFIG_DIGEST_ENV: hashlib.sha256(body(spec).encode()).hexdigest()[:16]})
     return sorted(env.items())
 
 
-def proxy_section(spec: Spec, hidden: Sequence[str] = ()) -> Optional[ini.Section]:
+def proxy_section(spec: Spec, hidden: Sequence[str] = (), path: str = "") -> Optional[ini.Section]:
     """``[program:<app>_proxy]``: Caddy on the Caddyfile, restarted by supervisord when it dies."""
     if not supervised(spec):
         return None
@@ -194,7 +197,7 @@ def proxy_section(spec: Spec, hidden: Sequence[str] = ()) -> Optional[ini.Sectio
         ("killasgroup", "true"),
         ("directory", ini.escape(layout.proxy_dir)),
         ("umask", "077"),
-        ("environment", ini.environment(dict(environment(spec, hidden)))),
+        ("environment", ini.environment(dict(environment(spec, hidden, path)))),
         ("redirect_stderr", "true"),
         ("stdout_logfile", ini.logfile(layout.program_log(name))),
         ("stdout_logfile_maxbytes", "10MB"),

@@ -410,7 +410,8 @@ def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = Non
     metrics = metrics_section(spec)
     if metrics:
         sections.append(metrics)
-    proxy = None if fragment else caddy.proxy_section(spec, listener_only_env(spec))
+    proxy = None if fragment else caddy.proxy_section(spec, listener_only_env(spec),
+                                                       program_environment(spec)["PATH"])
     if proxy:
         sections.append(proxy)
     return sections

@@ -23,7 +23,7 @@ from supervisor_fastapi.layout import Layout
 from tests.loadgen import Load
 
 from ..helpers_alerts import self_signed_cert
-from .conftest import free_port, wait_until
+from .conftest import free_port, merge, wait_until
 from .test_alerts import read_lines
 from .test_control_plane import ready_pids
 
@@ -148,11 +148,14 @@ def test_check_validates_the_caddyfile_with_caddy_and_names_where_to_get_it(depl
                 start=False)
     assert "ok   caddy validate accepts the Caddyfile" in d2.cli("check").stdout
     assert not os.listdir(Layout(d2.spec.run_dir).proxy_dir), "check must write nothing into run_dir"
-    # Without caddy on PATH: one line that says where to get it.
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable))
-    out = subprocess.run([sys.executable, "-m", "supervisor_fastapi", "check", "-c", d2.spec_path],
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 1 and "FAIL caddy: not found on PATH; install it: `apt-get install caddy`" in out.stdout
+    # No caddy on the programs' PATH (app.env sets it, here to the venv's bin/ alone): one line
+    # that says where to get it.
+    bare = os.path.dirname(sys.executable)
+    d3 = deploy(merge(https_spec({"tls": "internal", "https_port": free_port(), "http_port": 0}),
+                      {"app": {"env": {"PATH": bare}}}), start=False)
+    out = d3.cli("check")
+    assert out.returncode == 1, out.stdout
+    assert f"FAIL caddy: not found on the programs' PATH ({bare}); install it: `apt-get install caddy`" in out.stdout
 
 
 @pytest.fixture
