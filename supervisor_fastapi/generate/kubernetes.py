@@ -437,6 +437,7 @@ IGNORED: Sequence[Tuple[str, str]] = (
     ("metrics*", "no supervisord to ask: scrape the pods (kube-state-metrics, the app's own /metrics)"),
     ("release*", "the image is the release: its migration Job runs once per image, the Deployment's rollout "
                  "switches, `kubectl rollout undo` rolls back (docs/releases.md)"),
+    ("https*", "TLS ends at the cluster's Ingress or load balancer"),
 )
 
 
