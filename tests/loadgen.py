@@ -8,7 +8,7 @@
     assert r.failures == 0, r.summary()
 
 ``Load(host, port, path="/", mode="close"|"keepalive", threads=4, timeout=10.0,
-pause=0.0, unix_path=None, method="GET", body=None, ssl_context=None)``:
+pause=0.0, unix_path=None, method="GET", body=b"", ssl_context=None)``:
 
 - ``mode="close"``: every request opens a new TCP connection (``Connection: close``).
 - ``mode="keepalive"``: each thread keeps one HTTP/1.1 connection and reuses it; after a
