@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import stat
-import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -420,6 +419,8 @@ def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
     """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs
     without the plugin for it. Used by the CLI and by supervisorctl's plugin alike, so it needs
     nothing beyond supervisor and the standard library (no uvicorn, click or tomli-w)."""
+    import xmlrpc.client  # here: the worker and the listener import this module and never call it
+
     from .layout import Names
 
     try:

@@ -9,24 +9,15 @@ delivered goes to the journal (JSON lines in run_dir); nothing is dropped silent
 import base64
 import errno
 import fcntl
-import http.client
 import json
 import logging
 import os
 import queue
-import shlex
-import smtplib
-import socket
-import ssl
 import stat
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from email.message import EmailMessage
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from ..contracts import LogRef, read_small_file
@@ -53,7 +44,10 @@ class SendError(Exception):
 def make_message(event: str, kind: str, process: str, summary: str, details: Mapping[str, Any], app: str,
                  now: float, host: Optional[str] = None) -> Message:
     """The alert as every channel sees it (the JSON body of webhooks and commands)."""
-    host = host or socket.gethostname()
+    if not host:
+        import socket  # here: the listener at rest has no use for it
+
+        host = socket.gethostname()
     label = {"open": "OPEN", "reminder": "STILL OPEN", "resolve": "RESOLVED", "event": "EVENT",
              "test": "TEST"}.get(event, event.upper())
     text = f"[{app}@{host}] {label} {kind}: {summary}"
@@ -139,114 +133,6 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-# --- deadlines: a timeout for the whole request, not for each socket operation ----------------
-
-
-class Deadline:
-    """Shuts down every socket of one request when ``seconds`` have passed, so a server that
-    trickles one byte at a time (each byte restarting the socket timeout) is cut off too.
-
-    Sockets are tracked as objects: shutdown(2) goes to the descriptor the object still
-    owns, and an object already closed (or detached into an SSL socket) has none, so a
-    descriptor number reused elsewhere is never touched."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._lock = threading.Lock()
-        self._done = False
-        self._socks: List[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> "Deadline":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
-
-    def track(self, sock: T) -> T:
-        with self._lock:
-            self._socks.append(sock)  # type: ignore[arg-type]
-            if self.expired:
-                _shutdown(sock)  # type: ignore[arg-type]
-        return sock
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-            for sock in self._socks:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        # The plain socket method, also for an SSLSocket: its own shutdown() would tear down
-        # the TLS state under the thread that is reading.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, ValueError):
-        pass
-
-
-class _TrackingContext(ssl.SSLContext):
-    """An SSL context whose sockets are tracked by a Deadline, the TLS handshake included."""
-
-    deadline: Optional[Deadline] = None
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        handshake = kwargs.get("do_handshake_on_connect", True)
-        kwargs["do_handshake_on_connect"] = False
-        wrapped = super().wrap_socket(sock, *args, **kwargs)
-        if self.deadline is not None:
-            self.deadline.track(wrapped)
-        if handshake:
-            wrapped.do_handshake()
-        return wrapped
-
-
-def tls_context(deadline: Deadline) -> ssl.SSLContext:
-    """The default client context (certificates and host names verified), tracked by ``deadline``."""
-    ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_default_certs()
-    ctx.deadline = deadline
-    return ctx
-
-
-def _tracked_connection(cls: Any, deadline: Deadline) -> Callable[..., Any]:
-    def make(host: str, **kwargs: Any) -> Any:
-        conn = cls(host, **kwargs)
-        create = conn._create_connection
-        conn._create_connection = lambda *a, **k: deadline.track(create(*a, **k))
-        return conn
-
-    return make
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self._make = _tracked_connection(http.client.HTTPConnection, deadline)
-
-    def http_open(self, req: Any) -> Any:
-        return self.do_open(self._make, req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-        self._make = _tracked_connection(http.client.HTTPSConnection, deadline)
-
-    def https_open(self, req: Any) -> Any:
-        # Made here, not in __init__: loading the CA store costs ~50 ms, wasted on http:// URLs.
-        return self.do_open(self._make, req, context=tls_context(self._deadline))
-
-
 class WebhookChannel(Channel):
     type = "webhook"
 
@@ -274,6 +160,13 @@ class WebhookChannel(Channel):
         return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), {"Authorization": f"Basic {token}"}
 
     def send(self, msg: Message) -> None:
+        # Here, not at the top: the listener loads HTTP and TLS on its first webhook alert.
+        import http.client
+        import urllib.error
+        import urllib.request
+
+        from . import transport
+
         body = json.dumps(msg, default=str).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "supervisor-fastapi-listener"}
         url, auth = self._request_url()
@@ -281,8 +174,8 @@ class WebhookChannel(Channel):
         headers.update(self.headers)
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         where = redact_url(self.url)
-        with Deadline(self.timeout) as deadline:
-            opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+        with transport.Deadline(self.timeout) as deadline:
+            opener = urllib.request.build_opener(transport.HTTPHandler(deadline), transport.HTTPSHandler(deadline))
             try:
                 with opener.open(req, timeout=self.timeout) as resp:
                     resp.read(65536)
@@ -295,25 +188,6 @@ class WebhookChannel(Channel):
                 raise SendError(redact(f"POST {where}: {reason}", self.secrets())) from None
         if deadline.expired:  # pragma: no cover - the answer completed as the timer fired
             raise SendError(f"POST {where}: timed out: no complete answer within {self.timeout:g} s")
-
-
-class _SMTP(smtplib.SMTP):
-    deadline: Optional[Deadline] = None
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
-        sock = super()._get_socket(host, port, timeout)  # type: ignore[misc]
-        return self.deadline.track(sock) if self.deadline else sock
-
-
-class _SMTP_SSL(smtplib.SMTP_SSL):
-    deadline: Optional[Deadline] = None
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> Any:
-        # The raw socket is tracked before the TLS handshake; the context tracks the TLS one.
-        raw = socket.create_connection((host, port), timeout, self.source_address)
-        if self.deadline:
-            self.deadline.track(raw)
-        return self.context.wrap_socket(raw, server_hostname=host)
 
 
 PASSWORD_FILE_BYTES = 4096
@@ -368,6 +242,13 @@ class EmailChannel(Channel):
         return ", ".join(self.opts["to"])
 
     def send(self, msg: Message) -> None:
+        # Here, not at the top: the listener loads SMTP, TLS and email on its first email alert.
+        import smtplib
+        import ssl
+        from email.message import EmailMessage
+
+        from . import transport
+
         o = self.opts
         email = EmailMessage()
         email["Subject"] = f"{o.get('subject_prefix', '[supervisor-fastapi]')} {msg['text']}"[:900]
@@ -377,13 +258,13 @@ class EmailChannel(Channel):
         creds = self._credentials()
         timeout = float(o.get("timeout", 10.0))
         where = f"SMTP {o['host']}:{o['port']}"
-        with Deadline(timeout) as deadline:
+        with transport.Deadline(timeout) as deadline:
             try:
                 smtp: smtplib.SMTP
                 if o.get("ssl"):
-                    smtp = _SMTP_SSL(timeout=timeout, context=tls_context(deadline))
+                    smtp = transport.SMTP_SSL(timeout=timeout, context=transport.tls_context(deadline))
                 else:
-                    smtp = _SMTP(timeout=timeout)
+                    smtp = transport.SMTP(timeout=timeout)
                 smtp.deadline = deadline
                 smtp._host = o["host"]  # type: ignore[union-attr]  # what starttls() verifies against
                 with smtp:
@@ -391,7 +272,7 @@ class EmailChannel(Channel):
                     if code != 220:
                         raise smtplib.SMTPConnectError(code, reply)
                     if o.get("starttls") and not o.get("ssl"):
-                        smtp.starttls(context=tls_context(deadline))
+                        smtp.starttls(context=transport.tls_context(deadline))
                     if creds:
                         smtp.login(*creds)
                     smtp.send_message(email)
@@ -449,6 +330,9 @@ class CommandChannel(Channel):
         return {"preexec_fn": drop, "env": env}  # pragma: no cover - Python 3.8
 
     def send(self, msg: Message) -> None:
+        import shlex
+        import subprocess  # here, not at the top: the listener loads it on its first command alert
+
         identity = self._identity()
         identity.setdefault("env", {k: v for k, v in os.environ.items() if k not in self.hidden_env})
         try:

@@ -8,7 +8,6 @@ every log line goes to stderr. Signal handlers only set a flag: the loop finishe
 protocol write it is in and then stops.
 """
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -18,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail
@@ -68,6 +66,8 @@ class RpcWorker:
             action = self._q.get()
             if action is None:
                 return
+            import xmlrpc.client  # on the first start: with the plugin, this thread never gets one
+
             try:
                 proxy = proxy or self.make_proxy()
                 run_rpc(proxy, action)
@@ -273,10 +273,14 @@ class Listener:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m supervisor_fastapi.listener`` (settings in $SUPERVISOR_FASTAPI_LISTENER)."""
-    parser = argparse.ArgumentParser(prog="python -m supervisor_fastapi.listener",
-                                     description="supervisor-fastapi event listener (run by supervisord; its "
-                                     f"settings come from ${LISTENER_ENV}, rendered into the conf)")
-    parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:  # supervisord passes none; argparse (--help, or the error for anything else) only then
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="python -m supervisor_fastapi.listener",
+                                         description="supervisor-fastapi event listener (run by supervisord; its "
+                                         f"settings come from ${LISTENER_ENV}, rendered into the conf)")
+        parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s listener: %(message)s")
     try:
@@ -288,7 +292,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     dispatcher = Dispatcher(channels, Journal(config.journal_path), config.send_retries,
                             enrich=make_enricher(default_proxy)).start()
     rpc = RpcWorker(default_proxy).start()
-    listener = Listener(config, rpc, dispatcher, proxy=default_proxy())
+    # Only the fallback gate asks supervisord anything from this thread; with the plugin, the
+    # RPC client (supervisor.childutils, http.client, TLS) is loaded on the first alert's log tail.
+    listener = Listener(config, rpc, dispatcher, proxy=None if config.controller else default_proxy())
     # The sender and RPC threads must not keep the event loop waiting for the GIL for the
     # default 5 ms switch interval: acknowledgements are the latency that matters.
     sys.setswitchinterval(0.0005)

@@ -15,7 +15,9 @@ Rendered only when ``memory.limit``, ``server.heartbeat_timeout`` or ``server.st
 - **Start-up.** A worker process that has been up ``startup_timeout`` seconds without
   listening (its import or lifespan start-up hangs, e.g. on a database that does not
   answer) takes no connections and never beats: it gets SIGKILL and an alert
-  (``startup_timeout``). Repeats make a crash loop, which the listener backs off.
+  (``startup_timeout``). Repeats make a crash loop, which the controller inside
+  supervisord holds back (plugins/crashloop.py); without the plugin supervisord restarts
+  the worker at once and gives up (FATAL) after ``startretries`` quick start failures.
 
 ``Watchdog.observe(workers, now) -> [actions]`` is the whole decision, pure; ``run`` is the
 loop that feeds it from supervisord and /proc and carries the actions out.

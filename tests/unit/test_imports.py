@@ -1,0 +1,69 @@
+"""Each process imports only what it runs.
+
+The listener, the rpcinterface plugin (inside supervisord), the supervisorctl plugin and the
+watchdog live next to the workers for the whole life of a deployment: every module they load
+is resident memory in a process that never serves a request. Each entry point is imported in
+a fresh interpreter and its ``sys.modules`` compared against what it must never load: the web
+stack (uvicorn, the app's framework, asyncio), the operator's CLI (click) and the spec's TOML
+reader and writer.
+"""
+
+import json
+import subprocess
+import sys
+from typing import List
+
+import pytest
+
+# Modules none of the four resident processes may load (a prefix matches its submodules).
+WEB_STACK = ["uvicorn", "fastapi", "starlette", "pydantic", "anyio", "h11", "httptools", "uvloop", "websockets",
+             "asyncio"]
+OPERATOR_ONLY = ["click", "tomllib", "tomli", "tomli_w",
+                 # Our own modules that pull those in, or exist only for the operator's CLI.
+                 "supervisor_fastapi.uvicorn_settings", "supervisor_fastapi.spec.load", "supervisor_fastapi.cli.main",
+                 "supervisor_fastapi.generate.conf", "supervisor_fastapi.runtime.drain",
+                 "supervisor_fastapi.runtime.demo_app"]
+FORBIDDEN = WEB_STACK + OPERATOR_ONLY
+
+ENTRY_POINTS = [
+    # python -m supervisor_fastapi.listener (its __main__ runs main() at import, so import what it imports)
+    "supervisor_fastapi.listener.main",
+    # supervisor.rpcinterface_factory, imported by supervisord
+    "supervisor_fastapi.plugins.rpc",
+    # supervisor.ctl_factory, imported by supervisorctl
+    "supervisor_fastapi.plugins.ctl",
+    # python -m supervisor_fastapi.runtime.watchdog
+    "supervisor_fastapi.runtime.watchdog",
+]
+
+
+def modules_after_import(module: str) -> List[str]:
+    """``sys.modules`` of a fresh interpreter (no site customisation of ours) after ``import module``."""
+    code = f"import json, sys\nimport {module}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+def heavy(modules: List[str], forbidden: List[str]) -> List[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_heavy_matches_whole_names_and_submodules():
+    assert heavy(["click", "click.core", "clickhouse", "asyncio.events", "tomli_w"], ["click", "asyncio", "tomli"]) \
+        == ["asyncio.events", "click", "click.core"]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_resident_process_imports_no_web_stack_cli_or_toml(module):
+    assert heavy(modules_after_import(module), FORBIDDEN) == []
+
+
+# The listener at rest: TLS, HTTP, SMTP, email and XML-RPC load on the first alert that needs
+# them (listener/transport.py, the RPC client), subprocess on the first command alert. OpenSSL
+# alone is ~5 MB of resident memory in a process that may never send anything.
+LISTENER_ON_FIRST_ALERT = ["ssl", "_ssl", "http.client", "smtplib", "email", "xmlrpc", "urllib.request", "subprocess",
+                           "supervisor", "supervisor_fastapi.listener.transport"]
+
+
+def test_listener_loads_its_network_clients_on_the_first_alert_only():
+    assert heavy(modules_after_import("supervisor_fastapi.listener.main"), LISTENER_ON_FIRST_ALERT) == []
