@@ -1,11 +1,11 @@
 """Each process imports only what it runs.
 
-The listener, the rpcinterface plugin (inside supervisord), the supervisorctl plugin and the
-watchdog live next to the workers for the whole life of a deployment: every module they load
-is resident memory in a process that never serves a request. Each entry point is imported in
-a fresh interpreter and its ``sys.modules`` compared against what it must never load: the web
-stack (uvicorn, the app's framework, asyncio), the operator's CLI (click) and the spec's TOML
-reader and writer.
+The listener, the rpcinterface plugin (inside supervisord), the supervisorctl plugin, the
+watchdog and the metrics exporter live next to the workers for the whole life of a
+deployment: every module they load is resident memory in a process that never serves a
+request. Each entry point is imported in a fresh interpreter and its ``sys.modules`` compared
+against what it must never load: the web stack (uvicorn, the app's framework, asyncio), the
+operator's CLI (click) and the spec's TOML reader and writer.
 """
 
 import json
@@ -15,7 +15,7 @@ from typing import List
 
 import pytest
 
-# Modules none of the four resident processes may load (a prefix matches its submodules).
+# Modules none of the resident processes may load (a prefix matches its submodules).
 WEB_STACK = ["uvicorn", "fastapi", "starlette", "pydantic", "anyio", "h11", "httptools", "uvloop", "websockets",
              "asyncio"]
 OPERATOR_ONLY = ["click", "tomllib", "tomli", "tomli_w",
@@ -34,6 +34,8 @@ ENTRY_POINTS = [
     "supervisor_fastapi.plugins.ctl",
     # python -m supervisor_fastapi.runtime.watchdog
     "supervisor_fastapi.runtime.watchdog",
+    # python -m supervisor_fastapi.runtime.metrics (the Prometheus exporter)
+    "supervisor_fastapi.runtime.metrics",
 ]
 
 
