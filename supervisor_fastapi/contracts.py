@@ -433,6 +433,8 @@ def announce_restart(proxy: Any, app: str, name: str, cause: str) -> None:
     """Tell ``app``'s controller that the current run of ``name`` (group:name) ends on purpose, so
     [metrics] counts its exit as ``cause`` (memory, hung, rolled). Without the plugin (or with an
     older one) nobody listens, and the caller's action goes ahead anyway."""
+    import xmlrpc.client  # here, as in control_state
+
     from .layout import Names
 
     if not cause:

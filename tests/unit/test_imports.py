@@ -11,9 +11,12 @@ operator's CLI (click) and the spec's TOML reader and writer.
 import json
 import subprocess
 import sys
+import xmlrpc.client
 from typing import List
 
 import pytest
+
+from supervisor_fastapi import contracts
 
 # Modules none of the resident processes may load (a prefix matches its submodules).
 WEB_STACK = ["uvicorn", "fastapi", "starlette", "pydantic", "anyio", "h11", "httptools", "uvloop", "websockets",
@@ -69,3 +72,22 @@ LISTENER_ON_FIRST_ALERT = ["ssl", "_ssl", "http.client", "smtplib", "email", "xm
 
 def test_listener_loads_its_network_clients_on_the_first_alert_only():
     assert heavy(modules_after_import("supervisor_fastapi.listener.main"), LISTENER_ON_FIRST_ALERT) == []
+
+
+# contracts imports xmlrpc.client inside the two functions that talk to the controller; both
+# must still take a Fault or a refused connection as "nobody listens".
+class _Refusing:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [xmlrpc.client.Fault(1, "UNKNOWN_METHOD"), ConnectionRefusedError()])
+def test_calls_to_the_controller_without_it_are_quiet(exc):
+    assert contracts.control_state(_Refusing(exc), "shop") is None
+    contracts.announce_restart(_Refusing(exc), "shop", "shop:shop_00", "memory")
