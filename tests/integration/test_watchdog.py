@@ -117,8 +117,6 @@ def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_
                       and open(alerts).read(), timeout + 10, "the startup_timeout alert")
     killed_after = time.time() - spawned
     assert f"pid {stuck}" in text, text
-    from supervisor_fastapi.cli import control
-
     assert stuck not in {s["pid"] for s in worker_files(d.layout).values()}, "it never listened"
     assert timeout <= killed_after <= timeout + 3, killed_after
     assert _pid_of(d, "web_01") != stuck, "the stuck process is gone"
@@ -130,8 +128,6 @@ def test_worker_whose_startup_hangs_is_killed_after_startup_timeout(deploy, tmp_
 
 def _blocked_pid(d, pids, timeout):
     """The pid whose state file stopped being touched (its loop is blocked)."""
-    from supervisor_fastapi.cli import control
-
     now = time.time()
     for state in worker_files(d.layout).values():
         if state.get("pid") in pids and now - state["beat"] > 1.0:

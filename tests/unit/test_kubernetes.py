@@ -317,17 +317,17 @@ def test_every_uvicorn_setting_reaches_uvicorns_own_cli():
     got = {key: params[key] for key in expected}
     got["headers"] = header_pairs(got["headers"])
     assert got == expected
+    assert params["app"] == "main:make" and params["factory"] is True and params["port"] == 8000
+    assert params["host"] == "0.0.0.0" and params["backlog"] == 77 and params["timeout_graceful_shutdown"] == 4
+    ctx = uvicorn_main.make_context("uvicorn", argv[3:], auto_envvar_prefix="UVICORN")
+    assert ctx.params["ssl_keyfile_password"] is None  # not on the command line
+    assert "UVICORN_SSL_KEYFILE_PASSWORD" in {e["name"] for e in web(spec)["env"]}
 
 
 def header_pairs(headers):
     """uvicorn's --header as (name, value) pairs: releases before 0.55 keep 'Name:Value'
     strings for run() to split, 0.55 splits them in the option's callback."""
     return [tuple(p.strip() for p in h.split(":", 1)) if isinstance(h, str) else tuple(h) for h in headers]
-    assert params["app"] == "main:make" and params["factory"] is True and params["port"] == 8000
-    assert params["host"] == "0.0.0.0" and params["backlog"] == 77 and params["timeout_graceful_shutdown"] == 4
-    ctx = uvicorn_main.make_context("uvicorn", argv[3:], auto_envvar_prefix="UVICORN")
-    assert ctx.params["ssl_keyfile_password"] is None  # not on the command line
-    assert "UVICORN_SSL_KEYFILE_PASSWORD" in {e["name"] for e in web(spec)["env"]}
 
 
 def test_programs_are_deployments():
