@@ -175,7 +175,11 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
         control.start_daemon(conf_path, layout)
     if spec.migrate:
         timeout += spec.migrate.timeout
-    return wait_ready(spec, proxy, layout, progress, timeout, since)
+    ready = wait_ready(spec, proxy, layout, progress, timeout, since)
+    from . import https
+
+    https.wait_proxy(spec, proxy, progress, since)  # [https]: Caddy serving too, or why not
+    return ready
 
 
 def log_sizes(layout: Layout) -> Dict[str, int]:

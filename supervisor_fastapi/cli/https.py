@@ -9,19 +9,24 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Callable, List, Optional, Tuple
+import time
+import xmlrpc.client
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import UserError
+from ..errors import DeployError, UserError
 from ..generate import caddy, nginx
 from ..generate.conf import program_environment
-from ..layout import Layout
+from ..layout import Layout, Names
 from ..spec import Spec
+from . import control
 from .checks import Result
 from .deploy import _own_dir, write_atomic
 
 Echo = Callable[[str], None]
 PROXY_DIR_MODE = 0o700  # Caddy's certificates and keys: supervisord's user's alone
 VALIDATE_TIMEOUT = 60.0
+# How long `up` waits for Caddy to be RUNNING (startsecs=1 after it bound its ports).
+PROXY_TIMEOUT = 30.0
 CADDY_INSTALL = ("install it: `apt-get install caddy` (Debian 12, Ubuntu 22.04 and later) or see "
                  "https://caddyserver.com/docs/install")
 
@@ -165,3 +170,39 @@ def site_checks(spec: Spec, target: str) -> List[Result]:
     """`check --target nginx|caddy`: the site, validated by the proxy itself."""
     _needs(spec, target)
     return check_results(spec, fragment=True)
+
+
+def site_url(spec: Spec) -> str:
+    h = spec.https
+    assert h is not None
+    return f"https://{h.domains[0]}" + ("" if h.https_port == 443 else f":{h.https_port}") + "/"
+
+
+def wait_proxy(spec: Spec, proxy: Any, progress: Echo, since: Optional[Dict[str, int]] = None,
+               timeout: float = PROXY_TIMEOUT) -> None:
+    """After the workers: wait until this deployment's Caddy is RUNNING; a Caddy that exits
+    (a port in use, a certificate file it cannot read) fails `up` with its log's tail."""
+    if not caddy.supervised(spec):
+        return
+    name = Names(spec.app.name).proxy
+    full = f"{name}:{name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = proxy.supervisor.getProcessInfo(full)
+        except xmlrpc.client.Fault as exc:
+            raise DeployError(f"{full}: supervisord does not run it ({exc.faultString})") from None
+        state = info["statename"]
+        if state == "RUNNING":
+            progress(f"{name}: Caddy serving {site_url(spec)}")
+            return
+        # BACKOFF right after a spawn is its first start failing; the controller restarts or holds it.
+        failed = state in ("FATAL", "EXITED") or (state == "BACKOFF" and info.get("spawnerr"))
+        if failed or time.monotonic() > deadline:
+            tail = control.log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0))
+            why = f"{state}" + (f" ({info['spawnerr']})" if info.get("spawnerr") else "")
+            raise DeployError(f"{full} is not serving: {why}\n--- last lines of its log ---\n{tail.rstrip()}\n"
+                              "--- fix the problem (`supervisor-fastapi check` runs caddy validate), then run "
+                              "`supervisor-fastapi up` again (the workers are serving; `supervisor-fastapi down` "
+                              "stops everything)")
+        time.sleep(0.1)

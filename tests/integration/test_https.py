@@ -200,3 +200,22 @@ def test_nginx_site_passes_nginx_t_and_serves_https_across_two_rolling_restarts(
     sees_https_and_the_client(https_port, context)
     redirects(http_port, https_port)
     zero_loss_across_two_restarts(d, https_port, context)
+
+
+@needs_caddy
+def test_up_fails_with_caddys_log_when_caddy_cannot_serve(deploy):
+    import socket
+
+    https_port = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", https_port))
+    blocker.listen(1)
+    try:
+        d = deploy(https_spec({"tls": "internal", "https_port": https_port, "http_port": 0}), start=False)
+        out = d.cli("up")
+        d.started = True  # whatever happened, the fixture stops what `up` started
+    finally:
+        blocker.close()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "web_proxy:web_proxy is not serving" in out.stderr and "address already in use" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
