@@ -244,7 +244,11 @@ def _run_logged(argv: List[str], cwd: str, env: Dict[str, str], log_path: str, t
 
 
 def _env(spec: Spec, rid: str, release_dir: str, *extra: Tuple[Tuple[str, str], ...]) -> Dict[str, str]:
+    """The environment supervisord would give the release's programs (its rendered PATH, app.env)."""
+    from ..generate.conf import rendered_path
+
     env = dict(os.environ)
+    env["PATH"] = rendered_path(release_spec(spec, Releases(spec.app.directory), release_dir))
     for table in (spec.app.env,) + extra:
         env.update(table)
     env.update({"SUPERVISOR_FASTAPI_RELEASE": rid, "SUPERVISOR_FASTAPI_RELEASE_DIR": release_dir})

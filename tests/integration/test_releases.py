@@ -138,6 +138,8 @@ def test_deploy_rollback_kill_reload_update_with_a_real_alembic_app(deploy, tmp_
         d = deploy({"app": {"asgi": "app:app", "directory": root, "python": sys.executable},
                     "migrate": {"command": f"{sys.executable} -m alembic upgrade head", "timeout": 60},
                     "release": {"keep": 5, "shared": ["data"]},
+                    # One kill opens the `killed` incident, so the kill below raises an alert.
+                    "crash_loop": {"programs": {"web": {"restarts": 1}}},
                     "alerts": [{"type": "webhook", "url": hook.url}]}, start=False)
         d.started = True  # deploy starts supervisord: the fixture stops it
         figures: Dict[str, Any] = {}
@@ -200,6 +202,9 @@ def test_deploy_rollback_kill_reload_update_with_a_real_alembic_app(deploy, tmp_
             wait_until(replaced, 10, "the killed worker's replacement", interval=0.02)
             figures["kill -9 -> back serving r2 (s)"] = round(time.monotonic() - t0, 2)
             assert figures["kill -9 -> back serving r2 (s)"] < 3.0, figures
+            # The alert about it names the release that worker ran.
+            killed = wait_until(lambda: hook.alerts("killed", "open"), 10, "the killed alert")[0][1]
+            assert killed["details"]["release"] == "r2", killed
 
             phases.append((time.time(), "rollback"))
             # rollback: the previous release (r1), no migration.
@@ -231,6 +236,12 @@ def test_deploy_rollback_kill_reload_update_with_a_real_alembic_app(deploy, tmp_
         d.ctl("update")
         wait_until(lambda: all_workers_serve(d, "r1", 3) and serving(d, "r1"), 15, "r1 after update", interval=0.05)
         figures["update -> current serves (s)"] = round(time.monotonic() - t0, 2)
+
+        # supervisord stopped and started again (a reboot, `down` then `up`): the current release.
+        assert d.cli("down").returncode == 0
+        r = d.cli("up")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert all_workers_serve(d, "r1", 3) and serving(d, "r1")
 
         # Each release's migration ran exactly once (r3's failed run included), each from its own folder;
         # neither the rollback, the reload nor the update ran one again.
