@@ -39,6 +39,8 @@ ENTRY_POINTS = [
     "supervisor_fastapi.runtime.watchdog",
     # python -m supervisor_fastapi.runtime.metrics (the Prometheus exporter)
     "supervisor_fastapi.runtime.metrics",
+    # python -m supervisor_fastapi.runtime.release_migrate (release mode's migration program)
+    "supervisor_fastapi.runtime.release_migrate",
 ]
 
 
