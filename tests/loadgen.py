@@ -8,7 +8,8 @@
     assert r.failures == 0, r.summary()
 
 ``Load(host, port, path="/", mode="close"|"keepalive", threads=4, timeout=10.0,
-pause=0.0, unix_path=None, method="GET", body=b"", ssl_context=None)``:
+pause=0.0, unix_path=None, method="GET", body=b"", ssl_context=None,
+probe_idle=True)``:
 
 - ``mode="close"``: every request opens a new TCP connection (``Connection: close``).
 - ``mode="keepalive"``: each thread keeps one HTTP/1.1 connection and reuses it; after a
@@ -22,6 +23,9 @@ pause=0.0, unix_path=None, method="GET", body=b"", ssl_context=None)``:
 - ``unix_path``: talk to a unix socket instead of host:port.
 - ``method``/``body``: send POSTs (with that body) instead of GETs.
 - ``ssl_context``: speak HTTPS with this context (a proxy in front of the workers).
+- ``probe_idle=False``: in keep-alive mode, reuse a connection without checking it first (as
+  wrk does, or a proxy forwarding a POST, which it never retries): a connection the server
+  closed after a response that did not say ``Connection: close`` then fails the next request.
 
 ``quiet()`` (a context manager) holds every thread between two requests, its connection
 open and idle, until the block ends: what happens inside (a ``kill -9``) meets no request
@@ -97,12 +101,13 @@ class Load:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/", mode: str = "close",
                  threads: int = 4, timeout: float = 10.0, pause: float = 0.0,
                  unix_path: Optional[str] = None, method: str = "GET", body: bytes = b"",
-                 ssl_context: Any = None) -> None:
+                 ssl_context: Any = None, probe_idle: bool = True) -> None:
         if mode not in ("close", "keepalive"):
             raise ValueError(f"mode must be 'close' or 'keepalive', not {mode!r}")
         self.host, self.port, self.path, self.mode = host, port, path, mode
         self.threads, self.timeout, self.pause, self.unix_path = threads, timeout, pause, unix_path
         self.method, self.body, self.ssl_context = method, body, ssl_context
+        self.probe_idle = probe_idle
         self.result = Result()
         self._quiet = threading.Event()
         self._quiet.set()  # set: threads may send
@@ -145,7 +150,7 @@ class Load:
                 if not self._quiet.is_set():
                     continue
                 self._busy += 1
-            if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            if self.probe_idle and conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
                 conn.close()
                 conn = None
                 with self._lock:

@@ -62,6 +62,20 @@ async def app(scope, receive, send):
     assert scope["type"] == "http"
     query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
     path = scope["path"]
+    received = 0
+    if scope["method"] == "POST":  # read the whole body, as a real handler would
+        more = True
+        while more:
+            message = await receive()
+            received += len(message.get("body", b""))
+            more = message.get("more_body", False) and message["type"] == "http.request"
+    extra = {"received": received} if scope["method"] == "POST" else {}
+    if path == "/stack":  # the event loop and the uvicorn HTTP implementation this worker runs
+        import sys
+
+        extra = {"loop": type(asyncio.get_running_loop()).__module__,
+                 "http": sorted(m.rsplit(".", 1)[1] for m in sys.modules
+                                if m.startswith("uvicorn.protocols.http.") and m.endswith("_impl"))}
     if path == "/sleep":
         await asyncio.sleep(float(query.get("s", "1")))
     elif path == "/block":
@@ -69,7 +83,7 @@ async def app(scope, receive, send):
     elif path == "/grow":
         _hoard.append(bytearray(int(float(query.get("mb", "50")) * 1024 * 1024)))
     body = json.dumps({"pid": os.getpid(), "worker": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
-                       "path": path}).encode()
+                       "path": path, **extra}).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

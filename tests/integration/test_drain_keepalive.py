@@ -1,0 +1,82 @@
+"""Rolling restarts under keep-alive clients, on both uvicorn HTTP stacks: 0 failed requests.
+
+A draining worker ends each keep-alive connection cleanly: the response that is the
+connection's last says ``Connection: close``, or the connection closes while idle. A
+connection the server closes right after a response that did not say so is the bug this
+guards against (h11 did that: the client's next request met a dead socket, and a POST is
+never retried). The load generator reuses a connection unless the response said close; a
+connection it finds closed by the peer before reusing it counts as ``stale``, a request that
+meets a closed socket counts as failed.
+"""
+
+import http.client
+import json
+
+import pytest
+
+from tests.loadgen import Load
+
+from .test_restart_socket import ready_pids
+
+# The two stacks uvicorn can run: a plain `pip install fastapi` (h11 + asyncio) and
+# `uvicorn[standard]` (httptools + uvloop).
+STACKS = {
+    "h11-asyncio": ({"http": "h11", "loop": "asyncio"}, ["h11_impl"], "asyncio"),
+    "httptools-uvloop": ({"http": "httptools", "loop": "uvloop"}, ["httptools_impl"], "uvloop"),
+}
+
+
+def stack_of(port):
+    """What one worker runs: (its uvicorn HTTP implementation modules, its event loop's module)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/stack", headers={"Connection": "close"})
+        data = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    return data["http"], data["loop"].split(".")[0]
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_two_rolling_restarts_lose_no_keepalive_request(deploy, stack):
+    settings, impl, loop = STACKS[stack]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+        pytest.importorskip("httptools")
+    d = deploy({"server": {"workers": 2, "uvicorn": settings}})
+    assert stack_of(d.port) == (impl, loop)
+    port = d.port
+    loads = {
+        # A client that checks an idle connection before reusing it (urllib3, requests).
+        "GET": Load("127.0.0.1", port, mode="keepalive", threads=3),
+        # Clients that do not (wrk; a proxy forwarding a POST, which it never retries).
+        "POST": Load("127.0.0.1", port, mode="keepalive", threads=3, method="POST", body=b"x" * 2000,
+                     probe_idle=False),
+        # Each of these threads always has a 0.3 s request in flight, so every drain starts
+        # with requests under way on the worker it stops.
+        "slow": Load("127.0.0.1", port, path="/sleep?s=0.3", mode="keepalive", threads=4, probe_idle=False),
+    }
+    outs = []
+    try:
+        for load in loads.values():
+            load.start()
+        for load in loads.values():
+            load.wait_requests(10)
+        for _ in range(2):
+            before = ready_pids(d)
+            outs.append(d.cli("restart"))
+            assert outs[-1].returncode == 0, outs[-1].stdout + outs[-1].stderr
+            after = ready_pids(d)
+            assert after and not (after & before), (before, after)
+            for load in loads.values():  # the new workers serve every kind of request
+                load.wait_requests(load.result.requests + 10)
+    finally:
+        results = {name: load.stop() for name, load in loads.items()}
+    report = "; ".join(f"{name}: {r.summary()}" for name, r in results.items())
+    print(f"\ntwo rolling restarts, {stack}, keep-alive: {report}")
+    assert stack_of(d.port) == (impl, loop)
+    for name, r in results.items():
+        assert r.failures == 0, f"{name}: {r.summary()}"
+        # Every connection the server ended was ended by a response that said so.
+        assert r.stale == 0, f"{name}: {r.summary()}"
+        assert r.ok > 20, f"{name}: {r.summary()}"
