@@ -4,14 +4,26 @@ uvicorn's own shutdown closes every idle connection at once. On a shared socket 
 loses requests: a connection this worker accepted a moment ago, whose request bytes are
 still in the kernel buffer, counts as idle and is closed unanswered. So on SIGTERM this
 server first stops accepting (the kernel hands new connections to the other workers),
-then for ``drain_window`` seconds answers whatever arrives on the connections it already
-has, each response carrying ``Connection: close``, and only then runs uvicorn's shutdown
-(idle connections closed, in-flight requests given the graceful timeout, lifespan end).
+then ends each connection it already has cleanly, the same way on every uvicorn HTTP
+implementation (h11 and httptools):
+
+- every response that starts from then on says ``Connection: close`` (the header goes into
+  the ASGI response itself, so h11 and httptools both read it and close after that
+  response: the client knows the connection ends and sends its next request elsewhere);
+- a connection is closed by the server only when it has been seen idle (no request in
+  flight, no bytes of a next one received) for ``drain_window`` seconds;
+- nothing is cut under a request: one in flight gets its response, bounded by the graceful
+  timeout, after which uvicorn's own shutdown takes what is left.
+
+Marking a running request "not keep-alive" instead (what uvicorn's shutdown does) makes h11
+close the connection after the response without saying so; a keep-alive client's next
+request then meets a dead socket.
 """
 
 import asyncio
+import math
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import uvicorn
 
@@ -21,11 +33,19 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class CloseWhileDraining:
-    """ASGI wrapper: while the server drains, every HTTP response says ``Connection: close``.
+def closing_headers(headers: Any) -> List[Tuple[bytes, bytes]]:
+    """The response headers with every ``Connection`` header replaced by ``Connection: close``."""
+    return [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
 
-    Both uvicorn protocols (h11 and httptools) close the connection after such a response,
-    so the client's next request opens a new connection, which another worker accepts.
+
+class CloseWhileDraining:
+    """ASGI wrapper: once the server drains, every HTTP response that starts says ``Connection: close``.
+
+    Both uvicorn protocols (h11 and httptools) read the header and close the connection after
+    such a response, so the client's next request opens a new connection, which another worker
+    accepts. ``send`` is wrapped for every request, not only for those that arrive while
+    draining: a request already running when the drain starts responds later, and its response
+    must say close too.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], server: "DrainingServer") -> None:
@@ -33,18 +53,84 @@ class CloseWhileDraining:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The hot path: no closure per request unless draining. A request already running
-        # when the drain starts is covered by shutdown() setting its cycle's keep_alive.
-        if not self.server.draining or scope["type"] != "http":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
         async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.server.draining:
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                message = dict(message, headers=headers + [(b"connection", b"close")])
+            if self.server.draining and message["type"] == "http.response.start":
+                message = dict(message, headers=closing_headers(message.get("headers", [])))
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+class IdleCloser:
+    """Which connections of a draining worker to close, and when the drain is over (pure).
+
+    ``step(now, busy)`` gets every open connection and whether it is busy (a request in flight,
+    or bytes of a next one received). A connection is closed once it has been seen idle for
+    ``quiet`` seconds in a row (at the earliest ``quiet`` seconds after the drain's start): a keep-alive
+    client that sends again within that time gets a response that says close instead, which
+    ends the connection without a race. Busy connections are never closed here. The drain is
+    over when no connection is left, or at ``limit`` (what is still running then is uvicorn's
+    shutdown's business).
+    """
+
+    def __init__(self, quiet: float, limit: float) -> None:
+        self.quiet, self.limit = quiet, limit
+        self._idle_since: Dict[Hashable, float] = {}
+
+    def step(self, now: float, busy: Mapping[Hashable, bool]) -> Tuple[List[Hashable], bool]:
+        """(connections to close now, whether the drain is over)."""
+        for key in [k for k in self._idle_since if k not in busy]:
+            del self._idle_since[key]  # gone: closed by its own last response, or by the client
+        close = []
+        for key, is_busy in busy.items():
+            if is_busy:
+                self._idle_since.pop(key, None)
+                continue
+            # Idle from the first step that saw it idle: it may have got idle just before.
+            since = self._idle_since.setdefault(key, now)
+            if now - since >= self.quiet:
+                close.append(key)
+        return close, not busy or now >= self.limit
+
+
+def _in_flight(cycle: Any) -> bool:
+    # uvicorn's own shutdown() tells idle from busy by these two names, in every release.
+    return cycle is not None and not getattr(cycle, "response_complete", False)
+
+
+def tracking(protocol_class: Any) -> Any:
+    """A subclass of a uvicorn HTTP protocol that remembers whether the bytes it last received
+    began a request that has not started yet (``awaiting_request``).
+
+    uvicorn creates a request (its ``cycle``) only once the headers are complete; until then a
+    connection whose last response is complete looks idle although a request is arriving.
+    ``data_received`` is the asyncio Protocol interface, the same in every uvicorn release.
+    """
+
+    class Tracking(protocol_class):  # type: ignore[misc,valid-type]
+        awaiting_request = False
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # Bytes that made a request (or the body of the running one) leave a request in
+            # flight; bytes that did not are the start of the next request.
+            self.awaiting_request = not _in_flight(getattr(self, "cycle", None))
+
+    Tracking.__name__ = Tracking.__qualname__ = f"Tracking{protocol_class.__name__}"
+    return Tracking
+
+
+def busy(connection: Any) -> bool:
+    """A request in flight on ``connection``, or bytes of one received (as far as uvicorn tells)."""
+    return _in_flight(getattr(connection, "cycle", None)) or bool(getattr(connection, "awaiting_request", False))
+
+
+def _closing(connection: Any) -> bool:
+    transport = getattr(connection, "transport", None)
+    return transport is None or transport.is_closing()
 
 
 class DrainingServer(uvicorn.Server):
@@ -55,13 +141,16 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self.heartbeat_interval = heartbeat_interval
+        self.graceful_timeout = graceful_timeout
         self.drain_window = min(drain_window, graceful_timeout)
         self.draining = False
         self._last_beat = 0.0
 
     async def startup(self, sockets: Optional[List[Any]] = None) -> None:
-        # _serve() has loaded the app by now; protocols read config.loaded_app when created.
+        # _serve() has loaded the app by now; protocols read config.loaded_app and
+        # config.http_protocol_class when each connection is made.
         self.config.loaded_app = CloseWhileDraining(self.config.loaded_app, self)
+        self.config.http_protocol_class = tracking(self.config.http_protocol_class)
         await super().startup(sockets=sockets)
         if self.started:
             self.state.ready()
@@ -80,14 +169,21 @@ class DrainingServer(uvicorn.Server):
             server.close()
         self.draining = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_window
-        while self.server_state.connections and loop.time() < deadline and not self.force_exit:
-            for connection in list(self.server_state.connections):
-                cycle = getattr(connection, "cycle", None)
-                # A response already started cannot get the header; ask the protocol to close after it.
-                if cycle is not None and not cycle.response_complete:
-                    cycle.keep_alive = False
+        start = loop.time()
+        closer = IdleCloser(quiet=self.drain_window, limit=start + self.graceful_timeout)
+        while not self.force_exit:
+            # A connection whose transport is closing is leaving (after a response that said close).
+            open_ = [c for c in list(self.server_state.connections) if not _closing(c)]
+            close, done = closer.step(loop.time(), {c: busy(c) for c in open_})
+            for connection in close:
+                connection.shutdown()  # idle: uvicorn closes it (and ends h11's state machine)
+            if done:
+                break
             await asyncio.sleep(0.02)
         self.state.gone()
+        # uvicorn's shutdown gives what still runs its own graceful timeout: only what is left
+        # of ours, so the whole stop stays within the graceful timeout supervisord waits for.
+        if self.config.timeout_graceful_shutdown:
+            left = start + self.graceful_timeout - loop.time()
+            self.config.timeout_graceful_shutdown = max(1, math.ceil(left))
         await super().shutdown(sockets=sockets)
-

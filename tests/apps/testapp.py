@@ -76,6 +76,13 @@ async def app(scope, receive, send):
         extra = {"loop": type(asyncio.get_running_loop()).__module__,
                  "http": sorted(m.rsplit(".", 1)[1] for m in sys.modules
                                 if m.startswith("uvicorn.protocols.http.") and m.endswith("_impl"))}
+    if path == "/stream":  # a response whose headers go out at once and whose body takes S seconds
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for _ in range(10):
+            await asyncio.sleep(float(query.get("s", "1")) / 10)
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path == "/sleep":
         await asyncio.sleep(float(query.get("s", "1")))
     elif path == "/block":

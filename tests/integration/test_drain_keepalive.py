@@ -11,11 +11,16 @@ meets a closed socket counts as failed.
 
 import http.client
 import json
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from tests.loadgen import Load
 
+from .conftest import wait_until
 from .test_restart_socket import ready_pids
 
 # The two stacks uvicorn can run: a plain `pip install fastapi` (h11 + asyncio) and
@@ -80,3 +85,54 @@ def test_two_rolling_restarts_lose_no_keepalive_request(deploy, stack):
         # Every connection the server ended was ended by a response that said so.
         assert r.stale == 0, f"{name}: {r.summary()}"
         assert r.ok > 20, f"{name}: {r.summary()}"
+
+
+def _response(sock):
+    """Read one response from ``sock``: (status, body, whether it said the connection ends)."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, resp.read(), resp.will_close
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_a_drain_cuts_neither_an_arriving_request_nor_a_connection_whose_response_began_before(deploy, stack):
+    settings, impl, loop = STACKS[stack]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+        pytest.importorskip("httptools")
+    d = deploy({"server": {"workers": 1, "uvicorn": settings}})
+    old = ready_pids(d)
+    streaming = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    arriving = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    restart = None
+    try:
+        # A response under way when the drain starts: its headers are out, without "close".
+        streaming.sendall(b"GET /stream?s=2.5 HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = http.client.HTTPResponse(streaming)
+        first.begin()
+        assert first.status == 200 and not first.will_close
+        # A request whose first bytes arrived before the drain and the rest after its window.
+        arriving.sendall(b"GET /?a=1 HTTP/1.1\r\nHost: t\r\n")
+        assert d.get("/")[0] == 200  # the worker has accepted both connections by now
+        restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
+        # Past the drain window (1 s), where a drain that counted this connection as idle closed it.
+        time.sleep(1.5)
+        arriving.sendall(b"X-Late: 1\r\n\r\n")
+        status, body, closes = _response(arriving)
+        assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
+        # The response begun before the drain ends; the connection stays usable for one more
+        # request, whose response says close.
+        assert first.read() == b"x" * 10 and not first.will_close
+        streaming.sendall(b"GET /?a=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, body, closes = _response(streaming)
+        assert status == 200 and closes, (status, body, closes)
+        out, _ = restart.communicate(timeout=120)
+        assert restart.returncode == 0, out
+    finally:
+        streaming.close()
+        arriving.close()
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+            restart.wait(10)
