@@ -207,7 +207,10 @@ def deploy() -> Iterator[Callable[..., Deployment]]:
         port = free_port()
         base = {
             "app": {"name": "web", "asgi": "testapp:app", "directory": APPS},
-            "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5},
+            # The stack a plain `pip install fastapi` runs (h11, asyncio), although the test extra
+            # installs httptools and uvloop for the tests that pick them (test_drain_keepalive).
+            "server": {"bind": f"tcp://127.0.0.1:{port}", "workers": 2, "graceful_timeout": 5,
+                       "uvicorn": {"http": "h11", "loop": "asyncio"}},
             "supervisord": {"run_dir": os.path.join(folder, "run")},
         }
         data = merge(base, overrides or {})

@@ -24,10 +24,9 @@ def test_rolling_restart_under_load(deploy, mode):
     assert out.returncode == 0, out.stdout + out.stderr
     after = ready_pids(d)
     assert after and not (after & before) and len(after) == 2
-    if mode == "close":
-        assert r.failures == 0, r.summary()
-    else:
-        assert r.failures <= 4, r.summary()
+    # Keep-alive too: a draining worker's responses say Connection: close, so no connection is
+    # closed under a client that is about to reuse it (stale counts those it caught in time).
+    assert r.failures == 0 and r.stale == 0, r.summary()
 
 
 def test_rolling_restart_stops_at_a_worker_that_does_not_come_up(deploy, tmp_path):
