@@ -23,7 +23,7 @@ request then meets a dead socket.
 import asyncio
 import math
 import time
-from typing import Any, Awaitable, Callable, Dict, Hashable, List, Mapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Generic, Hashable, List, Mapping, Optional, Tuple, TypeVar
 
 import uvicorn
 
@@ -31,6 +31,7 @@ Scope = Dict[str, Any]
 Message = Dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+K = TypeVar("K", bound=Hashable)
 
 
 def closing_headers(headers: Any) -> List[Tuple[bytes, bytes]]:
@@ -64,7 +65,7 @@ class CloseWhileDraining:
         await self.app(scope, receive, send_closing)
 
 
-class IdleCloser:
+class IdleCloser(Generic[K]):
     """Which connections of a draining worker to close, and when the drain is over (pure).
 
     ``step(now, busy)`` gets every open connection and whether it is busy (a request in flight,
@@ -78,13 +79,13 @@ class IdleCloser:
 
     def __init__(self, quiet: float, limit: float) -> None:
         self.quiet, self.limit = quiet, limit
-        self._idle_since: Dict[Hashable, float] = {}
+        self._idle_since: Dict[K, float] = {}
 
-    def step(self, now: float, busy: Mapping[Hashable, bool]) -> Tuple[List[Hashable], bool]:
+    def step(self, now: float, busy: Mapping[K, bool]) -> Tuple[List[K], bool]:
         """(connections to close now, whether the drain is over)."""
         for key in [k for k in self._idle_since if k not in busy]:
             del self._idle_since[key]  # gone: closed by its own last response, or by the client
-        close = []
+        close: List[K] = []
         for key, is_busy in busy.items():
             if is_busy:
                 self._idle_since.pop(key, None)
@@ -110,7 +111,7 @@ def tracking(protocol_class: Any) -> Any:
     ``data_received`` is the asyncio Protocol interface, the same in every uvicorn release.
     """
 
-    class Tracking(protocol_class):  # type: ignore[misc,valid-type]
+    class Tracking(protocol_class):
         awaiting_request = False
 
         def data_received(self, data: bytes) -> None:
@@ -170,7 +171,7 @@ class DrainingServer(uvicorn.Server):
         self.draining = True
         loop = asyncio.get_running_loop()
         start = loop.time()
-        closer = IdleCloser(quiet=self.drain_window, limit=start + self.graceful_timeout)
+        closer: IdleCloser[Any] = IdleCloser(quiet=self.drain_window, limit=start + self.graceful_timeout)
         while not self.force_exit:
             # A connection whose transport is closing is leaving (after a response that said close).
             open_ = [c for c in list(self.server_state.connections) if not _closing(c)]
