@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail
 from . import statefile
@@ -114,6 +114,34 @@ def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[LogRe
     return enrich
 
 
+ALERT_RESULTS = ("sent", "failed", "journaled")
+
+
+def result_word(result: str) -> str:
+    """A channel's result as [metrics] counts it: sent; journaled (kept for a retry); anything else failed."""
+    return "sent" if result == "sent" else "journaled" if result.startswith("journaled") else "failed"
+
+
+def tally(counts: Dict[str, Dict[str, int]], results: Mapping[str, str]) -> None:
+    """Add one alert's per-channel results to ``counts`` (channel -> result word -> n)."""
+    for channel, result in results.items():
+        by_result = counts.setdefault(str(channel), {})
+        word = result_word(str(result))
+        by_result[word] = by_result.get(word, 0) + 1
+
+
+def restore_counts(saved: Any) -> Dict[str, Dict[str, int]]:
+    """The counts a previous listener process saved (counters carry on across its restarts); odd data: none."""
+    out: Dict[str, Dict[str, int]] = {}
+    if not isinstance(saved, dict):
+        return out
+    for channel, by_result in list(saved.items())[:256]:
+        if isinstance(by_result, dict):
+            out[str(channel)] = {w: n for w, n in by_result.items()
+                                 if w in ALERT_RESULTS and isinstance(n, int) and not isinstance(n, bool) and n >= 0}
+    return out
+
+
 class Listener:
     """The protocol loop around the decision machines; all I/O is injected."""
 
@@ -125,6 +153,7 @@ class Listener:
         self.stdin_fd, self.stdout_fd, self.clock = stdin_fd, stdout_fd, clock
         self.parser = Parser()
         self.last_alert: Optional[Dict[str, Any]] = None
+        self.alert_counts: Dict[str, Dict[str, int]] = {}  # channel -> sent/failed/journaled, for [metrics]
         self.stop_requested = False
         self._results: queue.Queue[Tuple[Message, Dict[str, str]]] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -156,6 +185,7 @@ class Listener:
         """What the previous listener process knew: the last alert (holds live in supervisord)."""
         if saved and isinstance(saved.get("last_alert"), dict):
             self.last_alert = saved["last_alert"]
+        self.alert_counts = restore_counts(saved.get("alert_counts") if saved else None)
         self._dirty = True
         self._save(force=True)
 
@@ -231,6 +261,7 @@ class Listener:
                 return
             self.last_alert = {"at": msg["at"], "kind": msg["kind"], "event": msg["event"],
                                "summary": msg["summary"], "results": results}
+            tally(self.alert_counts, results)
             self._dirty = True
 
     def _save(self, force: bool = False) -> None:
@@ -238,7 +269,7 @@ class Listener:
         if not self.config.state_path or not self._dirty or (not force and now < self._last_save + SAVE_EVERY):
             return
         state = {"version": 1, "updated": now, "app": self.config.app, "last_alert": self.last_alert,
-                 "pid": os.getpid()}
+                 "pid": os.getpid(), "alert_counts": self.alert_counts}
         self._last_save = now
         try:
             statefile.save(self.config.state_path, state)

@@ -3,7 +3,8 @@
 - N requests add exactly N to http_requests_total (counted in the workers, flushed on beats);
 - kill -9 of a ready worker adds exactly 1 to its restarts_total{cause="killed"}, and its
   request counters do not go backwards across the restart;
-- a memory recycle by the watchdog adds 1 to cause="memory" (and nothing to "killed");
+- a memory recycle by the watchdog adds 1 to cause="memory" (and nothing to "killed"), and its
+  alert is counted in alerts_total{result="sent"};
 - `promtool check metrics` accepts the exposition; a real Prometheus scrapes it and loads
   the documented rules file (docs/metrics-rules.yml) without errors.
 """
@@ -80,8 +81,9 @@ def requests_total(d) -> float:
     return value(parse(scrape(d.metrics_port)), "supervisor_fastapi_http_requests_total")
 
 
-def test_requests_kill_and_memory_recycle_are_counted(deploy):
-    d = metrics_deploy(deploy, {"memory": {"limit": "120MB", "check_interval": 1.0, "limit_checks": 2}})
+def test_requests_kill_and_memory_recycle_are_counted(deploy, tmp_path):
+    d = metrics_deploy(deploy, {"memory": {"limit": "120MB", "check_interval": 1.0, "limit_checks": 2},
+                                "alerts": [{"type": "log", "path": str(tmp_path / "alerts.log")}]})
     first = parse(scrape(d.metrics_port))
     assert value(first, "supervisor_fastapi_up") == 1
     assert value(first, "supervisor_fastapi_worker_up") == 2
@@ -124,6 +126,11 @@ def test_requests_kill_and_memory_recycle_are_counted(deploy):
     assert value(recycled, "supervisor_fastapi_restarts_total", process=fat, cause="memory") == 1
     assert value(recycled, "supervisor_fastapi_restarts_total", cause="killed") == 1
     assert value(recycled, "supervisor_fastapi_restarts_total") == 2
+    # Its memory_recycle alert went out through the log channel: counted by the listener.
+    wait_until(lambda: value(parse(scrape(d.metrics_port)), "supervisor_fastapi_alerts_total", result="sent") >= 1,
+               15, "the memory_recycle alert counted as sent")
+    final = parse(scrape(d.metrics_port))
+    assert value(final, "supervisor_fastapi_alerts_total", result="failed") == 0
 
 
 @pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("promtool")),

@@ -176,3 +176,16 @@ def test_a_full_disk_does_not_stop_the_loop_and_the_state_is_saved_once_there_is
     assert r["out"] == "READY\n" + "RESULT 2\nOKREADY\n" * 2
     assert r["state"] is not None and r["state"]["last_alert"]["kind"] == "crash_loop"
     assert caplog.text.count("cannot write the state file") == 1  # once per outage, not per attempt
+
+
+def test_alert_results_are_counted_by_channel_and_survive_a_listener_restart(tmp_path):
+    saved = {"version": 1, "alert_counts": {"rec": {"sent": 5, "failed": 2, "bogus": 9, "journaled": -1}}}
+    r = run_listener(tmp_path, (remote(1) + remote(2, kind="killed")).encode(), saved=saved)
+    assert r["state"]["alert_counts"] == {"rec": {"sent": 7, "failed": 2}}
+
+
+def test_result_words():
+    from supervisor_fastapi.listener.main import result_word
+
+    assert [result_word(r) for r in ("sent", "journaled: timeout", "LOST (journal not writable): x", "no result")] \
+        == ["sent", "journaled", "failed", "failed"]
