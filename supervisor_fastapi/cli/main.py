@@ -357,14 +357,24 @@ def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str])
 @main.command("status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds until Ctrl-C (exit 0).")
+@click.option("--interval", type=click.FloatRange(min=0.5, max=3600), default=2.0, show_default=True,
+              help="Seconds between frames with --watch.")
+@click.option("--count", type=click.IntRange(min=0), default=0,
+              help="With --watch: stop after this many frames (0: until Ctrl-C).")
 @serverurl_option
 @user_errors
-def status_cmd(config: Optional[str], as_json: bool, serverurl: Optional[str]) -> None:
+def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: float, count: int,
+               serverurl: Optional[str]) -> None:
     """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
     from . import ops
 
     spec = load_spec(config)
     edges = _ops_edges(spec, serverurl)
+    if watch:
+        if as_json:
+            raise UserError("status: --watch is for people; use --json without it (once per call) in scripts")
+        sys.exit(_watch_status(spec, edges, interval, count))
     status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
                            programs=[p.name for p in spec.programs])
     if as_json:
@@ -373,6 +383,27 @@ def status_cmd(config: Optional[str], as_json: bool, serverurl: Optional[str]) -
         click.echo(ops.format_status(status, time.time()))
     if not status.ok:
         sys.exit(1)
+
+
+def _watch_status(spec: Spec, edges: Any, interval: float, count: int) -> int:
+    from ..contracts import read_worker_metrics
+    from ..runtime.reqcount import parse_counts
+    from . import ops, watch
+
+    layout = Layout(spec.run_dir)
+
+    def frame() -> "watch.Frame":
+        status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
+                               programs=[p.name for p in spec.programs])
+        totals = None
+        if spec.metrics is not None:  # the workers count requests into run_dir/workers/<name>.metrics
+            names = [str(i["name"]) for i in edges.infos() if i["group"] == Names(spec.app.name).web]
+            parsed = {n: parse_counts(d) for n, d in read_worker_metrics(layout.state_dir, names).items()}
+            totals = {n: float(sum(p[0].values())) for n, p in parsed.items() if p is not None}
+        return ops.format_status(status, time.time()), totals
+
+    return watch.watch(frame, lambda text: click.echo(text, nl=False), interval, count, tty=sys.stdout.isatty(),
+                       errors=(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError))
 
 
 def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:

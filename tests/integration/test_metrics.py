@@ -200,3 +200,31 @@ def _rules(port: int):
     groups = json.loads(conn.getresponse().read())["data"]["groups"]
     conn.close()
     return [r for g in groups for r in g["rules"]]
+
+
+def test_status_watch_refreshes_with_request_rates_and_ctrl_c_exits_0(deploy):
+    import sys
+
+    d = metrics_deploy(deploy)
+    r = d.cli("status", "--watch", "--interval", "0.5", "--count", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("supervisor-fastapi status --watch") == 2
+    assert "web:web_00" in r.stdout and "requests/s: web_00" in r.stdout.split("--watch")[-1]
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "status", "--watch", "--interval", "0.5",
+                             "-c", d.spec_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import select
+
+        ready, _, _ = select.select([proc.stdout], [], [], 30)  # the first frame is on its way
+        assert ready, "no frame within 30 s"
+        first = proc.stdout.readline()
+        assert first.startswith("supervisor-fastapi status --watch")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while it waits for the next frame
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "web:web_01" in out

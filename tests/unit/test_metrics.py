@@ -306,3 +306,44 @@ def test_a_remote_bind_needs_allow_remote(tmp_path):
 def test_a_program_may_not_be_called_metrics(tmp_path):
     with pytest.raises(SpecError, match="programs"):
         _spec(tmp_path, '[[programs]]\nname = "metrics"\ncommand = "true"\n')
+
+
+# --- status --watch ------------------------------------------------------------------------------
+
+
+def test_rates_between_frames():
+    from supervisor_fastapi.cli.watch import rates
+
+    assert rates(None, 1.0, {"a": 5}) == {}
+    assert rates((0.0, {"a": 5, "b": 9}), 2.0, {"a": 15, "b": 3, "c": 1}) == {"a": 5.0}  # b went down, c is new
+    assert rates((2.0, {"a": 5}), 2.0, {"a": 6}) == {}
+
+
+def test_watch_is_bounded_survives_errors_and_ctrl_c_exits_0():
+    from supervisor_fastapi.cli.watch import CLEAR, watch
+
+    now, frames, out = [0.0], iter([("t1", {"a": 0.0}), OSError("refused"), ("t3", {"a": 4.0}), ("t4", {"a": 8.0})]), []
+
+    def make():
+        item = next(frames)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def sleep(s):
+        now[0] += s
+
+    assert watch(make, out.append, 2.0, count=3, clock=lambda: now[0], sleep=sleep, stamp=lambda: "T") == 0
+    assert len(out) == 3 and all(o.startswith(CLEAR) for o in out)
+    assert "cannot read the status: refused" in out[1]
+    assert "(from the next frame)" in out[2]  # the error frame broke the chain: no rate made up
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    lines = []
+    assert watch(interrupted, lines.append, 1.0, tty=False) == 0 and lines == []
+    frames = iter([("t1", {"a": 0.0}), ("t2", {"a": 10.0})])
+    assert watch(lambda: next(frames), lines.append, 5.0, count=2, tty=False, clock=lambda: now[0], sleep=sleep,
+                 stamp=lambda: "T") == 0
+    assert lines[1].endswith("requests/s: a 2.0 (total 2.0)\n\n") and CLEAR not in lines[1]
