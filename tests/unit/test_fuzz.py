@@ -21,6 +21,7 @@ from supervisor_fastapi.layout import Names
 from supervisor_fastapi.spec import parse_spec
 from supervisor_fastapi.uvicorn_settings import UVICORN_SETTINGS
 
+from ..hypothesis_profiles import examples
 from ._core_helpers import HOST, conf_of, load, make_dirs, program_configs, raw_sections
 
 SRC_DIR = "/srv/fuzz"
@@ -35,7 +36,8 @@ def _run_dir():
         RUN_DIR = folder
         yield
     RUN_DIR = ""
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "250")), deadline=None,
+# FUZZ_EXAMPLES overrides the count (tests/hypothesis_profiles.py: 250 locally, 50 in CI).
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", examples(250))), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 SPECIALS = ["\n[program:evil]\ncommand=/bin/evil\n", "\n", "\r", "\r\n", "\x00", " ;", " #", ";", "#", "%",
@@ -101,39 +103,41 @@ PROGRAM = {"name": names, "command": commands, "numprocs": Key(st.integers(1, 4)
 
 
 @st.composite
-def table(draw, keys, rnd, extra_keys=True):
+def table(draw, keys, rnd, extra_keys=True, bad=0.06):
     """A table with a random subset of the known keys, a few of them bad, rarely an unknown key."""
     out = {}
     for key, strategy in keys.items():
         if draw(st.booleans()):
-            out[key] = draw(strategy.bad if rnd.random() < 0.06 else strategy.good)
-    if extra_keys and rnd.random() < 0.03:
+            out[key] = draw(strategy.bad if rnd.random() < bad else strategy.good)
+    if extra_keys and bad and rnd.random() < 0.03:
         out[draw(hostile)] = draw(anything)
     return out
 
 
 @st.composite
-def specs(draw):
+def specs(draw, bad=0.06):
+    """Spec tables; ``bad`` of the keys get a value the loader must refuse (with ``bad=0``, no
+    refusal on purpose: a test of what accepted specs render wastes no draws on the others)."""
     # Hypothesis biases integers towards their bounds; a seeded Random keeps rare mutations rare.
     rnd = random.Random(draw(st.integers(0, 2**32)))
     d = {"app": {"name": "web", "asgi": "main:app"}}
-    d["app"].update(draw(table(APP, rnd)))
+    d["app"].update(draw(table(APP, rnd, bad=bad)))
     if draw(st.booleans()):
-        d["server"] = draw(table(SERVER, rnd))
+        d["server"] = draw(table(SERVER, rnd, bad=bad))
         if draw(st.booleans()):
-            d["server"]["uvicorn"] = draw(table(UVICORN, rnd))
+            d["server"]["uvicorn"] = draw(table(UVICORN, rnd, bad=bad))
     if draw(st.booleans()):
-        d["memory"] = draw(table(MEMORY, rnd))
+        d["memory"] = draw(table(MEMORY, rnd, bad=bad))
     if draw(st.booleans()):
-        d["programs"] = draw(st.lists(table(PROGRAM, rnd), max_size=3))
+        d["programs"] = draw(st.lists(table(PROGRAM, rnd, bad=bad), max_size=3))
     if draw(st.booleans()):
         migrate = {"command": commands, "timeout": Key(st.integers(1, 1000), floats), "env": envs}
-        d["migrate"] = draw(table(migrate, rnd))
+        d["migrate"] = draw(table(migrate, rnd, bad=bad))
     if rnd.random() < 0.2:
-        d["supervisord"] = draw(table({"run_dir": paths, "log_level": Key(["info", "debug"])}, rnd))
-    if rnd.random() < 0.03:
+        d["supervisord"] = draw(table({"run_dir": paths, "log_level": Key(["info", "debug"])}, rnd, bad=bad))
+    if bad and rnd.random() < 0.03:
         d[draw(st.sampled_from(["crash_loop", "alerts", "listener", draw(hostile)]))] = draw(anything)
-    if rnd.random() < 0.03:  # drop a required key
+    if bad and rnd.random() < 0.03:  # drop a required key
         d["app"].pop(draw(st.sampled_from(["name", "asgi"])), None)
     return d
 
@@ -286,7 +290,7 @@ def test_known_injections_are_refused_with_a_reason(evil, where):
     assert any(word in info.value.problem for word in ("line break", "control character", "comment"))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(d=specs())
 def test_cli_render_never_shows_a_traceback(tmp_path_factory, d):
     folder = tmp_path_factory.mktemp("cli")
@@ -329,7 +333,7 @@ def _nested(depth: int, kind: str) -> str:
     return "x = " + ("[" * depth + "]" * depth if kind == "array" else "{a = " * depth + "1" + "}" * depth)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(depth=st.integers(1, 6000), kind=st.sampled_from(["array", "inline"]))
 def test_deep_nesting_is_a_clear_error(depth, kind):
     assert parse_or_error(f'[app]\nname = "web"\nasgi = "m:a"\n{_nested(depth, kind)}\n') is None

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from supervisor_fastapi.generate import yaml
 
+from ..hypothesis_profiles import examples
 from .test_fuzz import SPECIALS
 
 TRICKY = SPECIALS + ["", "yes", "No", "ON", "off", "y", "N", "true", "False", "null", "Null", "~", "nan", ".nan",
@@ -31,7 +32,7 @@ def test_every_tricky_string_reads_back_as_itself(text):
     assert roundtrip([{text: text, "list": [text, [text]]}]) == [{text: text, "list": [text, [text]]}]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.dictionaries(texts, values, max_size=5), max_size=3))
 def test_generated_documents_round_trip(docs):
     assert roundtrip(docs) == docs
