@@ -233,6 +233,23 @@ directory={app_dir}
 """
 
 
+def compile_package() -> None:
+    """Byte-compile supervisor_fastapi where it is installed, as pip does for the others.
+
+    pip writes the .pyc files of uvicorn, gunicorn and FastAPI at install time; an editable
+    install of this package (the bench's) has none, and with PYTHONDONTWRITEBYTECODE set (CI
+    sets it) every worker, the listener and supervisord would compile it from source at each
+    start (measured here: ~150 ms more per worker start, ~1.5 MB more RSS for the listener),
+    which no installed deployment pays. compileall writes them whatever that variable says.
+    """
+    import compileall
+
+    import supervisor_fastapi
+
+    for folder in supervisor_fastapi.__path__:
+        compileall.compile_dir(folder, quiet=1)
+
+
 class SupervisorFastAPI(SupervisordBased):
     """This package: spec -> conf with `supervisor-fastapi render`, then supervisord."""
 
@@ -243,6 +260,7 @@ class SupervisorFastAPI(SupervisordBased):
     def prepare(self) -> None:
         import tomli_w
 
+        compile_package()
         self.spec_path = os.path.join(self.folder, "supervisor-fastapi.toml")
         self.conf_path = os.path.join(self.folder, "supervisord.conf")
         uvicorn: Dict[str, object] = {}
