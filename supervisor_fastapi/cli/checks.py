@@ -13,7 +13,7 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import did_you_mean
 from ..layout import Layout
@@ -182,12 +182,22 @@ def directory_problem(directory: str, user: Optional[str] = None) -> Optional[st
     return f"{demoted.who} cannot enter or list {directory}; give {demoted.user} read and search (r-x) access to it"
 
 
-def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None) -> Optional[str]:
+def app_environ(app: App, hidden: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment a check runs the app's code in, as app.user: what a worker gets (this
+    shell's environment standing in for supervisord's, the listener's variables blanked, app.env)."""
+    env = dict(os.environ if environ is None else environ)
+    env.update((name, "") for name in hidden)
+    env.update(app.env)
+    return env
+
+
+def python_problem(python: str, directory: str, asgi: str, user: Optional[str] = None,
+                   env: Optional[Dict[str, str]] = None) -> Optional[str]:
     """Whether app.python, run as app.user, can run the worker (supervisor_fastapi and uvicorn importable)."""
     code = "import supervisor_fastapi.runtime.worker, uvicorn"
     demoted = Demoted(user)
     try:
-        rc, out = run_python(python, ["-c", code], demoted, dict(os.environ), timeout=60)
+        rc, out = run_python(python, ["-c", code], demoted, dict(os.environ) if env is None else env, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:
         return exec_problem(python, exc, demoted)
     if rc is None:
@@ -421,11 +431,11 @@ def import_message(app: App, verdict: Optional[Dict[str, Any]], output: str, who
             f"needs into app.python's environment")
 
 
-def import_problem(app: App, timeout: float = IMPORT_TIMEOUT) -> Optional[str]:
-    """Import app.asgi as the worker would (app.python, app.user, app.directory, app.env); the problem, or None."""
+def import_problem(app: App, timeout: float = IMPORT_TIMEOUT, hidden: Sequence[str] = ()) -> Optional[str]:
+    """Import app.asgi as the worker would (app.python, app.user, app.directory, app.env, the
+    listener's variables ``hidden``); the problem, or None."""
     demoted = Demoted(app.user)
-    env = dict(os.environ)
-    env.update(app.env)
+    env = app_environ(app, hidden)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves nothing behind, not even __pycache__
     try:
         rc, out = run_python(app.python, ["-c", PROBE, app.directory, app.asgi], demoted, env, timeout)
@@ -459,10 +469,15 @@ def app_results(spec: Spec) -> List[Result]:
     problem = directory_problem(app.directory, app.user)
     if problem:
         return [Result(False, "app.directory", problem)]
-    problem = python_problem(app.python, app.directory, app.asgi, app.user)
+    from ..generate.conf import listener_only_env
+
+    # The app's code runs as app.user here: it must not see the alert credentials an operator's
+    # shell may hold (SMTP_PASSWORD exported for alert-test), as the workers do not.
+    hidden = listener_only_env(spec)
+    problem = python_problem(app.python, app.directory, app.asgi, app.user, app_environ(app, hidden))
     results = [Result(problem is None, "app.python runs the worker", problem or app.python)]
     if problem is None:
-        problem = import_problem(app)
+        problem = import_problem(app, hidden=hidden)
         who = (f" as {app.user}" if os.geteuid() == 0 else " as this user (not root: supervisord cannot "
                "switch to app.user either)") if app.user else ""
         results.append(Result(problem is None, "app.asgi imports", problem or f"{app.asgi} in {app.directory}{who}"))

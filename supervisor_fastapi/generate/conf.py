@@ -85,13 +85,13 @@ def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:
     """The spec's ``[[alerts]]`` as the plain records the listener's settings carry.
 
     A command channel's record says whom it runs as (its ``user``, else app.user; nobody
-    only with ``run_as_root``) and which variables it must not inherit (the SMTP ones)."""
+    only with ``run_as_root``); its environment is an allow-list plus its own ``pass_env``
+    (listener/alerts.py command_env), so it needs no list of what to hide."""
     out = []
     for a in spec.alerts:
         options = {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}
         if a.type == "command":
             options["user"] = a.get("user") or (None if a.get("run_as_root") else spec.app.user)
-            options["hidden_env"] = listener_only_env(spec)
         out.append({"type": a.type, "name": a.name, "options": options})
     return tuple(out)
 
@@ -106,7 +106,8 @@ def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
 
 
 def listener_only_env(spec: Spec) -> List[str]:
-    """Variables only the listener may see: the SMTP credentials named by email alerts.
+    """Variables only the listener may see: the SMTP credentials named by email alerts and
+    what command alerts pass on (``pass_env``: a channel's settings, not the app's).
 
     supervisord passes its whole environment to every child; ``NAME=""`` in a program's
     environment= is the only way a conf can take one back."""
@@ -114,6 +115,8 @@ def listener_only_env(spec: Spec) -> List[str]:
     for a in spec.alerts:
         if a.type == "email":
             names.update(n for n in (a.get("username_env"), a.get("password_env")) if n)
+        if a.type == "command":
+            names.update(a.get("pass_env") or ())
     return sorted(names)
 
 

@@ -282,23 +282,43 @@ class EmailChannel(Channel):
                 raise SendError(redact(f"{where}: {exc}", [creds[1]] if creds else [])) from None
 
 
+# What a command alert's environment holds besides the names its own spec entry passes
+# (pass_env): an allow-list, not the listener's environment minus some names. The listener's
+# environment carries SUPERVISOR_FASTAPI_LISTENER (every channel's settings, webhook tokens
+# and headers included) and the SMTP credentials, and the command usually runs as app.user,
+# who can read /proc/<pid>/environ of its own processes.
+COMMAND_ENV = ("PATH", "HOME", "LANG")
+
+
+def command_env(environ: Mapping[str, str], pass_env: Sequence[str], account: Any = None) -> Dict[str, str]:
+    """The command's whole environment (pure): PATH, HOME, LANG and the ``pass_env`` names from
+    ``environ``; with ``account`` (a pwd entry: the user it runs as), that user's HOME, USER and LOGNAME."""
+    env = {k: environ[k] for k in COMMAND_ENV if k in environ}
+    env.setdefault("PATH", os.defpath)
+    env.update((k, environ[k]) for k in pass_env if k in environ)
+    if account is not None:
+        env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    return env
+
+
 class CommandChannel(Channel):
     """Runs a command with the alert as JSON on stdin: as ``user`` (default app.user), or as
-    root only when the spec says ``run_as_root = true``; the listener's credentials are
-    removed from its environment."""
+    root only when the spec says ``run_as_root = true``; its environment is ``command_env``."""
 
     type = "command"
 
     def __init__(self, name: str, command: str, timeout: float = 10.0, cwd: Optional[str] = None,
-                 user: Optional[str] = None, run_as_root: bool = False, hidden_env: Sequence[str] = ()) -> None:
+                 user: Optional[str] = None, run_as_root: bool = False, pass_env: Sequence[str] = (),
+                 environ: Optional[Mapping[str, str]] = None) -> None:
         self.name, self.command, self.timeout, self.cwd = name, command, timeout, cwd
-        self.user, self.run_as_root, self.hidden_env = user, run_as_root, tuple(hidden_env)
+        self.user, self.run_as_root, self.pass_env = user, run_as_root, tuple(pass_env)
+        self.environ = os.environ if environ is None else environ
 
     def target(self) -> str:
         return self.command
 
     def _identity(self) -> Dict[str, Any]:
-        """subprocess arguments that drop to ``user``; {} to run as we are."""
+        """subprocess arguments that drop to ``user`` (with its environment); {} to run as we are."""
         euid = os.geteuid()
         if self.user is None:
             if euid == 0 and not self.run_as_root:
@@ -315,8 +335,7 @@ class CommandChannel(Channel):
             return {}
         if euid != 0:
             raise SendError(f"cannot run the command as {self.user!r}: the listener is not root")
-        env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
-        env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+        env = command_env(self.environ, self.pass_env, entry)
         if sys.version_info >= (3, 9):
             groups = [g.gr_gid for g in _groups_of(entry.pw_name)]
             return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups, "env": env}
@@ -334,7 +353,7 @@ class CommandChannel(Channel):
         import subprocess  # here, not at the top: the listener loads it on its first command alert
 
         identity = self._identity()
-        identity.setdefault("env", {k: v for k, v in os.environ.items() if k not in self.hidden_env})
+        identity.setdefault("env", command_env(self.environ, self.pass_env))
         try:
             proc = subprocess.run(shlex.split(self.command), input=json.dumps(msg, default=str), text=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout,
@@ -453,7 +472,7 @@ def channels_from_alerts(alerts: Sequence[Mapping[str, Any]], base_dir: str, run
         elif a.type == "command":
             out.append(CommandChannel(a.name, a.get("command"), a.get("timeout", 10.0), base_dir,
                                       user=a.get("user"), run_as_root=bool(a.get("run_as_root")),
-                                      hidden_env=a.get("hidden_env") or ()))
+                                      pass_env=a.get("pass_env") or (), environ=env))
         else:
             out.append(LogChannel(a.name, a.get("path") or Layout(run_dir).alerts_log))
     return out

@@ -578,7 +578,7 @@ ALERT_KEYS: Dict[str, Tuple[str, ...]] = {
     "webhook": ("url", "timeout", "headers"),
     "email": ("host", "port", "starttls", "ssl", "from", "to", "username", "username_env", "password_env",
               "password_file", "timeout", "subject_prefix"),
-    "command": ("command", "timeout", "user", "run_as_root"),
+    "command": ("command", "timeout", "user", "run_as_root", "pass_env"),
     "log": ("path",),
 }
 
@@ -599,6 +599,7 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
             t.fail("name", f"{name!r} is used by two alerts", "give each [[alerts]] its own name")
         names.add(name)
         out.append(Alert(type=kind, name=name, options=tuple(sorted(_alert_options(t, kind, base_dir).items()))))
+    _other_channels_secrets(out, source)
     return tuple(out)
 
 
@@ -672,7 +673,32 @@ def _command_options(t: _Table, base_dir: str) -> Dict[str, Any]:
     if run_as_root and user:
         t.fail("run_as_root", "run_as_root = true and user cannot both be set", "keep one")
     return {"command": t.command("command"), "timeout": float(t.number("timeout", 10.0, minimum=0.1, maximum=600)),
-            "user": user, "run_as_root": run_as_root}
+            "user": user, "run_as_root": run_as_root, "pass_env": _pass_env(t)}
+
+
+def _pass_env(t: _Table) -> Tuple[str, ...]:
+    """The variables a command alert takes from the listener's environment (besides PATH, HOME, LANG)."""
+    names = t.get("pass_env", (list,), [], "an array of environment variable names")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            t.fail(f"pass_env[{i}]", f"{name!r} is not an environment variable name")
+        if name.startswith("SUPERVISOR_"):
+            t.fail(f"pass_env[{i}]", f"{name} is supervisord's or the listener's own (it may hold every channel's "
+                   "settings)", "pass only the variables the command itself needs")
+    return tuple(sorted(set(names)))
+
+
+def _other_channels_secrets(alerts: Sequence[Alert], source: str) -> None:
+    """A command alert may not pass on another channel's credentials (an email's username_env
+    or password_env): it usually runs as app.user, who could read them."""
+    owned = {a.get(k): (i, k) for i, a in enumerate(alerts) if a.type == "email"
+             for k in ("username_env", "password_env") if a.get(k)}
+    for i, a in enumerate(alerts):
+        for name in (a.get("pass_env") or ()) if a.type == "command" else ():
+            if name in owned:
+                other, key = owned[name]
+                raise SpecError(source, f"alerts[{i}].pass_env", f"{name} is alerts[{other}].{key}, another "
+                                "channel's credential", "a command alert gets only what its own channel needs")
 
 
 def _log_options(t: _Table, base_dir: str) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ around /usr/bin/python3 (the test venv lives under /root, which www-data cannot 
 puts this checkout and the venv's site-packages on PYTHONPATH.
 """
 
+import json
 import os
 import pwd
 import shutil
@@ -76,6 +77,13 @@ def base(app_python: str, **extra: Any) -> dict:
 
 def worker_pid(d: Any, name: str) -> int:
     return next(i["pid"] for i in d.infos() if i["name"] == name)
+
+
+def serving_pid(d: Any, name: str) -> int:
+    """The pid of worker ``name`` once it is RUNNING and its ready file names that pid, else 0."""
+    info = next(i for i in d.infos() if i["name"] == name)
+    ready = d.rpc.fastapi_web.getWorkerStates().get(name, {})
+    return info["pid"] if info["statename"] == "RUNNING" and ready.get("pid") == info["pid"] else 0
 
 
 def test_what_the_app_user_plants_in_workers_hangs_nothing(deploy, app_python):
@@ -230,3 +238,73 @@ def test_check_fails_on_every_run_dir_up_refuses(deploy, app_python):
         assert up.returncode == 2, up.stdout + up.stderr
         assert up.stderr.strip() == f"error: {spec_path}: {failed[0][len('FAIL '):]}", up.stderr
         assert "Traceback" not in check.stdout + check.stderr + up.stdout + up.stderr
+
+
+HEADER_SECRET = "HEADERSECRET-0b9e4d21"
+PAGER_KEY = "PAGERKEY-5a6c7d8e"
+
+
+def test_a_command_alert_fired_by_a_real_incident_gets_no_other_channels_secret(deploy, app_python, monkeypatch):
+    """Issue 18: the command ran as app.user with the listener's environment minus the SMTP
+    variables, SUPERVISOR_FASTAPI_LISTENER included (every channel's settings: the webhook URL
+    with its token, its headers), readable in /proc/<pid>/environ by the app user, who can
+    fire an alert at will by killing its own worker three times."""
+    from ..helpers_alerts import closed_port
+
+    monkeypatch.setenv("SMTP_PASSWORD", SMTP_PASSWORD)  # supervisord inherits these, as under systemd
+    monkeypatch.setenv("PAGER_KEY", PAGER_KEY)
+    dead = closed_port()
+    out_dir = tempfile.mkdtemp(prefix="sf-cmd-")
+    os.chown(out_dir, pwd.getpwnam("www-data").pw_uid, 0)
+    os.chmod(out_dir, 0o700)
+    try:
+        d = deploy(base(app_python, server={"workers": 2}, listener={"send_retries": 0},
+                        crash_loop={"restarts": 3, "window": 60},
+                        alerts=[{"type": "webhook", "name": "hook", "timeout": 1,
+                                 "url": f"http://ops:{TOKEN}@127.0.0.1:{dead}/services/{TOKEN}?token={TOKEN}",
+                                 "headers": {"Authorization": f"Bearer {HEADER_SECRET}"}},
+                                {"type": "email", "name": "mail", "host": "127.0.0.1", "port": dead,
+                                 "from": "a@b.example", "to": "ops@b.example", "username": "alerts",
+                                 "password_env": "SMTP_PASSWORD", "starttls": False, "timeout": 1},
+                                {"type": "command", "name": "script", "pass_env": ["PAGER_KEY"],
+                                 "command": f"sh -c 'cat /proc/$$/environ > {out_dir}/environ; "
+                                            f"cat > {out_dir}/alert.json; id -u > {out_dir}/uid'"}]), start=False)
+        open_for_others(d.folder)
+        d.start(wait=True, timeout=60)
+        # The app user's own move: kill its worker three times (a "killed" incident opens).
+        for n in range(3):
+            # Killed once it serves (its ready file names it): a "killed" incident, not a start failure.
+            old = wait_until(lambda: serving_pid(d, "web_00"), 30, f"kill {n}: web_00 serving")
+            as_user("www-data", "kill", "-KILL", str(old))
+            wait_until(lambda old=old: worker_pid(d, "web_00") != old, 20, f"kill {n}: web_00 gone")
+        alert_file = os.path.join(out_dir, "alert.json")
+        wait_until(lambda: os.path.exists(os.path.join(out_dir, "uid")), 30, "the command alert")
+        with open(alert_file) as f:
+            alert = json.load(f)
+        assert (alert["event"], alert["kind"]) == ("open", "killed"), alert
+        with open(os.path.join(out_dir, "uid")) as f:
+            assert int(f.read()) == pwd.getpwnam("www-data").pw_uid
+        with open(os.path.join(out_dir, "environ"), "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        names = sorted(k.decode() for k in env)
+        # The allow-list and its own pass_env; nothing of the listener's.
+        assert set(names) <= {"PATH", "HOME", "LANG", "USER", "LOGNAME", "PAGER_KEY", "PWD"}, names
+        assert env[b"PAGER_KEY"] == PAGER_KEY.encode() and env[b"USER"] == b"www-data"
+        dump = b"\0".join(b"=".join(kv) for kv in env.items())
+        for secret in (TOKEN, HEADER_SECRET, SMTP_PASSWORD, "SUPERVISOR_FASTAPI_LISTENER"):
+            assert secret.encode() not in dump, secret
+        # Through any child: every process supervisord runs whose environment www-data can read.
+        readable = 0
+        for info in d.infos():
+            if not info["pid"]:
+                continue
+            got = as_user("www-data", "cat", f"/proc/{info['pid']}/environ", f"/proc/{info['pid']}/cmdline")
+            if got.returncode != 0:
+                assert info["name"] in ("web_listener", "web_watchdog"), info["name"]  # root's
+                continue
+            readable += 1
+            for secret in (TOKEN, HEADER_SECRET, SMTP_PASSWORD, PAGER_KEY, "SUPERVISOR_FASTAPI_LISTENER"):
+                assert secret not in got.stdout, (info["name"], secret)
+        assert readable >= 2  # the web workers
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)

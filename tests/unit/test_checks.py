@@ -199,3 +199,22 @@ def test_a_command_is_looked_up_on_the_path_its_program_gets_not_this_shells(tmp
                              f"{elsewhere / 'migrate-tool'}")
     assert checks.command_problem("programs[0].command", "/no/such/tool x", path) == \
         (False, "programs[0].command = '/no/such/tool x': /no/such/tool is not an executable file")
+
+
+def test_the_apps_import_in_check_does_not_see_the_alert_credentials(tmp_path, monkeypatch):
+    """check runs the app's code (as app.user under root): an SMTP password in the operator's
+    shell (exported for alert-test) must not reach it, as it does not reach the workers."""
+    seen = tmp_path / "seen"
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        f"open({str(seen)!r}, 'w').write(repr([os.environ.get(k) for k in ('SMTP_PASSWORD', 'PAGER_KEY', 'DB')]))\n"
+        "app = object()\n")
+    monkeypatch.setenv("SMTP_PASSWORD", "smtp-secret")
+    monkeypatch.setenv("PAGER_KEY", "pager-secret")
+    d = data(app={"python": sys.executable, "directory": str(tmp_path), "env": {"DB": "db"}},
+             alerts=[{"type": "email", "from": "a@b.c", "to": "d@e.f", "password_env": "SMTP_PASSWORD"},
+                     {"type": "command", "command": "x", "run_as_root": True, "pass_env": ["PAGER_KEY"]}])
+    spec = spec_of(d, base_dir=str(tmp_path), run_dir=str(tmp_path / "run"))
+    results = {r.what: r for r in checks.app_results(spec)}
+    assert results["app.asgi imports"].ok, results
+    assert seen.read_text() == repr(["", "", "db"])

@@ -334,12 +334,48 @@ def test_command_channel_runs_as_its_user_without_the_listeners_secrets(monkeypa
     cmd = ("/usr/bin/python3 -c 'import json, os; json.dump([os.getuid(), os.getgid(), "
            f"os.environ.get(\"SMTP_PASSWORD\"), os.environ.get(\"HOME\")], open(\"{out}\", \"w\"))'")
     try:
-        CommandChannel("c", cmd, cwd=folder, user="nobody", hidden_env=["SMTP_PASSWORD"]).send(msg())
+        CommandChannel("c", cmd, cwd=folder, user="nobody").send(msg())
         with open(out) as f:
             uid, gid, password, home = json.load(f)
     finally:
         shutil.rmtree(folder)
     assert (uid, password) == (65534, None) and gid != 0 and home == "/nonexistent"
+
+
+LISTENER_ENVIRON = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "PAGER_KEY": "pager-1",
+                    "SUPERVISOR_FASTAPI_LISTENER": "eyJhbGVydHMiOiBbXX0=" + TOKEN, "SMTP_PASSWORD": TOKEN,
+                    "SUPERVISOR_SERVER_URL": "unix:///srv/run/supervisor.sock", "LC_ALL": "C", "AWS_SECRET": TOKEN}
+
+
+@pytest.mark.parametrize("as_nobody", [False, True])
+def test_command_channel_environment_is_an_allow_list(tmp_path, as_nobody):
+    """Issue 18: the command got the listener's environment minus the SMTP names, which kept
+    SUPERVISOR_FASTAPI_LISTENER (every channel's settings) for app.user to read."""
+    if as_nobody and not ROOT:
+        pytest.skip("runs as nobody: needs root")
+    folder = tempfile.mkdtemp(prefix="sf-cmd-")  # tmp_path's parents are root's only
+    os.chmod(folder, 0o777)
+    out = os.path.join(folder, "env.json")
+    python = "/usr/bin/python3" if as_nobody else sys.executable
+    cmd = f"{python} -c 'import json, os, sys; json.dump([dict(os.environ), json.load(sys.stdin)], open(\"{out}\", \"w\"))'"
+    try:
+        CommandChannel("c", cmd, cwd=folder, user="nobody" if as_nobody else None, run_as_root=not as_nobody,
+                       pass_env=["PAGER_KEY", "NOT_SET"], environ=LISTENER_ENVIRON).send(msg())
+        with open(out) as f:
+            env, alert = json.load(f)
+    finally:
+        shutil.rmtree(folder)
+    env.pop("LC_CTYPE", None)  # Python's own locale coercion in the child, not ours
+    expected = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/root", "PAGER_KEY": "pager-1"}
+    if as_nobody:
+        expected.update(HOME="/nonexistent", USER="nobody", LOGNAME="nobody")
+    assert env == expected
+    assert alert == msg()  # the alert itself, on stdin
+
+
+def test_command_env_is_pure():
+    assert alerts.command_env({"PATH": "/p", "X": "1", "Y": "2"}, ["Y"]) == {"PATH": "/p", "Y": "2"}
+    assert alerts.command_env({}, []) == {"PATH": os.defpath}
 
 
 def test_command_channels_default_to_app_user():
@@ -348,8 +384,21 @@ def test_command_channels_default_to_app_user():
                                 '[[alerts]]\ntype = "command"\nname = "n"\ncommand = "x"\nuser = "nobody"\n')
                       .replace('python = ', 'user = "www-data"\npython = '), "/srv/app/s.toml", "/srv/app", HOST)
     channels = alerts.channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})
-    users = [(c.user, c.run_as_root, c.hidden_env) for c in channels]  # type: ignore[attr-defined]
+    users = [(c.user, c.run_as_root, c.pass_env) for c in channels]  # type: ignore[attr-defined]
     assert users == [("www-data", False, ()), (None, True, ()), ("nobody", False, ())]
+
+
+def test_pass_env_is_read_and_refused_where_it_names_another_channels_secret():
+    spec = parse('[[alerts]]\ntype = "command"\ncommand = "x"\nuser = "nobody"\npass_env = ["PAGER_KEY", "A"]\n')
+    channel = alerts.channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})[0]
+    assert channel.pass_env == ("A", "PAGER_KEY")  # type: ignore[attr-defined]
+    fails(EMAIL + '[[alerts]]\ntype = "command"\nname = "c"\ncommand = "x"\npass_env = ["SMTP_PASSWORD"]\n',
+          "alerts[1].pass_env", "SMTP_PASSWORD is alerts[0].password_env, another channel's credential")
+    fails('[[alerts]]\ntype = "command"\ncommand = "x"\npass_env = ["SUPERVISOR_FASTAPI_LISTENER"]\n',
+          "alerts[0].pass_env[0]", "supervisord's or the listener's own")
+    fails('[[alerts]]\ntype = "command"\ncommand = "x"\npass_env = ["A B"]\n', "alerts[0].pass_env[0]",
+          "not an environment variable name")
+    fails('[[alerts]]\ntype = "command"\ncommand = "x"\npass_env = "A"\n', "alerts[0].pass_env", "an array")
 
 
 # --- the conf: secrets blanked, mode, duplicate sections ---------------------------------------
@@ -367,9 +416,9 @@ def test_smtp_variables_are_blanked_for_every_program_but_the_listener():
         env = sections[name]["environment"]
         assert 'SMTP_PASSWORD=""' in env and 'SMTP_USER=""' in env, name
     assert 'SMTP_PASSWORD=""' not in sections["eventlistener:shop_listener"].get("environment", "")
-    # A command channel does not inherit them either.
-    records = alert_records(parse(EMAIL + '[[alerts]]\ntype = "command"\ncommand = "x"\nrun_as_root = true\n'))
-    assert records[1]["options"]["hidden_env"] == ["SMTP_PASSWORD", "SMTP_USER"]
+    # What a command alert passes on is its own, not the workers'.
+    spec = parse(EMAIL + '[[alerts]]\ntype = "command"\nname = "c"\ncommand = "x"\npass_env = ["PAGER_KEY"]\n')
+    assert 'PAGER_KEY=""' in raw_sections(render(spec, "t"))["fcgi-program:shop"]["environment"]
     # Named in app.env on purpose: passed on.
     spec = parse(EMAIL + '[app.env]\nSMTP_USER = "me"\n')
     assert 'SMTP_USER="me"' in raw_sections(render(spec, "t"))["fcgi-program:shop"]["environment"]
