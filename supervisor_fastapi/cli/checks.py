@@ -182,12 +182,14 @@ def directory_problem(directory: str, user: Optional[str] = None) -> Optional[st
     return f"{demoted.who} cannot enter or list {directory}; give {demoted.user} read and search (r-x) access to it"
 
 
-def app_environ(app: App, hidden: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def app_environ(spec: Spec, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """The environment a check runs the app's code in, as app.user: what a worker gets (this
-    shell's environment standing in for supervisord's, the listener's variables blanked, app.env)."""
+    shell's environment standing in for supervisord's, plus the worker's environment=: the
+    listener's variables blanked, the rendered PATH, app.env)."""
+    from ..generate.conf import program_environment
+
     env = dict(os.environ if environ is None else environ)
-    env.update((name, "") for name in hidden)
-    env.update(app.env)
+    env.update(program_environment(spec))
     return env
 
 
@@ -431,11 +433,11 @@ def import_message(app: App, verdict: Optional[Dict[str, Any]], output: str, who
             f"needs into app.python's environment")
 
 
-def import_problem(app: App, timeout: float = IMPORT_TIMEOUT, hidden: Sequence[str] = ()) -> Optional[str]:
-    """Import app.asgi as the worker would (app.python, app.user, app.directory, app.env, the
-    listener's variables ``hidden``); the problem, or None."""
+def import_problem(app: App, timeout: float = IMPORT_TIMEOUT, env: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """Import app.asgi as the worker would (app.python, app.user, app.directory, ``env``: by
+    default this shell's and app.env); the problem, or None."""
     demoted = Demoted(app.user)
-    env = app_environ(app, hidden)
+    env = dict(env) if env is not None else {**os.environ, **dict(app.env)}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a check leaves nothing behind, not even __pycache__
     try:
         rc, out = run_python(app.python, ["-c", PROBE, app.directory, app.asgi], demoted, env, timeout)
@@ -469,15 +471,13 @@ def app_results(spec: Spec) -> List[Result]:
     problem = directory_problem(app.directory, app.user)
     if problem:
         return [Result(False, "app.directory", problem)]
-    from ..generate.conf import listener_only_env
-
     # The app's code runs as app.user here: it must not see the alert credentials an operator's
     # shell may hold (SMTP_PASSWORD exported for alert-test), as the workers do not.
-    hidden = listener_only_env(spec)
-    problem = python_problem(app.python, app.directory, app.asgi, app.user, app_environ(app, hidden))
+    env = app_environ(spec)
+    problem = python_problem(app.python, app.directory, app.asgi, app.user, env)
     results = [Result(problem is None, "app.python runs the worker", problem or app.python)]
     if problem is None:
-        problem = import_problem(app, hidden=hidden)
+        problem = import_problem(app, env=env)
         who = (f" as {app.user}" if os.geteuid() == 0 else " as this user (not root: supervisord cannot "
                "switch to app.user either)") if app.user else ""
         results.append(Result(problem is None, "app.asgi imports", problem or f"{app.asgi} in {app.directory}{who}"))
