@@ -17,6 +17,7 @@ from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
 from ..layout import RESERVED_PROGRAMS, Layout, Names
 from ..uvicorn_settings import UVICORN_OWNED, UVICORN_SETTINGS, UvicornSetting
+from . import limits
 from .https import read_https, uvicorn_defaults
 from .model import (  # noqa: F401
     _SIZE_UNITS,
@@ -227,6 +228,7 @@ def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefault
                table: Optional[str] = None) -> Spec:
     """Parse spec text; ``table`` selects ``[tool.<table>]`` when reading pyproject.toml."""
     host = host or HostDefaults()
+    _within_limits(source, limits.oversized_text(text))
     data = _toml(text, source)
     if table:
         tool = data.get("tool", {})
@@ -239,8 +241,16 @@ def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefault
             raise SpecError(source, f"tool.{table}", f"must be a table, not {_kind(found)}",
                             f"use [tool.{table}.app] tables")
         data = found
+    _within_limits(source, limits.shape_problem(data), table and f"tool.{table}")
     _check_location(source, base_dir)
     return build_spec(data, source, base_dir, host)
+
+
+def _within_limits(source: str, problem: Optional[Tuple[str, str]], prefix: Optional[str] = None) -> None:
+    if problem:
+        key, what = problem
+        key = f"{prefix}.{key}" if prefix and key else key or prefix or ""
+        raise SpecError(source, key, what)
 
 
 def _toml(text: str, source: str) -> Dict[str, Any]:
@@ -299,9 +309,11 @@ def build_spec(data: Mapping[str, Any], source: str, base_dir: str, host: HostDe
         # Behind the proxy the app must trust its X-Forwarded-* headers; keys the spec sets win.
         given = dict(server.uvicorn)
         server = dataclasses.replace(server, uvicorn=tuple(sorted({**uvicorn_defaults(server.bind), **given}.items())))
-    return Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
+    spec = Spec(source=source, base_dir=base_dir, app=app, server=server, supervisord=supervisord, memory=memory,
                 programs=programs, migrate=migrate, crash_loop=crash_loop, alerts=alerts, listener=listener,
                 kubernetes=kubernetes, metrics=metrics, release=release, https=https, keys=_key_paths(data))
+    _within_limits(source, limits.process_problem(spec))
+    return spec
 
 
 def _metrics(t: _Table, base_dir: str, server: Server) -> Metrics:
@@ -809,8 +821,13 @@ def load_spec(config: Optional[str] = None, cwd: Optional[str] = None, host: Opt
     """Find, read and parse the spec (the only place that reads it from disk)."""
     path, table = find_spec(config, cwd or os.getcwd())
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # Enough to name the longest line of an oversized file, never a whole huge one.
+            data = f.read(limits.SCAN_BYTES)
+        if max(size, len(data)) > limits.SPEC_CHARS:
+            _within_limits(path, limits.oversized_text(data.decode("utf-8", "replace"), max(size, len(data))))
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read: {exc}") from None
     return parse_spec(text, path, os.path.dirname(path), host, table)

@@ -9,6 +9,7 @@ puts this checkout and the venv's site-packages on PYTHONPATH.
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -308,3 +309,26 @@ def test_a_command_alert_fired_by_a_real_incident_gets_no_other_channels_secret(
         assert readable >= 2  # the web workers
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["check", "render"])
+def test_a_5_mb_env_value_is_one_line_exit_2_within_2_s(tmp_path, command):
+    """Issue 18: a 400 kB app.env value made check take 9.5 s, 5 MB ran past 5 minutes at 100 % CPU
+    (supervisord's environment= parser); now refused before any parser sees it."""
+    spec = tmp_path / "supervisor-fastapi.toml"
+    spec.write_text('[app]\nname = "web"\nasgi = "main:app"\n\n[app.env]\nBIG = "' + "x" * 5_000_000 + '"\n')
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "supervisor_fastapi", command, "-c", str(spec)],
+                         capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr == (f"error: {spec}: app.env.BIG: line 6 is 4.77 MB long; a value may be at most 4096 "
+                          "characters, a spec file may be at most 256 KB\n")
+    # CPU time is what the command costs; the wall clock on a machine shared by parallel test
+    # runs adds waiting for a core (1.8 s seen at load 9, 0.3 s of it CPU).
+    assert cpu < 2.0, f"{command} used {cpu:.2f} s of CPU"
+    assert took < 6.0, f"{command} took {took:.2f} s"

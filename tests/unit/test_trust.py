@@ -640,3 +640,80 @@ def test_check_says_ok_where_render_accepts(tmp_path):
     assert results[0].what == "supervisord.run_dir"
     deploy.make_dirs(spec)
     assert checks.trust_refusals(spec, 0) == []
+
+
+# --- limits: every value that reaches supervisord or a child (issue 18, point 3) -------------------
+
+from supervisor_fastapi.generate.conf import program_environment  # noqa: E402
+from supervisor_fastapi.spec import limits  # noqa: E402
+
+WEB = '[[alerts]]\ntype = "webhook"\nname = "w{i}"\nurl = "https://h.example/x"\n'
+
+
+def _headers(n: int, size: int) -> str:
+    return "".join(f'H{j} = "{"v" * size}"\n' for j in range(n))
+
+
+HOSTILE_SHAPES = [
+    ('[app.env]\nX = "' + "x" * 5000 + '"\n', "app.env.X", "is 5000 characters long; a value may be at most 4096"),
+    ("[app.env]\n" + "".join(f'V{i} = "v"\n' for i in range(100)), "app.env", "has 100 keys; a table may have "
+                                                                              "at most 64"),
+    ("".join(f'[[programs]]\nname = "p{i}"\ncommand = "x"\n' for i in range(100)), "programs",
+     "has 100 items; an array may have at most 64"),
+    ('[[alerts]]\ntype = "email"\nfrom = "a@b.c"\nto = [' + ", ".join(['"d@e.f"'] * 65) + "]\n", "alerts[0].to",
+     "has 65 items"),
+    ('[[alerts]]\ntype = "webhook"\nurl = "https://h.example/x"\n[alerts.headers]\n' + _headers(70, 1),
+     "alerts[0].headers", "has 70 keys"),
+    ('[crash_loop.programs.shop]\nx = {a = {b = {c = {d = {e = 1}}}}}\n', "crash_loop.programs.shop.x.a.b.c",
+     "is nested 7 levels deep"),
+    ('[server.uvicorn]\nheaders = [' + ", ".join([f'"X-H: {"v" * 4000}"'] * 8) + "]\n", "server.uvicorn",
+     "the worker's command line comes to"),
+    ('[server]\nworkers = 512\n' + "".join(f'[[programs]]\nname = "p{i}"\ncommand = "x"\nnumprocs = 512\n'
+                                          for i in range(2)), "server.workers", "1538 processes in all"),
+    ('[server]\nworkers = 512\n[app.env]\n' + "".join(f'V{i} = "{"v" * 1000}"\n' for i in range(4)), "app.env",
+     "supervisord would split"),
+    ("".join(WEB.format(i=i) + "[alerts.headers]\n" + _headers(3, 4000) for i in range(4)), "alerts",
+     "the listener's settings (every [[alerts]] entry) come to"),
+    ("# padding\n" * 30000, "", "(30007 lines); a spec file may be at most 256 KB"),
+]
+
+
+@pytest.mark.parametrize("extra,key,words", HOSTILE_SHAPES)
+def test_every_value_is_bounded_and_refused_in_one_line_naming_key_and_limit(extra, key, words):
+    """Issue 18: a 400 kB app.env value made check take 9.5 s (supervisord's environment= parser
+    is quadratic); nothing bounded sizes or counts."""
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        parse(extra)
+    took = time.monotonic() - started
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("/srv/app/supervisor-fastapi.toml: " + (f"{key}: " if key else ""))
+    assert words in text, text
+    assert took < 2.0, took
+
+
+def test_the_largest_accepted_spec_is_rendered_and_loaded_quickly(tmp_path):
+    """Just under every limit at once: supervisord's own parser still loads it within a second or two."""
+    env = "".join(f'V{i} = "{"v" * 100}"\n' for i in range(3))
+    programs = "".join(f'[[programs]]\nname = "p{i}"\ncommand = "x {"a" * 4000}"\nnumprocs = 8\n'
+                       '[programs.env]\n' + "".join(f'P{j} = "{"p" * 200}"\n' for j in range(2)) for i in range(8))
+    alerts = "".join(WEB.format(i=i) + "[alerts.headers]\n" + _headers(2, 1000) for i in range(8))
+    text = spec_text(f"[server]\nworkers = 420\n[app.env]\n{env}{programs}{alerts}", run_dir=str(tmp_path / "run"))
+    assert len(text) < limits.SPEC_CHARS
+    started = time.monotonic()
+    spec = parse_spec(text, str(tmp_path / "s.toml"), str(tmp_path), HOST)
+    assert checks.conf_problem(spec) is None
+    took = time.monotonic() - started
+    assert took < 2.0, took
+    # It is near the environment budget: 420 workers x app.env, 64 program processes, the listener.
+    env_text = sum(n * len(ini.environment(program_environment(spec, own)))
+                   for n, own in [(420, ())] + [(p.numprocs, p.env) for p in spec.programs])
+    assert env_text > 0.8 * limits.ENVIRONMENT_TOTAL, env_text
+
+
+def test_an_oversized_file_is_named_by_its_longest_line_before_toml_reads_it():
+    text = spec_text('[[programs]]\nname = "a"\ncommand = "x"\n[[programs]]\nname = "b"\ncommand = "' + "y" * 300_000
+                     + '"\n')
+    assert limits.oversized_text(text) == ("programs[1].command", "line 12 is 293 KB long; a value may be at most "
+                                                                  "4096 characters, a spec file may be at most 256 KB")
+    assert limits.oversized_text(spec_text()) is None
