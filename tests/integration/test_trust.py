@@ -279,12 +279,13 @@ def test_a_command_alert_fired_by_a_real_incident_gets_no_other_channels_secret(
             as_user("www-data", "kill", "-KILL", str(old))
             wait_until(lambda old=old: worker_pid(d, "web_00") != old, 20, f"kill {n}: web_00 gone")
         alert_file = os.path.join(out_dir, "alert.json")
-        wait_until(lambda: os.path.exists(os.path.join(out_dir, "uid")), 30, "the command alert")
+        uid_file = os.path.join(out_dir, "uid")
+        # The command writes uid last: once it has a line, environ and alert.json are complete.
+        uid = wait_until(lambda: os.path.exists(uid_file) and open(uid_file).read().strip(), 30, "the command alert")
+        assert int(uid) == pwd.getpwnam("www-data").pw_uid
         with open(alert_file) as f:
             alert = json.load(f)
         assert (alert["event"], alert["kind"]) == ("open", "killed"), alert
-        with open(os.path.join(out_dir, "uid")) as f:
-            assert int(f.read()) == pwd.getpwnam("www-data").pw_uid
         with open(os.path.join(out_dir, "environ"), "rb") as f:
             env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
         names = sorted(k.decode() for k in env)
