@@ -13,6 +13,7 @@ Standard library only: supervisord, the listener, the watchdog and the worker im
 import errno
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -488,15 +489,112 @@ def tail_window(size: int, since: int, length: int) -> Tuple[int, int]:
     return start, size - start
 
 
-def run_log_tail(proxy: Any, namespec: str, since: int = 0, length: int = 3000) -> str:
-    """The end of a process's log through supervisord, from byte ``since`` on: a process
-    that failed now is shown with its own lines, never with an earlier run's. A first line
-    cut by ``length`` is dropped."""
+# --- app output over XML-RPC ---------------------------------------------------------------
+#
+# A log holds whatever the app wrote: colour codes, control bytes, bytes that are not UTF-8.
+# XML 1.0 cannot carry most control characters (expat refuses the whole answer) and
+# supervisord's own log methods decode strictly (a stray byte is an HTTP 500). So every answer
+# that can carry app output is made printable where it is produced (the plugin), and the
+# clients scrub what an unpatched supervisord sends raw.
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+# Raw control bytes in an XML answer become these code points (valid XML), which printable()
+# turns back into the control character before rendering it: one rendering for both paths.
+_SCRUB_BASE = 0x10FF00
+_SCRUB_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_UNSCRUB = re.compile("[\U0010ff00-\U0010ff1f]")
+
+
+def printable(text: str) -> str:
+    """``text`` as people and XML-RPC can read it: terminal escape sequences (colours) removed,
+    CR/LF line ends as LF, any other control character shown as ``\\xNN``."""
+    text = _UNSCRUB.sub(lambda m: chr(ord(m.group()) - _SCRUB_BASE), text)
+    text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
+
+
+def scrub_xml_answer(data: bytes) -> bytes:
+    """An XML-RPC answer with its raw control bytes (which expat refuses) replaced by character
+    references that ``printable`` shows as ``\\xNN``; the markup itself never holds such bytes."""
+    return _SCRUB_BYTES.sub(lambda m: f"&#{_SCRUB_BASE + m.group()[0]};".encode(), data)
+
+
+class ScrubbingParser:
+    """Wraps xmlrpc.client's parser: feeds it the answer through ``scrub_xml_answer``."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+
+    def feed(self, data: Any) -> None:
+        self.parser.feed(scrub_xml_answer(data.encode("utf-8") if isinstance(data, str) else data))
+
+    def close(self) -> None:
+        self.parser.close()
+
+
+def scrubbing_transport(username: str, password: str, serverurl: str) -> Any:
+    """supervisor's XML-RPC transport (``unix://`` or ``http://``) whose answers are scrubbed
+    (``scrub_xml_answer``) before expat parses them: the CLI's and the listener's."""
+    from supervisor.xmlrpc import SupervisorTransport
+
+    class ScrubbingTransport(SupervisorTransport):  # type: ignore[misc]
+        def getparser(self) -> Any:
+            parser, unmarshaller = super().getparser()
+            return ScrubbingParser(parser), unmarshaller
+
+    return ScrubbingTransport(username, password, serverurl)
+
+
+def log_text(data: bytes, cut: bool) -> str:
+    """Log bytes as printable text; ``cut``: the first line was cut by the window and is dropped."""
+    text = data.decode("utf-8", "replace")
+    if cut and "\n" in text:
+        text = text.split("\n", 1)[1]
+    return printable(text)
+
+
+def read_log_window(path: str, since: int, length: int) -> str:
+    """The last ``length`` bytes of the log at ``path`` written at or after ``since``, as
+    printable text; "" when there is none (read as root: no link is followed, nothing blocks)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        start, count = tail_window(st.st_size, since, length)
+        if count <= 0:
+            return ""
+        data = os.pread(fd, count, start)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return log_text(data, start > min(since, st.st_size))
+
+
+def run_log_tail(proxy: Any, namespec: str, since: int = 0, length: int = 3000, app: str = "") -> str:
+    """The end of a process's log through supervisord, from byte ``since`` on, printable: a
+    process that failed now is shown with its own lines, never with an earlier run's. A first
+    line cut by ``length`` is dropped. With ``app``, its plugin reads the log (any bytes);
+    without the plugin, supervisord's own log methods (a log that is not UTF-8 fails there)."""
+    if app:
+        from .layout import Names
+
+        try:
+            return str(getattr(proxy, Names(app).rpc_namespace).tailLog(namespec, since, length))
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode != 1:  # UNKNOWN_METHOD: supervisord without this plugin (or an older one)
+                raise
     _, size, _ = proxy.supervisor.tailProcessStdoutLog(namespec, 0, 0)  # (b"", size, overflow)
     start, count = tail_window(int(size), since, length)
     if count <= 0:
         return ""
-    text = str(proxy.supervisor.readProcessStdoutLog(namespec, start, count))
+    text = printable(str(proxy.supervisor.readProcessStdoutLog(namespec, start, count)))
     if start > since and "\n" in text:
         text = text.split("\n", 1)[1]
     return text

@@ -14,7 +14,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail
+from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail, scrubbing_transport
 from ..errors import DeployError, UserError
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -41,12 +41,19 @@ def proxy(serverurl: str, timeout: float = RPC_TIMEOUT) -> Any:
     """The one way this package builds an XML-RPC proxy to a supervisord (``unix://`` or
     ``http://``); credentials, when the server wants them, from SUPERVISOR_USERNAME/PASSWORD.
     A call that gets no answer within ``timeout`` seconds raises RpcTimeout."""
-    from supervisor.xmlrpc import SupervisorTransport
+    from xml.parsers.expat import ExpatError
 
-    class Transport(SupervisorTransport):
+    base = type(scrubbing_transport("", "", serverurl))
+
+    class Transport(base):  # type: ignore[valid-type,misc]
         def request(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 return super().request(*args, **kwargs)
+            except ExpatError as exc:
+                # Scrubbed of control bytes, an answer that still does not parse is not XML-RPC.
+                self.close()
+                raise RpcGarbled(f"supervisord at {serverurl} gave an answer that is not XML-RPC ({exc}); "
+                                 "nothing more was done: try again") from None
             except socket.timeout:
                 self.close()
                 raise RpcTimeout(f"supervisord at {serverurl} did not answer within {timeout:g} s (stopped, "
@@ -179,11 +186,12 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[s
     return r
 
 
-def log_tail(proxy: Any, name: str, since: int = 0, length: int = 3000) -> str:
-    """The last part of a process's log from byte ``since`` on (this run), or a note why there is none."""
+def log_tail(proxy: Any, name: str, since: int = 0, length: int = 3000, app: str = "") -> str:
+    """The last part of a process's log from byte ``since`` on (this run), printable, or a note
+    why there is none (never an exception: the failure it illustrates is the message)."""
     try:
-        return run_log_tail(proxy, name, since, length) or "(nothing in its log from this run)"
-    except (xmlrpc.client.Fault, OSError) as exc:
+        return run_log_tail(proxy, name, since, length, app) or "(nothing in its log from this run)"
+    except (xmlrpc.client.Error, OSError, DeployError) as exc:
         return f"(no log: {exc})"
 
 

@@ -265,7 +265,8 @@ def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeo
             name = r.failed[0]
             info = next(i for i in infos if i["name"] == name)
             full = f"{info['group']}:{info['name']}"
-            tail = control.log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0))
+            tail = control.log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0),
+                                    app=spec.app.name)
             raise DeployError(f"{full} failed: {r.reasons[name]}\n--- last lines of its log ---\n{tail.rstrip()}\n"
                             f"--- fix the problem, then run `supervisor-fastapi up` again "
                             f"(supervisord is still running; `supervisor-fastapi down` stops it)")

@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 import xmlrpc.client
+from xml.parsers.expat import ExpatError
 from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import click
@@ -46,6 +47,10 @@ def user_errors(f: F) -> F:
         except xmlrpc.client.Fault as exc:
             # supervisord refused a call the command did not expect to fail: say what it said.
             click.secho(f"error: supervisord refused: {exc.faultString}", fg="red", err=True)
+            sys.exit(DeployError.exit_code)
+        except (xmlrpc.client.Error, ExpatError) as exc:
+            # An answer that is not XML-RPC (an HTTP 500, a garbled body): one line, never a traceback.
+            click.secho(f"error: supervisord's answer could not be read: {exc}", fg="red", err=True)
             sys.exit(DeployError.exit_code)
         except OSError as exc:
             # A path the user gave (or the spec implies) that cannot be read or written:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail
+from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail, scrubbing_transport
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
@@ -36,9 +36,12 @@ ProxyFactory = Callable[[], Any]
 
 def default_proxy(env: Optional[Dict[str, str]] = None) -> Any:
     """An RPC proxy to the supervisord that runs this listener (SUPERVISOR_SERVER_URL)."""
-    from supervisor import childutils
-
-    return childutils.getRPCInterface(dict(os.environ if env is None else env))
+    # childutils.getRPCInterface, with answers scrubbed: a log tail is app output, and one
+    # control byte in it made expat refuse the whole answer (the alert lost its tail).
+    env = dict(os.environ if env is None else env)
+    transport = scrubbing_transport(env.get("SUPERVISOR_USERNAME", ""), env.get("SUPERVISOR_PASSWORD", ""),
+                                    env["SUPERVISOR_SERVER_URL"])
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
 class RpcWorker:
@@ -87,7 +90,7 @@ def run_rpc(proxy: Any, action: Start) -> None:
         proxy.supervisor.startProcess(action.namespec, False)
 
 
-def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[LogRef]], Message]:
+def make_enricher(make_proxy: ProxyFactory, app: str = "") -> Callable[[Message, Optional[LogRef]], Message]:
     """Adds exit status and the log tail of ``log_of`` to an alert (runs in the sender side)."""
     local = threading.local()
 
@@ -102,7 +105,7 @@ def make_enricher(make_proxy: ProxyFactory) -> Callable[[Message, Optional[LogRe
             details.setdefault("exitstatus", info.get("exitstatus"))
             details["state"] = info.get("statename")
             # From the start of the run the alert is about: never an earlier run's lines.
-            text = run_log_tail(proxy, log_of.namespec, log_of.since, TAIL_CHARS)
+            text = run_log_tail(proxy, log_of.namespec, log_of.since, TAIL_CHARS, app)
             details["log_tail"] = "\n".join(text.splitlines()[-TAIL_LINES:])
         except Exception as exc:
             local.proxy = None
@@ -321,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     channels = channels_from_alerts(config.alerts, config.base_dir, config.run_dir)
     dispatcher = Dispatcher(channels, Journal(config.journal_path), config.send_retries,
-                            enrich=make_enricher(default_proxy)).start()
+                            enrich=make_enricher(default_proxy, config.app)).start()
     rpc = RpcWorker(default_proxy).start()
     # Only the fallback gate asks supervisord anything from this thread; with the plugin, the
     # RPC client (supervisor.childutils, http.client, TLS) is loaded on the first alert's log tail.

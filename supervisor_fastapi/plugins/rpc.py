@@ -20,12 +20,12 @@ imported: this runs in supervisord's Python.
 import os
 from typing import Any, Dict, List
 
-from ..contracts import ControlConfig, read_json, read_rss, read_worker_states
+from ..contracts import ControlConfig, printable, read_json, read_log_window, read_rss, read_worker_states
 from ..layout import LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
 from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, subscribe
 
-API_VERSION = "3"  # 3: one namespace per app; getState/resume (the controller)
+API_VERSION = "4"  # 3: one namespace per app; getState/resume (the controller); 4: tailLog
 
 
 class FastAPINamespaceRPCInterface:
@@ -69,6 +69,24 @@ class FastAPINamespaceRPCInterface:
         # Only the names supervisord knows are opened: root reads no other entry of a folder the app user writes.
         return xmlrpc_safe(read_worker_states(self.control.config.state_dir, names))
 
+    def tailLog(self, namespec: str, since: int, length: int) -> str:
+        """The end of the stdout log of ``namespec`` (one of the app's processes) from byte ``since``
+        on, at most ``length`` bytes, as printable text: supervisord's readProcessStdoutLog hands
+        back raw bytes, which XML-RPC cannot carry (control characters) or supervisord cannot
+        decode (not UTF-8)."""
+        from supervisor.xmlrpc import Faults, RPCError
+
+        group_name, _, name = str(namespec).partition(":")
+        group = self.supervisord.process_groups.get(group_name)
+        process = group.processes.get(name or group_name) if group is not None else None
+        if process is None or not (self.control.owns_group(group_name)
+                                   or group_name == Names(self.control.config.app).listener):
+            raise RPCError(Faults.BAD_NAME, f"{namespec} is not a process of {self.control.config.app}")
+        path = getattr(process.config, "stdout_logfile", None)
+        if not isinstance(path, str):
+            raise RPCError(Faults.NO_FILE, f"{namespec} has no stdout log")
+        return read_log_window(path, max(0, int(since)), max(0, min(int(length), 1 << 20)))
+
     def getListenerState(self) -> Dict[str, Any]:
         """The event listener's state file (last alert and its results), {} when there is none yet."""
         return xmlrpc_safe(read_json(os.path.join(self.run_dir, LISTENER_STATE)) or {}) if self.run_dir else {}
@@ -89,9 +107,12 @@ class FastAPINamespaceRPCInterface:
 
 
 def xmlrpc_safe(value: Any) -> Any:
-    """JSON data XML-RPC can carry: no None (keys with null are dropped), no int beyond 32 bits, no inf."""
+    """JSON data XML-RPC can carry: no None (keys with null are dropped), no int beyond 32 bits, no inf,
+    no control character (text may come from the app: an alert channel's output, say)."""
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, dict):
-        return {str(k): xmlrpc_safe(v) for k, v in value.items() if v is not None}
+        return {printable(str(k)): xmlrpc_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [xmlrpc_safe(v) for v in value if v is not None]
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**31:
