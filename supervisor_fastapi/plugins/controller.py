@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_worker_state
+from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_small_file, read_worker_state
 from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
 from .gate import Gate, GateWatch, Migration, gate_of
 
@@ -168,6 +168,7 @@ class AppControl:
         self.restarts: Dict[str, Dict[str, int]] = {}  # namespec -> cause -> count, this supervisord run
         self.announced: Dict[str, Tuple[int, str]] = {}  # namespec -> (pid, cause) of an exit on purpose
         self.releases: Dict[str, str] = {}  # release mode: namespec -> the release it was spawned from
+        self.listening: Dict[str, int] = {}  # namespec -> the pid seen listening on the shared socket
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -226,6 +227,25 @@ class AppControl:
         """spawn() itself failed (no such command, fork failure): a start failure."""
         self._count(process, "start_failed")
         self._decide(process, "start_failure", None, detail=str(process.spawnerr or "spawn error"))
+
+    def observe(self, process: Any) -> None:
+        """Before each transition of a web worker: has its current pid been seen listening?
+
+        The ready file is the app user's to write; what root sees in /proc is not: the pid
+        supervisord spawned has the fcgi socket supervisord bound in its event loop's epoll
+        set. A worker that writes its own pid into its ready file and SIGKILLs itself before
+        it listens is then a start failure (backoff), not a kill after serving."""
+        pid = process.pid
+        if not pid or self.listening.get(namespec(process)) == pid \
+                or process.group.config.name != self.config.web:
+            return
+        inode = _socket_inode(process)
+        if inode is not None and watches_socket(pid, inode):
+            self.listening[namespec(process)] = pid
+
+    def listened(self, process: Any, pid: int) -> bool:
+        """Whether ``pid`` (being reaped) was seen listening; forgets it either way."""
+        return self.listening.pop(namespec(process), None) == pid
 
     def finished(self, process: Any, was: str, stopping: bool, sig: Optional[int], ready: bool,
                  pid: int = 0) -> None:
@@ -608,6 +628,55 @@ def _was_ready(process: Any, pid: int, control: AppControl) -> bool:
     return state is not None and state.get("pid") == pid
 
 
+def _socket_inode(process: Any) -> Optional[int]:
+    """The inode of the socket supervisord bound for ``process``'s fcgi group, None if closed."""
+    sock = getattr(getattr(getattr(process, "group", None), "socket_manager", None), "socket", None)
+    try:
+        return os.fstat(sock.fileno()).st_ino if sock is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def epoll_targets(fdinfo: str) -> List[int]:
+    """The descriptors an epoll instance watches, from its /proc/<pid>/fdinfo text (pure)."""
+    out = []
+    for line in fdinfo.splitlines():
+        if line.startswith("tfd:"):
+            try:
+                out.append(int(line.split()[1]))
+            except (IndexError, ValueError):
+                continue
+    return out
+
+
+def watches_socket(pid: int, inode: int, proc: str = "/proc", max_fds: int = 256) -> bool:
+    """Whether process ``pid`` has the socket ``inode`` in one of its epoll sets: an asyncio or
+    uvloop server accepting on it. Read by root from /proc (never written by the process);
+    bounded: at most ``max_fds`` descriptors are looked at."""
+    base = os.path.join(proc, str(int(pid)))
+    target = f"socket:[{inode}]"
+    try:
+        fds = os.listdir(os.path.join(base, "fd"))[:max_fds]
+    except OSError:
+        return False
+
+    def link(fd: Any) -> str:
+        try:
+            return os.readlink(os.path.join(base, "fd", str(fd)))
+        except OSError:
+            return ""
+
+    for fd in fds:
+        if link(fd) != "anon_inode:[eventpoll]":
+            continue
+        data = read_small_file(os.path.join(base, "fdinfo", fd), 64 * 1024)
+        if data is None:
+            continue
+        if any(link(t) == target for t in epoll_targets(data.decode("ascii", "replace"))[:max_fds]):
+            return True
+    return False
+
+
 def _log_size(process: Any) -> int:
     path = getattr(process.config, "stdout_logfile", None)
     try:
@@ -627,6 +696,7 @@ def wrap(process: Any, control: AppControl) -> None:
 
     def transition() -> None:
         try:
+            control.observe(process)
             if control.holding(process):
                 return
         except Exception as exc:
@@ -665,7 +735,8 @@ def wrap(process: Any, control: AppControl) -> None:
         sig = os.WTERMSIG(sts) if os.WIFSIGNALED(sts) else None
         ready = False
         try:
-            ready = _was_ready(process, pid, control)
+            # Served = its ready file names it and root saw it listen (observe), never the file alone.
+            ready = _was_ready(process, pid, control) and control.listened(process, pid)
         except Exception:
             pass
         finish_original(pid, sts)

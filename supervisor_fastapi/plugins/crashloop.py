@@ -85,8 +85,9 @@ class Incident:
 
 
 def classify(*, stopping: bool, served: bool, expected: bool, signal: Optional[int]) -> Cause:
-    """How a run ended (pure). ``served``: it had started serving: a web worker's ready file
-    names its pid (however soon after the spawn it died), another program reached RUNNING."""
+    """How a run ended (pure). ``served``: it had started serving: for a web worker, its ready
+    file named its pid *and* the controller saw that pid listen on the shared socket while it
+    was alive (however soon after the spawn it died); another program reached RUNNING."""
     if stopping:
         return "stopped"
     if not served:

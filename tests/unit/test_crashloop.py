@@ -140,3 +140,30 @@ def test_spawn_history_is_capped_to_one_hour():
     for n in range(100):
         p.started(n * 60.0)
     assert all(t > 99 * 60 - 3600 for t in p.snapshot(99 * 60)["spawns"])
+
+
+def test_root_sees_a_socket_in_an_epoll_set_and_nothing_else():
+    """The 'served' evidence (issue 16, point 7): an event loop watching the listening socket."""
+    import os
+    import select
+    import socket
+
+    from supervisor_fastapi.plugins.controller import epoll_targets, watches_socket
+
+    with socket.socket() as listener, socket.socket() as other:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        inode = os.fstat(listener.fileno()).st_ino
+        assert not watches_socket(os.getpid(), inode)  # holding the socket is not listening on it
+        ep = select.epoll()
+        try:
+            ep.register(other.fileno(), select.EPOLLIN)
+            assert not watches_socket(os.getpid(), inode)
+            ep.register(listener.fileno(), select.EPOLLIN)
+            assert watches_socket(os.getpid(), inode)
+        finally:
+            ep.close()
+        assert not watches_socket(os.getpid(), inode)
+    assert not watches_socket(2**22 + 7, 1)  # no such process
+    assert epoll_targets("pos:\t0\nflags:\t02\ntfd:        7 events:       19 data: 7  pos:0 ino:1 sdev:8\n"
+                         "tfd: x\n") == [7]
