@@ -6,6 +6,8 @@ from typing import Any, Dict
 
 import tomli_w
 
+from ..spec.load import tomllib
+
 from ..errors import UserError
 from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, Backoff, HostDefaults, build_spec, pyproject_with_table
 
@@ -36,7 +38,8 @@ def write_starter(path: str, name: str, asgi: str, force: bool) -> str:
     """Write the starter spec to ``path``; refuses to overwrite unless ``force``."""
     path = os.path.abspath(path)
     data = starter(safe_name(name), asgi)
-    build_spec(data, path, os.path.dirname(path), HostDefaults())  # the starter must itself be valid
+    # The starter must itself be valid, as the text written, not only as data.
+    build_spec(tomllib.loads(starter_text(data)), path, os.path.dirname(path), HostDefaults())
     if os.path.exists(path) and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
     pyproject = pyproject_with_table(os.path.dirname(path))
@@ -45,8 +48,18 @@ def write_starter(path: str, name: str, asgi: str, force: bool) -> str:
         raise UserError(f"{pyproject} already has [tool.{PYPROJECT_TABLE}], the spec used here; a {SPEC_FILENAME} "
                         f"beside it would take precedence over it. Edit that table, or pass --force to write "
                         f"{SPEC_FILENAME} and use it instead")
-    header = ("# supervisor-fastapi deployment spec. Reference: docs/spec.md\n"
-              "# Validate: supervisor-fastapi check   Start: supervisor-fastapi up\n\n")
     with open(path, "w", encoding="utf-8") as f:
-        f.write(header + tomli_w.dumps(data))
+        f.write(starter_text(data))
     return path
+
+
+def starter_text(data: Dict[str, Any]) -> str:
+    """The starter spec as TOML. ``alerts`` goes last as ``[[alerts]]`` blocks, never as an inline
+    ``alerts = [...]``: the docs show channels as ``[[alerts]]`` blocks to append, and a block
+    appended after an inline array is a TOML error (the key is defined twice)."""
+    rest = {k: v for k, v in data.items() if k != "alerts"}
+    blocks = "".join("\n[[alerts]]\n" + tomli_w.dumps(alert) for alert in data.get("alerts", []))
+    return ("# supervisor-fastapi deployment spec. Reference: docs/spec.md\n"
+            "# Validate: supervisor-fastapi check   Start: supervisor-fastapi up\n\n"
+            + tomli_w.dumps(rest) + blocks
+            + "\n# More channels: append [[alerts]] blocks (webhook, email, command), see docs/listener.md\n")
