@@ -24,10 +24,19 @@ from . import checks, control, deploy, kube
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+CONFIG_HELP = f"Spec file (default: ./{SPEC_FILENAME}, or [tool.supervisor-fastapi] in ./pyproject.toml)."
+
+
+def _group_config(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """``-c`` after the subcommand wins; else the one given before it (``supervisor-fastapi -c x status``)."""
+    if value is not None:
+        return value
+    return ctx.find_root().params.get("config")
+
+
 def config_option(f: F) -> F:
-    return click.option("-c", "--config", "config", metavar="PATH", default=None,
-                        help=f"Spec file (default: ./{SPEC_FILENAME}, or [tool.supervisor-fastapi] in "
-                             "./pyproject.toml).")(f)
+    return click.option("-c", "--config", "config", metavar="PATH", default=None, callback=_group_config,
+                        help=CONFIG_HELP)(f)
 
 
 def user_errors(f: F) -> F:
@@ -93,12 +102,15 @@ def target_option(f: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="supervisor-fastapi")
-def main() -> None:
+@click.option("-c", "--config", "config", metavar="PATH", default=None, help=CONFIG_HELP + " Also accepted "
+              "after the subcommand.")
+def main(config: Optional[str]) -> None:
     """Run FastAPI/ASGI apps under Supervisor: replicated Uvicorn workers on one shared socket."""
 
 
 @main.command()
-@click.option("-c", "--config", "config", metavar="PATH", default=SPEC_FILENAME, show_default=True)
+@click.option("-c", "--config", "config", metavar="PATH", default=None, callback=_group_config,
+              help=f"Where to write the spec [default: {SPEC_FILENAME}]")
 @click.option("--name", default=None, help="Program name prefix (default: this folder's name).")
 @click.option("--asgi", default="main:app", show_default=True, help="ASGI import string.")
 @click.option("--force", is_flag=True, help="Overwrite an existing spec.")
@@ -107,7 +119,7 @@ def init(config: str, name: Optional[str], asgi: str, force: bool) -> None:
     """Write a starter spec."""
     from ..generate.starter import write_starter
 
-    path = write_starter(config, name or os.path.basename(os.getcwd()), asgi, force)
+    path = write_starter(config or SPEC_FILENAME, name or os.path.basename(os.getcwd()), asgi, force)
     click.echo(f"wrote {path}\nnext: supervisor-fastapi check && supervisor-fastapi up")
 
 
