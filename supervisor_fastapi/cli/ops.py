@@ -285,6 +285,11 @@ def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float
         new = _info(edges, name) or {}
         progress(f"{name}: pid {new.get('pid')} ready in {clock() - t0:.1f} s")
         result.restarted.append(name)
+    if not result.restarted:
+        # "restarted 0" with exit 0 read as success: nothing serves the new code.
+        result.failed = group
+        result.reason = (f"no worker was restarted: every one was skipped ({'; '.join(sorted(set(result.skipped.values())))})"
+                         "; fix the cause, then `supervisor-fastapi up` clears crash-loop holds and starts them")
     return result
 
 
