@@ -143,14 +143,23 @@ def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False,
     return text
 
 
-def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float = 60.0) -> List[str]:
+def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float = 60.0,
+       over_capacity: bool = False) -> List[str]:
     """Render, start (or update) supervisord, wait until every worker accepts; ready names.
+    ``over_capacity``: start them although the workers do not fit memory.budget.
 
     With ``supervisord.serverurl`` the app runs in that supervisord instead (host.up)."""
     layout = Layout(spec.run_dir)
     problem = checks.preflight_problem(spec)  # what `check` checks of the app, before anything starts
     if problem:
         raise UserError(problem)
+    problem = checks.capacity_problem(spec.server.workers, spec.memory, checks.total_ram())
+    if problem and not over_capacity:
+        # `check` fails on it: starting anyway is how a host ends up swapping or OOM-killing.
+        raise UserError(f"{spec.source}: memory capacity: {problem}; nothing was started "
+                        "(`up --over-capacity` starts them anyway)")
+    if problem:
+        progress(f"over capacity, starting anyway (--over-capacity): {problem}")
     if spec.supervisord.shared:
         from . import host
 

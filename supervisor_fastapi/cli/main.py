@@ -231,8 +231,11 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
 @click.option("-o", "--output", metavar="PATH", default=None, help="Conf path (default: beside the spec).")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for the workers; with [migrate], migrate.timeout is added to it.")
+@click.option("--over-capacity", is_flag=True,
+              help="Start the workers although server.workers x memory.per_worker exceeds memory.budget "
+                   "(`check` fails on it; without this flag `up` refuses).")
 @user_errors
-def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
+def up(config: Optional[str], output: Optional[str], timeout: float, over_capacity: bool) -> None:
     """Render, start supervisord (or apply changes to it) and wait until every worker accepts.
 
     With supervisord.serverurl: write the fragment and apply it in that supervisord instead."""
@@ -243,7 +246,7 @@ def up(config: Optional[str], output: Optional[str], timeout: float) -> None:
                         "set that key instead of -o")
     conf = output or deploy.default_conf_path(spec)
     command = up_command(config) if s.shared else regenerate_command(config, output)
-    ready = deploy.up(spec, conf, command, progress, timeout)
+    ready = deploy.up(spec, conf, command, progress, timeout, over_capacity)
     click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
     click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
 

@@ -18,3 +18,21 @@ def test_restart_with_every_worker_held_fails_with_one_clear_line(deploy, tmp_pa
     assert out.returncode == 1, out.stdout + out.stderr
     assert "web: restarted 0, skipped 2; FAILED at web: no worker was restarted" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_up_refuses_workers_that_check_says_do_not_fit_unless_told(deploy):
+    d = deploy({"memory": {"per_worker": "64TB"}}, start=False)
+    out = d.cli("check")
+    [line] = [ln for ln in out.stdout.splitlines() if "memory capacity" in ln]
+    assert out.returncode == 1 and line.startswith("FAIL memory capacity: 2 workers x 64 TB = 128 TB > "), line
+    problem = line.split("memory capacity: ", 1)[1]
+    out = d.cli("up", "--timeout", "30")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip() == (f"error: {d.spec_path}: memory capacity: {problem}; nothing was started "
+                                  "(`up --over-capacity` starts them anyway)"), out.stderr
+    assert not os.path.exists(d.layout.socket) and not os.path.exists(d.layout.pidfile)
+    out = d.cli("up", "--timeout", "30", "--over-capacity")
+    d.started = True
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "over capacity, starting anyway (--over-capacity): 2 workers x 64 TB" in out.stderr
+    assert d.get("/")[0] == 200
