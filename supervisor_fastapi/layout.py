@@ -29,6 +29,7 @@ RELEASES_DIR = "releases"
 CURRENT_LINK = "current"
 SHARED_DIR = "shared"
 PROXY_DIR = "proxy"  # the supervised TLS proxy's own files (Caddy: certificates, keys, autosave)
+OPERATION_LOCK = "operation.lock"  # the CLI: held by `up` and `down` while they run (flock)
 # Where Debian's and Ubuntu's `supervisor` package includes conf.d fragments from.
 OS_CONF_D = "/etc/supervisor/conf.d"
 
@@ -121,6 +122,10 @@ class Layout:
     @property
     def pidfile(self) -> str:
         return os.path.join(self.run_dir, PIDFILE)
+
+    @property
+    def operation_lock(self) -> str:
+        return os.path.join(self.run_dir, OPERATION_LOCK)
 
     @property
     def logfile(self) -> str:

@@ -1,14 +1,15 @@
 """up / down: write the conf, start or update supervisord, wait for every worker to accept."""
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
 import time
 import xmlrpc.client
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from ..contracts import control_state, read_worker_states
+from ..contracts import control_state, printable, read_small_file, read_worker_states
 from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names
@@ -122,6 +123,35 @@ def make_dirs(spec: Spec) -> None:
         raise UserError(f"{layout.logfile}: {exc.strerror}; remove it and run again") from None
 
 
+STILL_RUNNING = ("supervisord is still running with what it started; `supervisor-fastapi status` shows it, "
+                 "`supervisor-fastapi up` again continues, `supervisor-fastapi down` stops it")
+
+
+@contextlib.contextmanager
+def operation_lock(layout: Layout, what: str) -> Iterator[None]:
+    """Hold run_dir's operation lock while ``what`` (`up`, `down`) runs: a second one, or a `down`
+    during an `up`, stops at once with one line instead of racing the first in supervisord
+    (whose raw answers, ALREADY_STARTED or a refused connection, said nothing useful). The lock
+    is a flock: a killed holder releases it."""
+    import fcntl
+
+    fd = os.open(layout.operation_lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = (read_small_file(layout.operation_lock, 256) or b"").decode("utf-8", "replace").strip()
+            raise DeployError(f"another supervisor-fastapi command is working on this deployment "
+                              f"({printable(holder) or 'its pid is unknown'}; lock {layout.operation_lock}); "
+                              f"wait for it to finish (or interrupt it), then run `{what}` again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`{what}` pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def default_conf_path(spec: Spec) -> str:
     return os.path.join(spec.base_dir, "supervisord.conf")
 
@@ -160,6 +190,13 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
                         "(`up --over-capacity` starts them anyway)")
     if problem:
         progress(f"over capacity, starting anyway (--over-capacity): {problem}")
+    make_dirs(spec)
+    with operation_lock(layout, "up"):
+        return _up(spec, conf_path, command, progress, timeout)
+
+
+def _up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float) -> List[str]:
+    layout = Layout(spec.run_dir)
     if spec.supervisord.shared:
         from . import host
 
@@ -289,7 +326,9 @@ def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeo
             return r.ready
         if time.monotonic() > deadline:
             waiting = r.pending or [r.migrating or "the workers"]
-            raise DeployError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}")
+            raise DeployError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}; "
+                              + (STILL_RUNNING if not spec.supervisord.shared else
+                                 "its programs stay in that supervisord; `supervisor-fastapi down` removes them"))
         time.sleep(0.1)
 
 
@@ -301,6 +340,13 @@ def down(spec: Spec, progress: Progress = lambda message: None) -> bool:
 
         return host.down(spec, progress)
     layout = Layout(spec.run_dir)
+    if not os.path.isdir(layout.run_dir):
+        return _down(spec, layout, progress)
+    with operation_lock(layout, "down"):
+        return _down(spec, layout, progress)
+
+
+def _down(spec: Spec, layout: Layout, progress: Progress) -> bool:
     if control.stop_daemon(layout, timeout=spec.server.graceful_timeout + 60):
         return True
     orphans = control.find_orphans(layout)

@@ -246,7 +246,18 @@ def up(config: Optional[str], output: Optional[str], timeout: float, over_capaci
                         "set that key instead of -o")
     conf = output or deploy.default_conf_path(spec)
     command = up_command(config) if s.shared else regenerate_command(config, output)
-    ready = deploy.up(spec, conf, command, progress, timeout, over_capacity)
+    try:
+        ready = deploy.up(spec, conf, command, progress, timeout, over_capacity)
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not what was started: say what is left and what to do.
+        if s.shared:
+            left = "this app's programs stay in that supervisord; `supervisor-fastapi down` removes them"
+        elif control.is_running(Layout(spec.run_dir)):
+            left = deploy.STILL_RUNNING
+        else:
+            left = "supervisord is not running"
+        click.secho(f"interrupted: {left}", fg="red", err=True)
+        sys.exit(130)
     click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
     click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
 

@@ -36,3 +36,46 @@ def test_up_refuses_workers_that_check_says_do_not_fit_unless_told(deploy):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "over capacity, starting anyway (--over-capacity): 2 workers x 64 TB" in out.stderr
     assert d.get("/")[0] == 200
+
+
+def up_in_background(d):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "up", "-c", d.spec_path, "--timeout", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_up_and_a_down_during_up_say_so_in_one_line_and_ctrl_c_says_what_is_left(deploy, tmp_path):
+    hang = tmp_path / "db-down"
+    hang.write_text("")  # lifespan start-up waits for a database that does not answer
+    d = deploy({"app": {"env": {"HANG_STARTUP_WHILE": str(hang)}}}, start=False)
+    first = up_in_background(d)
+    d.started = True
+    try:
+        wait_until(lambda: os.path.exists(d.layout.socket) and d.infos(), 30, "supervisord to answer")
+        for command in ("up", "down"):
+            out = d.cli(command, timeout=30)
+            print(out.stdout + out.stderr)
+            assert out.returncode == 1, out.stdout + out.stderr
+            [line] = out.stderr.splitlines()
+            assert line.startswith(f"error: another supervisor-fastapi command is working on this deployment "
+                                   f"(`up` pid {first.pid}; lock {d.layout.operation_lock}); wait for it"), line
+        assert first.poll() is None and d.state_of("web_00") in ("STARTING", "RUNNING")
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    print(err)
+    assert first.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == ("interrupted: supervisord is still running with what it started; `supervisor-fastapi "
+                                    "status` shows it, `supervisor-fastapi up` again continues, `supervisor-fastapi "
+                                    "down` stops it")
+    out = d.cli("up", "--timeout", "3")
+    assert out.returncode == 1 and "timed out after 3 s" in out.stderr, out.stderr
+    assert out.stderr.rstrip().endswith("`supervisor-fastapi down` stops it"), out.stderr
+    hang.unlink()
+    out = d.cli("up", "--timeout", "30")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert d.cli("down").stdout.strip() == "stopped"
