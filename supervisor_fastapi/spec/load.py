@@ -800,13 +800,27 @@ def pyproject_with_table(folder: str) -> Optional[str]:
     return None
 
 
+def _holds_tool_table(path: str) -> bool:
+    """Whether the TOML file at ``path`` is a pyproject: [tool.supervisor-fastapi] and no [app]."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeError):
+        return False  # the loader reads it as a spec and reports what is wrong
+    tool = data.get("tool")
+    return isinstance(tool, dict) and PYPROJECT_TABLE in tool and "app" not in data
+
+
 def find_spec(config: Optional[str], cwd: str) -> Tuple[str, Optional[str]]:
     """The spec file to read and, for pyproject.toml, the tool table name."""
     if config:
         path = os.path.abspath(os.path.join(cwd, config))
         if not os.path.isfile(path):
             raise UserError(f"{config}: no such spec file; create one with `supervisor-fastapi init`")
-        return path, (PYPROJECT_TABLE if os.path.basename(path) == "pyproject.toml" else None)
+        # A pyproject.toml by another name (conf/pyproject-example.toml, a copy) is one too: a
+        # spec file has no [tool] table, and reading it as a spec only said "project: unknown key".
+        named = os.path.basename(path) == "pyproject.toml"
+        return path, (PYPROJECT_TABLE if named or _holds_tool_table(path) else None)
     own = os.path.join(cwd, SPEC_FILENAME)
     if os.path.isfile(own):
         return own, None
