@@ -42,8 +42,11 @@ def up_in_background(d):
     import subprocess
     import sys
 
+    # SIGINT as a terminal's Ctrl-C delivers it: a test run in the background (`pytest &`) has
+    # it ignored, which its children would inherit, and Python then installs no handler.
     return subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "up", "-c", d.spec_path, "--timeout", "120"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_a_second_up_and_a_down_during_up_say_so_in_one_line_and_ctrl_c_says_what_is_left(deploy, tmp_path):
