@@ -539,7 +539,7 @@ def scrubbing_transport(username: str, password: str, serverurl: str) -> Any:
     (``scrub_xml_answer``) before expat parses them: the CLI's and the listener's."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    class ScrubbingTransport(SupervisorTransport):  # type: ignore[misc]
+    class ScrubbingTransport(SupervisorTransport):
         def getparser(self) -> Any:
             parser, unmarshaller = super().getparser()
             return ScrubbingParser(parser), unmarshaller
@@ -583,6 +583,8 @@ def run_log_tail(proxy: Any, namespec: str, since: int = 0, length: int = 3000, 
     line cut by ``length`` is dropped. With ``app``, its plugin reads the log (any bytes);
     without the plugin, supervisord's own log methods (a log that is not UTF-8 fails there)."""
     if app:
+        import xmlrpc.client  # here, as in control_state
+
         from .layout import Names
 
         try:

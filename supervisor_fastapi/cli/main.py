@@ -7,8 +7,8 @@ import shlex
 import sys
 import time
 import xmlrpc.client
-from xml.parsers.expat import ExpatError
 from typing import Any, Callable, Optional, Tuple, TypeVar
+from xml.parsers.expat import ExpatError
 
 import click
 

@@ -288,8 +288,9 @@ def rolling_restart(edges: Edges, group: str, progress: Progress, timeout: float
     if not result.restarted:
         # "restarted 0" with exit 0 read as success: nothing serves the new code.
         result.failed = group
-        result.reason = (f"no worker was restarted: every one was skipped ({'; '.join(sorted(set(result.skipped.values())))})"
-                         "; fix the cause, then `supervisor-fastapi up` clears crash-loop holds and starts them")
+        why = "; ".join(sorted(set(result.skipped.values())))
+        result.reason = (f"no worker was restarted: every one was skipped ({why}); fix the cause, then "
+                         "`supervisor-fastapi up` clears crash-loop holds and starts them")
     return result
 
 

@@ -6,10 +6,9 @@ from typing import Any, Dict
 
 import tomli_w
 
-from ..spec.load import tomllib
-
 from ..errors import UserError
 from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, Backoff, HostDefaults, build_spec, pyproject_with_table
+from ..spec.load import tomllib
 
 _BACKOFF = Backoff()
 

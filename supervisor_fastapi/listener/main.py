@@ -36,6 +36,8 @@ ProxyFactory = Callable[[], Any]
 
 def default_proxy(env: Optional[Dict[str, str]] = None) -> Any:
     """An RPC proxy to the supervisord that runs this listener (SUPERVISOR_SERVER_URL)."""
+    import xmlrpc.client
+
     # childutils.getRPCInterface, with answers scrubbed: a log tail is app output, and one
     # control byte in it made expat refuse the whole answer (the alert lost its tail).
     env = dict(os.environ if env is None else env)

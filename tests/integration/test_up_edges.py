@@ -72,9 +72,9 @@ def test_a_second_up_and_a_down_during_up_say_so_in_one_line_and_ctrl_c_says_wha
             first.kill()
     print(err)
     assert first.returncode == 130 and "Traceback" not in err, err
-    assert err.splitlines()[-1] == ("interrupted: supervisord is still running with what it started; `supervisor-fastapi "
-                                    "status` shows it, `supervisor-fastapi up` again continues, `supervisor-fastapi "
-                                    "down` stops it")
+    assert err.splitlines()[-1] == ("interrupted: supervisord is still running with what it started; "
+                                    "`supervisor-fastapi status` shows it, `supervisor-fastapi up` again continues, "
+                                    "`supervisor-fastapi down` stops it")
     out = d.cli("up", "--timeout", "3")
     assert out.returncode == 1 and "timed out after 3 s" in out.stderr, out.stderr
     assert out.stderr.rstrip().endswith("`supervisor-fastapi down` stops it"), out.stderr
