@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from ..contracts import (
     MIGRATION_FAILED,
     MIGRATION_OK,
+    control_state,
     migration_succeeded,
     notify,
     read_release_record,
@@ -312,7 +313,12 @@ def roll(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: 
     deploy.render_to(spec, conf_path, command)
     proxy = control.rpc(layout, control.rpc_timeout(spec))
     replaced = deploy.apply_update(proxy, progress)
-    web = Names(spec.app.name).web
+    names = Names(spec.app.name)
+    web = names.web
+    if spec.migrate and names.migrate in replaced and web not in replaced:
+        # A changed [migrate] came back as a new program that runs now (and, the release
+        # being recorded as migrated, exits 0 at once): the roll waits for the gate it shuts.
+        _wait_gate_open(spec, proxy, progress)
     if web in replaced:
         ready = deploy.wait_ready(spec, proxy, layout, progress, timeout)
         return f"{len(ready)} workers started"
@@ -321,6 +327,18 @@ def roll(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: 
     if not result.ok:
         raise DeployError(f"rolling the workers onto the new release stopped at {result.failed}: {result.reason}")
     return f"rolled {len(result.restarted)} workers"
+
+
+def _wait_gate_open(spec: Spec, proxy: Any, progress: Progress) -> None:
+    assert spec.migrate is not None
+    deadline = time.monotonic() + spec.migrate.timeout + 10
+    while True:
+        gate = (control_state(proxy, spec.app.name) or {}).get("gate") or {"state": "open"}
+        if gate.get("state") == "open":
+            return
+        if gate.get("state") in ("failed", "timeout") or time.monotonic() > deadline:
+            raise DeployError(f"the migration gate did not open: {gate.get('detail') or gate.get('state')}")
+        time.sleep(0.1)
 
 
 def _prune(spec: Spec, rel: Releases, record: Dict[str, Any], progress: Progress) -> None:
