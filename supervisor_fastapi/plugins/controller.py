@@ -446,7 +446,7 @@ class AppControl:
         return released
 
     def snapshot(self) -> Dict[str, Any]:
-        now = self.clock()
+        now, gate = self.clock(), self._gate()
         procs: Dict[str, Any] = {}
         for process in self._processes():
             ns = namespec(process)
@@ -462,7 +462,8 @@ class AppControl:
                                  "reason": held.reason}
             procs[ns] = entry
         return {"app": self.config.app, "since": self.started, "now": now, "settings": dict(self.config.to_options()),
-                "gate": {"state": self.gate.state, "detail": self.gate.detail} if self.config.migrate else None,
+                # Now, not as of the last pass: a caller waiting for it to open must not see a stale "open".
+                "gate": {"state": gate.state, "detail": gate.detail} if self.config.migrate else None,
                 "release": self.current_release() or None, "processes": procs}
 
     # -- alerts --
@@ -701,7 +702,11 @@ def wrap(process: Any, control: AppControl) -> None:
                 return
         except Exception as exc:
             control.log(f"supervisor-fastapi: controller error in transition: {exc!r}")
-        transition_original()
+        process.supervisor_fastapi_autostart = True  # a spawn now is supervisord's own, not a `start`
+        try:
+            transition_original()
+        finally:
+            process.supervisor_fastapi_autostart = False
 
     def spawn() -> Optional[int]:
         try:
@@ -710,11 +715,13 @@ def wrap(process: Any, control: AppControl) -> None:
             control.log(f"supervisor-fastapi: gate check failed ({exc!r}); spawning")
             reason = None
         if reason is not None:
-            if process.get_state() == _states().STOPPED and getattr(process, "administrative_stop", False):
+            if getattr(process, "supervisor_fastapi_autostart", False) and process.get_state() == _states().STOPPED \
+                    and getattr(process, "administrative_stop", False):
                 # Stopped (by `update`'s stopProcessGroup, or by hand) before it ever ran:
                 # supervisord's autostart pass spawns a STOPPED process whose laststart is 0.
                 # Held, it went back to BACKOFF and removeProcessGroup refused the group
-                # (STILL_RUNNING); left STOPPED it can be removed, and it starts once the gate opens.
+                # (STILL_RUNNING); left STOPPED it can be removed, and it starts once the gate
+                # opens. An explicit `start` (startProcess) is still held until then.
                 return None
             control.hold(process, FOREVER, "gate", reason)
             return None
