@@ -29,6 +29,7 @@ class Result:
     ok: bool
     what: str
     detail: str = ""
+    warn: bool = False  # ok, but worth changing: `check` prints it as "warn" and still exits 0
 
 
 def supervisor_options(conf_text: str) -> Any:
@@ -326,17 +327,70 @@ def trust_refusals(spec: Spec, euid: int) -> List[Result]:
     return out
 
 
+def spec_secret_keys(spec: Spec) -> List[str]:
+    """The keys of ``spec`` that hold secrets: a webhook URL with a token (its path, query or
+    ``user:password@``), webhook headers, environment values (the conf is 0600 for them)."""
+    import urllib.parse
+
+    keys = []
+    for i, a in enumerate(spec.alerts):
+        if a.type != "webhook":
+            continue
+        parts = urllib.parse.urlsplit(a.get("url"))
+        if "@" in parts.netloc or parts.path.strip("/") or parts.query:
+            keys.append(f"alerts[{i}].url")
+        keys += [f"alerts[{i}].headers.{name}" for name, _ in a.get("headers") or ()]
+    keys += [f"app.env.{name}" for name, _ in spec.app.env]
+    keys += [f"migrate.env.{name}" for name, _ in (spec.migrate.env if spec.migrate else ())]
+    keys += [f"programs[{i}].env.{name}" for i, p in enumerate(spec.programs) for name, _ in p.env]
+    return keys
+
+
+def trust_warnings(spec: Spec, euid: int) -> List[Result]:
+    """What `check` warns about and `up` allows: the app running as root, a spec file holding
+    secrets that others can read."""
+    out = []
+    if spec.app.user:
+        import pwd
+
+        try:
+            root = pwd.getpwnam(spec.app.user).pw_uid == 0
+        except KeyError:
+            root = False  # app_results names the unknown user
+        if root:
+            out.append(Result(True, f"app.user = {spec.app.user!r} is root", "the web workers, the migration and "
+                              "[[programs]] run as root: the app can read every secret and change anything on this "
+                              "host; set app.user to an unprivileged user (like www-data)", warn=True))
+    elif euid == 0:
+        out.append(Result(True, "app.user is not set and supervisord runs as root", "the web workers, the migration "
+                          "and [[programs]] run as root; set app.user to an unprivileged user (like www-data)",
+                          warn=True))
+    try:
+        st = os.stat(spec.source)
+    except OSError:
+        return out
+    keys = spec_secret_keys(spec)
+    if keys and st.st_mode & 0o044:
+        shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        out.append(Result(True, f"spec file is readable by {'others' if st.st_mode & 0o004 else 'its group'}",
+                          f"{spec.source} (mode {stat.S_IMODE(st.st_mode):04o}) holds secrets ({shown}); run "
+                          f"`chmod 600 {spec.source}`", warn=True))
+    return out
+
+
 def trust_checks(spec: Spec, euid: int) -> List[Result]:
     """Who runs as whom, and whether secrets and run_dir are root's alone: the refusals of
-    `render`/`up` as FAIL lines, what holds as ok lines (as root only)."""
+    `render`/`up` as FAIL lines, what holds as ok lines (as root only), and the warnings."""
     refused = trust_refusals(spec, euid)
     if euid != 0:
-        return refused
+        return refused + trust_warnings(spec, euid)
     failed = {r.what.split(":")[0] for r in refused}
     out = list(refused)
     if "supervisord.run_dir" not in failed:
         out.insert(0, Result(True, "supervisord.run_dir", f"{spec.run_dir}: only root can write it"))
-    if spec.app.user:
+    warnings = trust_warnings(spec, euid)
+    out += warnings
+    if spec.app.user and not any(w.what.startswith("app.user") for w in warnings):
         out.append(Result(True, f"app.user {spec.app.user} runs the web workers, the migration and [[programs]]",
                           "the event listener and the watchdog run as root: they hold the alert credentials and "
                           "talk to supervisord's control socket, neither of which app.user may reach "

@@ -220,7 +220,8 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
 
         results += https.check_results(spec, fragment or spec.supervisord.shared)
     for r in results:
-        mark = click.style("ok  ", fg="green") if r.ok else click.style("FAIL", fg="red")
+        mark = click.style("FAIL", fg="red") if not r.ok else \
+            click.style("warn", fg="yellow") if r.warn else click.style("ok  ", fg="green")
         click.echo(f"{mark} {r.what}" + (f": {r.detail}" if r.detail else ""))
     if not all(r.ok for r in results):
         sys.exit(1)

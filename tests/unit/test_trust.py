@@ -717,3 +717,43 @@ def test_an_oversized_file_is_named_by_its_longest_line_before_toml_reads_it():
     assert limits.oversized_text(text) == ("programs[1].command", "line 12 is 293 KB long; a value may be at most "
                                                                   "4096 characters, a spec file may be at most 256 KB")
     assert limits.oversized_text(spec_text()) is None
+
+
+# --- check warnings: the app as root, a spec with secrets others can read (issue 18, point 4) -------
+
+
+def _warnings(tmp_path: Any, extra: str, mode: int, user: str = "", euid: int = 0) -> List[str]:
+    source = tmp_path / "supervisor-fastapi.toml"
+    text = spec_text(extra, run_dir=str(tmp_path / "run"))
+    if user:
+        text = text.replace("python = ", f'user = "{user}"\npython = ')
+    source.write_text(text)
+    os.chmod(source, mode)
+    spec = parse_spec(text, str(source), str(tmp_path), HOST)
+    return [f"{r.what}: {r.detail}" for r in checks.trust_checks(spec, euid) if r.warn and r.ok]
+
+
+HOOK = ('[[alerts]]\ntype = "webhook"\nurl = "https://hooks.example.com/services/' + TOKEN + '"\n'
+        '[alerts.headers]\nAuthorization = "Bearer x"\n')
+
+
+def test_check_warns_when_the_app_runs_as_root(tmp_path):
+    """Issue 18: check said nothing when app.user was root."""
+    assert _warnings(tmp_path, "", 0o600, user="root") == [
+        "app.user = 'root' is root: the web workers, the migration and [[programs]] run as root: the app can read "
+        "every secret and change anything on this host; set app.user to an unprivileged user (like www-data)"]
+    assert _warnings(tmp_path, "", 0o600)[0].startswith("app.user is not set and supervisord runs as root")
+    assert _warnings(tmp_path, "", 0o600, euid=1000) == []  # it runs as the operator, who is not root
+    assert _warnings(tmp_path, "", 0o600, user="nobody") == []
+
+
+def test_check_warns_about_a_spec_with_secrets_others_can_read(tmp_path):
+    """Issue 18: a spec holding a webhook token was world-readable without a word from check."""
+    source = tmp_path / "supervisor-fastapi.toml"
+    assert _warnings(tmp_path, HOOK + '[app.env]\nDATABASE_URL = "postgres://u:p@h/d"\n', 0o644, user="nobody") == [
+        f"spec file is readable by others: {source} (mode 0644) holds secrets (alerts[0].url, "
+        f"alerts[0].headers.Authorization, app.env.DATABASE_URL); run `chmod 600 {source}`"]
+    assert _warnings(tmp_path, HOOK, 0o640, user="nobody")[0].startswith("spec file is readable by its group")
+    assert _warnings(tmp_path, HOOK, 0o600, user="nobody") == []
+    no_token = '[[alerts]]\ntype = "webhook"\nurl = "https://hooks.example.com/"\n[[alerts]]\ntype = "log"\n'
+    assert _warnings(tmp_path, no_token, 0o644, user="nobody") == []
