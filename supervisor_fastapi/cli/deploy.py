@@ -127,14 +127,20 @@ STILL_RUNNING = ("supervisord is still running with what it started; `supervisor
                  "`supervisor-fastapi up` again continues, `supervisor-fastapi down` stops it")
 
 
+_HELD_LOCKS: Set[str] = set()  # operation locks this process holds
+
+
 @contextlib.contextmanager
 def operation_lock(layout: Layout, what: str) -> Iterator[None]:
     """Hold run_dir's operation lock while ``what`` (`up`, `down`) runs: a second one, or a `down`
     during an `up`, stops at once with one line instead of racing the first in supervisord
     (whose raw answers, ALREADY_STARTED or a refused connection, said nothing useful). The lock
-    is a flock: a killed holder releases it."""
+    is a flock: a killed holder releases it. Reentrant in one process (`deploy` runs `up`)."""
     import fcntl
 
+    if layout.operation_lock in _HELD_LOCKS:
+        yield
+        return
     fd = os.open(layout.operation_lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
                  | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
@@ -147,7 +153,11 @@ def operation_lock(layout: Layout, what: str) -> Iterator[None]:
                               f"wait for it to finish (or interrupt it), then run `{what}` again") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"`{what}` pid {os.getpid()}\n".encode(), 0)
-        yield
+        _HELD_LOCKS.add(layout.operation_lock)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.discard(layout.operation_lock)
     finally:
         os.close(fd)
 

@@ -279,8 +279,10 @@ def deploy_cmd(src: str, config: Optional[str], output: Optional[str], release_i
 
     spec = load_spec(config)
     conf = output or deploy.default_conf_path(spec)
-    click.echo(releases.deploy_release(spec, conf, regenerate_command(config, output), src, progress, release_id,
-                                       timeout))
+    deploy.make_dirs(spec)
+    with deploy.operation_lock(Layout(spec.run_dir), "deploy"):  # not while an up, down or rollback runs
+        click.echo(releases.deploy_release(spec, conf, regenerate_command(config, output), src, progress,
+                                           release_id, timeout))
 
 
 @main.command("rollback")
@@ -297,8 +299,10 @@ def rollback_cmd(release_id: Optional[str], config: Optional[str], output: Optio
 
     spec = load_spec(config)
     conf = output or deploy.default_conf_path(spec)
-    click.echo(releases.rollback(spec, conf, regenerate_command(config, output), progress, release_id, migrate,
-                                 timeout))
+    deploy.make_dirs(spec)
+    with deploy.operation_lock(Layout(spec.run_dir), "rollback"):
+        click.echo(releases.rollback(spec, conf, regenerate_command(config, output), progress, release_id, migrate,
+                                     timeout))
 
 
 @main.command("releases")

@@ -11,7 +11,7 @@ bounded, and `check` and `render` answer any spec within about a second.
 Pure: data in, ``(key, problem)`` out; the loader turns that into one SpecError line.
 """
 
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .model import format_size
 
