@@ -379,3 +379,73 @@ def test_spec_folder_paths(folder):
         assert "\n" not in str(exc), str(exc)
         return
     assert_no_injection(spec)
+
+
+# --- sizes, counts and nesting (issue 18): every shape answered fast, refused in one line naming the key --
+
+import time  # noqa: E402
+
+from supervisor_fastapi.spec import limits  # noqa: E402
+
+SIZES = st.sampled_from([0, 1, 100, limits.STRING_CHARS - 1, limits.STRING_CHARS, limits.STRING_CHARS + 1, 20_000,
+                         300_000])
+COUNTS = st.sampled_from([0, 1, 8, limits.ARRAY_ITEMS - 1, limits.ARRAY_ITEMS, limits.ARRAY_ITEMS + 1, 300])
+
+
+def _shaped(where: str, size: int, count: int, depth: int) -> dict:
+    """A spec with one value of ``size`` characters, or ``count`` items/keys, or ``depth`` levels, at ``where``."""
+    d: dict = {"app": {"name": "web", "asgi": "main:app"}}
+    text = "v" * max(size, 1)
+    if where == "app.env value":
+        d["app"]["env"] = {"X": text}
+    elif where == "app.env keys":
+        d["app"]["env"] = {f"V{i}": "v" for i in range(count)}
+    elif where == "programs":
+        d["programs"] = [{"name": f"p{i}", "command": "x", "numprocs": 1 + i % 3} for i in range(count)]
+    elif where == "program command":
+        d["programs"] = [{"name": "p", "command": "x " + text}]
+    elif where == "alerts":
+        d["alerts"] = [{"type": "log", "name": f"l{i}"} for i in range(count)]
+    elif where == "alert to":
+        d["alerts"] = [{"type": "email", "from": "a@b.c", "to": ["d@e.f"] * max(count, 1)}]
+    elif where == "alert headers":
+        d["alerts"] = [{"type": "webhook", "url": "https://h.example/x",
+                        "headers": {f"H{i}": "v" * (size % 5000) for i in range(count)}}]
+    elif where == "alert url":
+        d["alerts"] = [{"type": "webhook", "url": "https://h.example/" + text}]
+    elif where == "pass_env":
+        d["alerts"] = [{"type": "command", "command": "x", "run_as_root": True,
+                        "pass_env": [f"P{i}" for i in range(count)]}]
+    elif where == "uvicorn headers":
+        d["server"] = {"uvicorn": {"headers": [f"X-H: {'v' * (size % 5000)}"] * count}}
+    elif where == "workers x env":
+        d["server"] = {"workers": 1 + count}
+        d["app"]["env"] = {f"V{i}": "v" * (size % 5000) for i in range(min(count, 70))}
+    elif where == "nesting":
+        value: object = 1
+        for _ in range(depth):
+            value = {"a": value}
+        d["crash_loop"] = {"programs": {"web": {"restarts": value}}}
+    return d
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_SHAPES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(where=st.sampled_from(["app.env value", "app.env keys", "programs", "program command", "alerts", "alert to",
+                              "alert headers", "alert url", "pass_env", "uvicorn headers", "workers x env",
+                              "nesting"]),
+       size=SIZES, count=COUNTS, depth=st.integers(0, 40))
+def test_sizes_counts_and_nesting_are_answered_fast(where, size, count, depth):
+    text = to_toml(_shaped(where, size, count, depth))
+    started = time.monotonic()
+    spec = parse_or_error(text)  # a refusal is one line naming file and key (assert_clear_error)
+    parsed = time.monotonic() - started
+    event(f"{where}: {'accepted' if spec else 'refused'}")
+    assert parsed < 2.0, (where, size, count, depth, parsed)
+    if spec is None:
+        return
+    # Accepted: within every limit, and supervisor's own parser loads its conf quickly too.
+    assert len(text) <= limits.SPEC_CHARS and limits.process_problem(spec) is None
+    started = time.monotonic()
+    assert_no_injection(spec)
+    assert time.monotonic() - started < 2.0, (where, size, count)
