@@ -122,3 +122,29 @@ def test_deploy_rollback_and_releases_refuse_an_in_place_spec(tmp_path):
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("Linux only")
+
+
+def test_rollback_refuses_a_release_whose_migration_did_not_succeed(tmp_path):
+    """No worker may serve a release whose migration failed or never ran: rollback wants --migrate."""
+    root, run = tmp_path / "srv", tmp_path / "run"
+    spec = parse_spec(BASE.replace('"/srv/shop"', f'"{root}"') + f'[release]\n[supervisord]\nrun_dir = "{run}"\n',
+                      str(tmp_path / "s.toml"), str(tmp_path))
+    rel = Releases(str(root))
+    for rid in ("r1", "r2", "r3"):
+        os.makedirs(rel.release(rid))
+    os.makedirs(run)
+    (run / "releases.json").write_text(json.dumps({
+        "releases": {"r1": {"migration": "failed"}, "r2": {}, "r3": {"migration": "ok"}}, "history": ["r1", "r3"]}))
+    os.symlink(rel.link_target("r3"), rel.current)
+    with pytest.raises(UserError, match=r"release r1's migration has not succeeded \(failed\).*--migrate"):
+        releases.rollback(spec, "c", "x", print)  # the previous one
+    with pytest.raises(UserError, match=r"release r2's migration has not succeeded \(never ran\)"):
+        releases.rollback(spec, "c", "x", print, "r2")
+    with pytest.raises(UserError, match="release r3 is current already"):
+        releases.rollback(spec, "c", "x", print, "r3")
+    with pytest.raises(UserError, match="no release 'r9'"):
+        releases.rollback(spec, "c", "x", print, "r9")
+    assert os.readlink(rel.current) == rel.link_target("r3")  # nothing switched
+    rows = releases.list_releases(spec)
+    assert [(r.id, r.migration, r.current, r.previous) for r in rows if r.id == "r3"] == [("r3", "ok", True, False)]
+    assert "* r3" in releases.format_releases(rows)
