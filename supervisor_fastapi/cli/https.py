@@ -110,11 +110,41 @@ def nginx_problem(spec: Spec, nginx_bin: str) -> Optional[str]:
     return None if rc == 0 else _last_error(out)
 
 
+def forwarding_problem(spec: Spec) -> Optional[str]:
+    """Why the workers would ignore the proxy's X-Forwarded-* headers (the app then sees http
+    and no client, and FastAPI's redirects point at http://), or None. [https] sets both keys;
+    this is for a spec that sets them itself (the starter spec does)."""
+    uv = dict(spec.server.uvicorn)
+    if uv.get("proxy_headers") is False:
+        return ("server.uvicorn.proxy_headers = false: the app sees http and the proxy's address, never the "
+                "client's; remove the key")
+    allow = list(uv.get("forwarded_allow_ips") or ())
+    if "*" in allow:
+        return None
+    if spec.server.bind.kind == "unix":
+        return (f"server.uvicorn.forwarded_allow_ips = {allow}: a unix-socket peer has no address, so uvicorn "
+                "ignores the proxy's headers and the app sees http and no client; remove the key ([https] sets "
+                '"*"; the socket\'s mode keeps others out) or set it to "*"')
+    if "127.0.0.1" not in allow:
+        return (f"server.uvicorn.forwarded_allow_ips = {allow} leaves out 127.0.0.1, where the proxy connects "
+                "from: the app sees http and the proxy's address; remove the key or add \"127.0.0.1\"")
+    return None
+
+
 def check_results(spec: Spec, fragment: bool = False) -> List[Result]:
-    """The proxy's own verdict on its config, or where to get the proxy."""
+    """The proxy's own verdict on its config (or where to get the proxy), and whether the
+    workers trust its headers."""
     h = spec.https
     if h is None:
         return []
+    problem = forwarding_problem(spec)
+    return [Result(problem is None, "the app sees https and the client's address", problem or
+                   "the workers trust the proxy's X-Forwarded-For/-Proto")] + _proxy_results(spec, fragment)
+
+
+def _proxy_results(spec: Spec, fragment: bool) -> List[Result]:
+    h = spec.https
+    assert h is not None
     if h.proxy == "nginx":
         found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
         if not found:

@@ -45,10 +45,11 @@ def token(value: str, key: str, spec: Spec) -> str:
 def supervised(spec: Spec, fragment: bool = False) -> bool:
     """Whether this deployment runs Caddy itself: proxy = "caddy" in a supervisord it owns.
 
-    In a shared (OS-packaged) supervisord, or with ``--fragment``, Caddy is the OS's: the
-    deployment renders a site snippet for it to import instead of a program."""
+    With ``https.supervised = false``, in a shared (OS-packaged) supervisord, or with
+    ``--fragment``, Caddy is the OS's: the deployment renders a site snippet for it to import
+    instead of a program."""
     h = spec.https
-    return h is not None and h.proxy == "caddy" and not fragment and not spec.supervisord.shared
+    return h is not None and h.proxy == "caddy" and h.supervised and not fragment and not spec.supervisord.shared
 
 
 def caddyfile_path(spec: Spec) -> str:

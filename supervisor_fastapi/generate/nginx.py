@@ -75,7 +75,7 @@ def render(spec: Spec, command: str) -> str:
     ]
     lines += [f"    server {up} max_fails=0;" for _ in range(UPSTREAM_ENTRIES)]
     lines += [
-        f"    keepalive {KEEPALIVE};                   # keep-alive connections to the workers",
+        f"    keepalive {KEEPALIVE};  # idle keep-alive connections to the workers, per nginx worker",
         "}",
         "",
         "# Websockets: pass the client's Upgrade on; other requests keep the upstream connection alive.",
@@ -93,13 +93,14 @@ def render(spec: Spec, command: str) -> str:
         "    location / {",
         f"        proxy_pass http://{ident}_workers;",
         "        proxy_http_version 1.1;",
-        "        proxy_set_header Host $host;",
+        "        # The client's Host as sent, port included: the app builds its URLs from it.",
+        "        proxy_set_header Host $http_host;",
         "        proxy_set_header Upgrade $http_upgrade;",
         f"        proxy_set_header Connection ${ident}_connection;",
         "        # Replaced, not appended: the workers trust these headers (forwarded_allow_ips).",
         "        proxy_set_header X-Forwarded-For $remote_addr;",
         "        proxy_set_header X-Forwarded-Proto $scheme;",
-        "        proxy_set_header X-Forwarded-Host $host;",
+        "        proxy_set_header X-Forwarded-Host $http_host;",
         "        proxy_redirect off;",
         "        # A request that met a closed connection is tried again on a new one; POST and",
         "        # PATCH never are once sent (nginx's rule for non-idempotent methods).",

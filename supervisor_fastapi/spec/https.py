@@ -54,8 +54,12 @@ def read_https(t: Any, base_dir: str) -> Https:
     http_port = t.number("http_port", DEFAULT_HTTP_PORT, integer=True, minimum=0, maximum=65535)
     if http_port == https_port:
         t.fail("http_port", f"is https_port too ({https_port})", "use another port, or 0 for no plain HTTP")
+    supervised = t.flag("supervised", True)
+    if proxy == "nginx" and "supervised" in t.data:
+        t.fail("supervised", "is for proxy = \"caddy\": nginx is the OS's, serving the site file "
+               "`render --target nginx` writes", "remove the key")
     return Https(domains=tuple(domains), tls=cast(TlsMode, tls), cert=cert, key=key, email=email, https_port=https_port,
-                 http_port=http_port, proxy=proxy)
+                 http_port=http_port, proxy=proxy, supervised=supervised)
 
 
 def _tls(t: Any, base_dir: str, proxy: str, first: str) -> Tuple[str, Any, Any]:

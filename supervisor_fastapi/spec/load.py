@@ -221,7 +221,7 @@ def _names(kinds: Tuple[type, ...]) -> str:
 
 TOP_LEVEL = ("app", "server", "memory", "programs", "supervisord", "migrate", "crash_loop", "alerts", "listener",
              "kubernetes", "metrics", "release", "https")
-HTTPS_KEYS = ("domains", "tls", "email", "https_port", "http_port", "proxy")
+HTTPS_KEYS = ("domains", "tls", "email", "https_port", "http_port", "proxy", "supervised")
 
 
 def parse_spec(text: str, source: str, base_dir: str, host: Optional[HostDefaults] = None,

@@ -200,6 +200,8 @@ class Https:
     https_port: int = 443
     http_port: int = 80  # 0: no plain-HTTP listener, so no redirect
     proxy: ProxyKind = "caddy"
+    # Caddy only: false when the OS's Caddy serves the site (a snippet to import, no program).
+    supervised: bool = True
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def test_tls_files_resolve_against_the_spec_folder_and_nginx_auto_reads_certbots
     ({**SITE, "https_port": 0}, "https.https_port", "between 1 and 65535"),
     ({**SITE, "http_port": 443}, "https.http_port", "is https_port too"),
     ({**SITE, "domain": "x"}, "https.domain", "did you mean 'domains'"),
+    ({**SITE, "proxy": "nginx", "supervised": False}, "https.supervised", "is for proxy = \"caddy\""),
 ])
 def test_bad_values_name_the_key(table, where, match):
     message = err(match, https=table)
@@ -81,6 +82,21 @@ def test_the_workers_trust_the_proxy_headers_unless_the_spec_says_otherwise():
 
 def test_proxy_is_a_reserved_program_name():
     err("is reserved", programs=[{"name": "proxy", "command": "x"}])
+
+
+@pytest.mark.parametrize("server, problem", [
+    ({"bind": "unix:///run/shop/web.sock"}, None),
+    ({"bind": "tcp://127.0.0.1:8000"}, None),
+    ({"bind": "unix:///run/shop/web.sock", "uvicorn": {"forwarded_allow_ips": "127.0.0.1"}},
+     "server.uvicorn.forwarded_allow_ips = ['127.0.0.1']: a unix-socket peer has no address"),
+    ({"bind": "tcp://127.0.0.1:8000", "uvicorn": {"forwarded_allow_ips": ["10.0.0.1"]}}, "leaves out 127.0.0.1"),
+    ({"bind": "tcp://127.0.0.1:8000", "uvicorn": {"proxy_headers": False}}, "proxy_headers = false"),
+])
+def test_check_names_worker_settings_that_would_ignore_the_proxys_headers(server, problem):
+    from supervisor_fastapi.cli.https import forwarding_problem
+
+    found = forwarding_problem(https(server=server))
+    assert (found is None) if problem is None else (problem in str(found)), found
 
 
 # --- the Caddyfile ---------------------------------------------------------------------------
@@ -171,6 +187,13 @@ def test_no_caddy_program_in_a_fragment_or_a_shared_supervisord_or_with_nginx(tm
                      run_dir=run_dir)
     assert "web_proxy" not in conf_of(shared, fragment=True)
     assert "web_proxy" not in conf_of(https(run_dir, proxy="nginx", tls={"cert": "/c", "key": "/k"}))
+    os_caddy = https(run_dir, supervised=False)
+    assert "web_proxy" not in conf_of(os_caddy)
+    from supervisor_fastapi.cli.https import proxy_files
+
+    assert [p for p, _ in proxy_files(os_caddy, "x")] == ["/srv/app/web.caddy"]
+    assert [p for p, _ in proxy_files(https(run_dir), "x")] == ["/srv/app/web.Caddyfile"]
+    assert [p for p, _ in proxy_files(https(run_dir), "x", fragment=True)] == ["/srv/app/web.caddy"]
 
 
 # --- the nginx site -----------------------------------------------------------------------------
@@ -184,7 +207,8 @@ def test_nginx_site():
     for line in ("keepalive 16;", "map $http_upgrade $web_connection {", "listen 8443 ssl;",
                  "server_name shop.example.com www.shop.example.com;", "ssl_certificate     /etc/shop/cert.pem;",
                  "ssl_certificate_key /etc/shop/key.pem;", "proxy_pass http://web_workers;",
-                 "proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;",
+                 "proxy_http_version 1.1;", "proxy_set_header Host $http_host;",
+                 "proxy_set_header Upgrade $http_upgrade;",
                  "proxy_set_header Connection $web_connection;", "proxy_set_header X-Forwarded-For $remote_addr;",
                  "proxy_set_header X-Forwarded-Proto $scheme;", "proxy_next_upstream error timeout;",
                  "listen 8080;", "return 301 https://$host:8443$request_uri;"):
