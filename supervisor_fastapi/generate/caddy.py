@@ -23,6 +23,20 @@ _QUOTABLE = re.compile(r"^[A-Za-z0-9._/@+=:~%*\- ]+\Z")
 # (the socket closed: no worker and no plugin holding it): longer than a worker's restart.
 LB_TRY_DURATION = "10s"
 LB_TRY_INTERVAL = "100ms"
+# A worker that stops closes each connection it has seen idle for its drain window (1 s,
+# at most graceful_timeout); a proxy that sent a request on such a connection at that
+# moment would fail it (a POST is never sent again). So the proxy closes its own idle
+# connections to the workers first, after half that window.
+DRAIN_WINDOW = 1.0  # runtime/drain.py's default
+
+
+def upstream_idle_ms(spec: Spec) -> int:
+    """How long the proxy keeps an idle connection to the workers, in ms; 0: no keep-alive."""
+    window = min(DRAIN_WINDOW, spec.server.graceful_timeout)
+    ms = int(window * 1000 / 2)
+    return ms if ms >= 50 else 0
+
+
 # The program starts after the web workers (100) and, supervisord stopping in reverse
 # order, stops before them: no new requests reach workers that are going away.
 PRIORITY_PROXY = 150
@@ -117,6 +131,9 @@ def site_block(spec: Spec) -> List[str]:
         # Caddy retries only GETs after a connection was made, never a POST.
         f"\t\tlb_try_duration {LB_TRY_DURATION}",
         f"\t\tlb_try_interval {LB_TRY_INTERVAL}",
+        "\t\ttransport http {",
+        f"\t\t\tkeepalive {upstream_idle_ms(spec)}ms" if upstream_idle_ms(spec) else "\t\t\tkeepalive off",
+        "\t\t}",
         "\t}",
         "}",
     ]

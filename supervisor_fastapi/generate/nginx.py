@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import UserError
 from ..layout import Names
 from ..spec import Spec
+from .caddy import upstream_idle_ms
 
 _WORD = re.compile(r"^[A-Za-z0-9._/@+=:~%*-]+\Z")
 # Idle keep-alive connections each nginx worker keeps to the app's workers.
@@ -74,8 +75,14 @@ def render(spec: Spec, command: str) -> str:
         f"upstream {ident}_workers {{",
     ]
     lines += [f"    server {up} max_fails=0;" for _ in range(UPSTREAM_ENTRIES)]
+    idle = upstream_idle_ms(spec)
+    if idle:
+        lines += [
+            f"    keepalive {KEEPALIVE};  # idle keep-alive connections to the workers, per nginx worker",
+            f"    # closed after {idle} ms idle: before a stopping worker closes them (its drain window)",
+            f"    keepalive_timeout {idle}ms;",
+        ]
     lines += [
-        f"    keepalive {KEEPALIVE};  # idle keep-alive connections to the workers, per nginx worker",
         "}",
         "",
         "# Websockets: pass the client's Upgrade on; other requests keep the upstream connection alive.",

@@ -93,7 +93,8 @@ def zero_loss_across_restarts(d, port: int, context: ssl.SSLContext, restarts: i
         n, m = get.result.requests, post.result.requests
         get.wait_requests(n + 50)
         post.wait_requests(m + 50)
-    print(f"\nthrough the proxy, rolling restarts: {restarts}; GET {get.result.summary()}; POST {post.result.summary()}")
+    print(f"\nthrough the proxy, rolling restarts: {restarts}; GET {get.result.summary()}; "
+          f"POST {post.result.summary()}")
     assert not set(ready_pids(d)) & before, "every worker was replaced"
     assert get.result.failures == 0, get.result.summary()
     assert post.result.failures == 0, post.result.summary()

@@ -124,8 +124,22 @@ def test_caddyfile_runs_unprivileged_on_run_dir_storage_and_proxies_to_the_socke
         "\treverse_proxy unix//run/shop/web.sock {\n"
         "\t\tlb_try_duration 10s\n"
         "\t\tlb_try_interval 100ms\n"
+        "\t\ttransport http {\n"
+        "\t\t\tkeepalive 500ms\n"
+        "\t\t}\n"
         "\t}\n"
         "}\n")
+
+
+def test_the_proxy_closes_idle_connections_to_the_workers_before_a_stopping_worker_does():
+    # A stopping worker closes connections idle for its drain window (1 s, at most graceful_timeout).
+    assert caddy.upstream_idle_ms(https(server={"graceful_timeout": 30})) == 500
+    assert caddy.upstream_idle_ms(https(server={"graceful_timeout": 0.4})) == 200
+    tiny = https(server={"graceful_timeout": 0}, proxy="nginx", tls={"cert": "/c", "key": "/k"})
+    assert caddy.upstream_idle_ms(tiny) == 0
+    assert "keepalive" not in nginx.render(tiny, "x")
+    assert "\t\t\tkeepalive off\n" in caddy.render(https(server={"graceful_timeout": 0}), "x")
+    assert "    keepalive_timeout 500ms;\n" in nginx.render(https(proxy="nginx"), "x")
 
 
 def test_caddyfile_tls_files_default_ports_no_plain_http_and_a_tcp_upstream():
