@@ -118,7 +118,8 @@ def process_problem(spec: Any) -> Optional[Problem]:
     counts = [("app.env", "server.workers", spec.server.workers, ())]
     if spec.migrate:
         counts.append(("migrate.env", "migrate", 1, spec.migrate.env))
-    counts += [(f"programs[{i}].env", f"programs[{i}].numprocs", p.numprocs, p.env) for i, p in enumerate(spec.programs)]
+    counts += [(f"programs[{i}].env", f"programs[{i}].numprocs", p.numprocs, p.env)
+               for i, p in enumerate(spec.programs)]
     processes = sum(c[2] for c in counts) + 2  # the listener, the watchdog
     if processes > PROCESSES:
         key = max(counts, key=lambda c: c[2])[1]

@@ -357,7 +357,8 @@ def test_command_channel_environment_is_an_allow_list(tmp_path, as_nobody):
     os.chmod(folder, 0o777)
     out = os.path.join(folder, "env.json")
     python = "/usr/bin/python3" if as_nobody else sys.executable
-    cmd = f"{python} -c 'import json, os, sys; json.dump([dict(os.environ), json.load(sys.stdin)], open(\"{out}\", \"w\"))'"
+    cmd = (f"{python} -c 'import json, os, sys; "
+           f"json.dump([dict(os.environ), json.load(sys.stdin)], open(\"{out}\", \"w\"))'")
     try:
         CommandChannel("c", cmd, cwd=folder, user="nobody" if as_nobody else None, run_as_root=not as_nobody,
                        pass_env=["PAGER_KEY", "NOT_SET"], environ=LISTENER_ENVIRON).send(msg())
