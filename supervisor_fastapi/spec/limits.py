@@ -87,10 +87,12 @@ def oversized_text(text: str, total: Optional[int] = None) -> Optional[Problem]:
     n = max(range(len(lines)), key=lambda i: len(lines[i]))
     longest = len(lines[n])
     limit = f"a spec file may be at most {format_size(SPEC_CHARS)}"
-    if longest * 2 < size:
+    if longest * 2 < len(text):
         return "", f"is {format_size(size)} ({len(lines)} lines); {limit}"
-    return (_key_on_line(lines, n), f"line {n + 1} is {format_size(longest)} long; a value may be at most "
-            f"{STRING_CHARS} characters, {limit}")
+    # Only the first SCAN_BYTES were read: the last line read may go on.
+    cut = n == len(lines) - 1 and size > len(text)
+    return (_key_on_line(lines, n), f"line {n + 1} is {'over ' if cut else ''}{format_size(longest)} long; a value "
+            f"may be at most {STRING_CHARS} characters, {limit}")
 
 
 def _key_on_line(lines: List[str], n: int) -> str:

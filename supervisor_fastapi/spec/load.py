@@ -790,6 +790,8 @@ def pyproject_with_table(folder: str) -> Optional[str]:
     """``folder``/pyproject.toml if it has a [tool.supervisor-fastapi] table, else None."""
     pyproject = os.path.join(folder, "pyproject.toml")
     try:
+        if os.path.getsize(pyproject) > limits.SPEC_CHARS:
+            return pyproject  # too large to parse here: the loader says so in one line
         with open(pyproject, "rb") as f:
             tool = tomllib.load(f).get("tool", {})
         # `tool = 1` or a hostile file: not ours to read, the loader reports it if it is chosen
@@ -803,6 +805,9 @@ def pyproject_with_table(folder: str) -> Optional[str]:
 def _holds_tool_table(path: str) -> bool:
     """Whether the TOML file at ``path`` is a pyproject: [tool.supervisor-fastapi] and no [app]."""
     try:
+        # A file over the limit is not parsed here (5 MB took seconds): the loader refuses it in one line.
+        if os.path.getsize(path) > limits.SPEC_CHARS:
+            return False
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError, RecursionError, UnicodeError):

@@ -758,3 +758,18 @@ def test_check_warns_about_a_spec_with_secrets_others_can_read(tmp_path):
     assert _warnings(tmp_path, HOOK, 0o600, user="nobody") == []
     no_token = '[[alerts]]\ntype = "webhook"\nurl = "https://hooks.example.com/"\n[[alerts]]\ntype = "log"\n'
     assert _warnings(tmp_path, no_token, 0o644, user="nobody") == []
+
+
+def test_a_huge_spec_file_is_refused_without_parsing_it(tmp_path):
+    """find_spec parsed a -c file whole to look for [tool.supervisor-fastapi] (5 MB: ~1 s, 60 MB: 6 s
+    of CPU) before the limits; a file over the limit is now never handed to the TOML parser."""
+    from supervisor_fastapi.spec import load_spec
+
+    path = tmp_path / "spec.toml"
+    path.write_text('[app]\nname = "shop"\nasgi = "main:app"\n[app.env]\nBIG = "' + "x" * 40_000_000 + '"\n')
+    started = time.process_time()
+    with pytest.raises(SpecError) as info:
+        load_spec(str(path))
+    assert time.process_time() - started < 1.0
+    assert str(info.value) == (f"{path}: app.env.BIG: line 5 is over 16 MB long; a value may be at most 4096 "
+                               "characters, a spec file may be at most 256 KB")
