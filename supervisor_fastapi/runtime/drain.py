@@ -7,9 +7,10 @@ server first stops accepting (the kernel hands new connections to the other work
 then ends each connection it already has cleanly, the same way on every uvicorn HTTP
 implementation (h11 and httptools):
 
-- every response that starts from then on says ``Connection: close`` (the header goes into
-  the ASGI response itself, so h11 and httptools both read it and close after that
-  response: the client knows the connection ends and sends its next request elsewhere);
+- every request that arrives from then on is answered with ``Connection: close`` (the header
+  goes into the ASGI response itself, so h11 and httptools both read it and close after
+  that response: the client knows the connection ends and sends its next request elsewhere);
+  a request already running keeps its connection open after its response;
 - a connection is closed by the server only when it has been seen idle (no request in
   flight, no bytes of a next one received) for ``drain_window`` seconds;
 - nothing is cut under a request: one in flight gets its response, bounded by the graceful
@@ -40,13 +41,11 @@ def closing_headers(headers: Any) -> List[Tuple[bytes, bytes]]:
 
 
 class CloseWhileDraining:
-    """ASGI wrapper: once the server drains, every HTTP response that starts says ``Connection: close``.
+    """ASGI wrapper: while the server drains, every HTTP response says ``Connection: close``.
 
     Both uvicorn protocols (h11 and httptools) read the header and close the connection after
     such a response, so the client's next request opens a new connection, which another worker
-    accepts. ``send`` is wrapped for every request, not only for those that arrive while
-    draining: a request already running when the drain starts responds later, and its response
-    must say close too.
+    accepts.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], server: "DrainingServer") -> None:
@@ -54,11 +53,15 @@ class CloseWhileDraining:
         self.server = server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # The hot path: no closure per request unless draining (it cost ~6% CPU per request).
+        # A request already running when the drain starts answers without the header; its
+        # connection stays open, and the next request on it gets a response that says close
+        # (or the connection is closed once idle).
+        if not self.server.draining or scope["type"] != "http":
             return await self.app(scope, receive, send)
 
         async def send_closing(message: Message) -> None:
-            if self.server.draining and message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":
                 message = dict(message, headers=closing_headers(message.get("headers", [])))
             await send(message)
 
