@@ -360,8 +360,14 @@ def _migrate_or_fail(spec: Spec, rel: Releases, record: Dict[str, Any], rid: str
     t0 = time.time()
     rc, tail = run_migration(spec, rid, rel.release(rid), log_path)
     entry = _entry(record, rid)
-    entry.update({"migration": MIGRATION_OK if rc == 0 else MIGRATION_FAILED, "migrated_at": time.time(),
-                  "migration_seconds": round(time.time() - t0, 3), "exitstatus": rc})
+    if rc != 0 and entry.get("migration") == MIGRATION_OK:
+        # `rollback --migrate` whose rerun failed: the release's own migration did succeed once
+        # (its schema is there); the failed rerun is recorded beside it, not over it.
+        entry.update({"rerun": MIGRATION_FAILED, "rerun_at": time.time(), "exitstatus": rc})
+    else:
+        entry.update({"migration": MIGRATION_OK if rc == 0 else MIGRATION_FAILED, "migrated_at": time.time(),
+                      "migration_seconds": round(time.time() - t0, 3), "exitstatus": rc})
+        entry.pop("rerun", None)
     save_record(spec, record)
     if rc == 0:
         progress(f"release {rid}: migration exited 0 in {time.time() - t0:.1f} s")
@@ -485,6 +491,8 @@ def list_releases(spec: Spec) -> List[ReleaseRow]:
         entry = record["releases"].get(rid, {})
         migration = str(entry.get("migration") or ("build failed" if entry.get("build") == "failed" else
                                                    "pre-flight failed" if entry.get("preflight") else "-"))
+        if entry.get("rerun") == MIGRATION_FAILED:
+            migration += " (a rerun failed)"
         created = entry.get("created")
         rows.append(ReleaseRow(rid, float(created) if isinstance(created, (int, float)) else None, migration,
                                rid == current, rid == previous))

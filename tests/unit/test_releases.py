@@ -148,3 +148,18 @@ def test_rollback_refuses_a_release_whose_migration_did_not_succeed(tmp_path):
     rows = releases.list_releases(spec)
     assert [(r.id, r.migration, r.current, r.previous) for r in rows if r.id == "r3"] == [("r3", "ok", True, False)]
     assert "* r3" in releases.format_releases(rows)
+
+
+def test_a_failed_rerun_does_not_erase_a_release_s_own_successful_migration(tmp_path, monkeypatch):
+    root, run = tmp_path / "srv", tmp_path / "run"
+    spec = parse_spec(BASE.replace('"/srv/shop"', f'"{root}"') + f'[release]\n[supervisord]\nrun_dir = "{run}"\n',
+                      str(tmp_path / "s.toml"), str(tmp_path))
+    rel = Releases(str(root))
+    os.makedirs(rel.release("r1"))
+    os.makedirs(run / "logs")
+    record = {"releases": {"r1": {"migration": "ok"}}, "history": ["r1"]}
+    monkeypatch.setattr(releases, "run_migration", lambda *args: (255, "FAILED: Can't locate revision"))
+    with pytest.raises(UserError, match="release r1: its migration exited with status 255"):
+        releases._migrate_or_fail(spec, rel, record, "r1", print)
+    assert record["releases"]["r1"]["migration"] == "ok" and record["releases"]["r1"]["rerun"] == "failed"
+    assert migration_succeeded(read_release_record(str(run / "releases.json")), "r1")
