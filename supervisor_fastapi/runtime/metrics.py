@@ -50,7 +50,7 @@ class Observed:
     rss: Dict[int, int] = field(default_factory=dict)  # bytes by pid
     requests: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # metrics files by process name
     listener: Optional[Dict[str, Any]] = None
-    release: Optional[str] = None
+    release: Optional[str] = None  # release mode: the release `current` points at (getState)
     memory_limit: Optional[int] = None  # memory.limit, bytes
 
 
@@ -122,11 +122,23 @@ def collect(seen: Observed) -> List[Family]:
     families += [restarts, held, held_until]
     families += _migration(seen)
     families.append(_alerts(seen))
-    if seen.release:
-        release = _family("release_info", "gauge", "the release the deployment runs")
-        release.add(1, {"app": app, "release": seen.release})
-        families.append(release)
+    families += _releases(seen, processes)
     return families
+
+
+def _releases(seen: Observed, processes: Dict[str, Any]) -> List[Family]:
+    """Release mode ([release]): the release ``current`` points at, and the one each web worker
+    was spawned from (they differ during a deploy's rolling restart)."""
+    if not seen.release:
+        return []
+    current = _family("release_info", "gauge", "the release the app's current link points at")
+    current.add(1, {"app": seen.app, "release": seen.release})
+    workers = _family("worker_release_info", "gauge", "the release each running web worker was spawned from")
+    for ns in sorted(processes):
+        entry = processes[ns]
+        if ns.split(":", 1)[0] == seen.web and isinstance(entry, dict) and isinstance(entry.get("release"), str):
+            workers.add(1, {"app": seen.app, "process": ns.split(":", 1)[-1], "release": entry["release"]})
+    return [current, workers]
 
 
 def _number(value: Any) -> float:
@@ -146,6 +158,8 @@ def _migration(seen: Observed) -> List[Family]:
     info = next((i for i in seen.infos if i.get("group") == seen.migrate), None)
     if info is not None and info.get("statename") in ("EXITED", "STOPPED", "FATAL", "BACKOFF") and info.get("stop") \
             and info.get("start") and float(info["stop"]) >= float(info["start"]):
+        if seen.release:  # release mode: the migration runs for the release `current` points at
+            labels = dict(labels, release=seen.release)
         ok = _family("migration_last_success", "gauge", "1 when the last migration run exited 0")
         ok.add(1 if info.get("statename") == "EXITED" and info.get("exitstatus") == 0 else 0, labels)
         took = _family("migration_last_duration_seconds", "gauge", "how long the last migration run took")
@@ -194,6 +208,8 @@ def observe(settings: Settings, proxy: Any) -> Observed:
         seen.control = dict(getattr(proxy, Names(settings.app).rpc_namespace).getState())
     except (xmlrpc.client.Fault, xmlrpc.client.ProtocolError, OSError):
         seen.control = None
+    release = (seen.control or {}).get("release")
+    seen.release = release if isinstance(release, str) and release else None
     names = [str(i.get("name")) for i in seen.infos if i.get("group") == settings.web]
     seen.states = read_worker_states(settings.state_dir, names)
     seen.requests = read_worker_metrics(settings.state_dir, names)

@@ -347,3 +347,19 @@ def test_watch_is_bounded_survives_errors_and_ctrl_c_exits_0():
     assert watch(lambda: next(frames), lines.append, 5.0, count=2, tty=False, clock=lambda: now[0], sleep=sleep,
                  stamp=lambda: "T") == 0
     assert lines[1].endswith("requests/s: a 2.0 (total 2.0)\n\n") and CLEAR not in lines[1]
+
+
+def test_release_mode_exports_the_current_release_and_each_workers():
+    seen = Observed("web", "web", "web_migrate", up=True, release="r2",
+                    infos=[_info("web_00", 11), _info("web_01", 12),
+                           _info("web_migrate", 0, "EXITED", group="web_migrate", start=900.0, stop=901.0,
+                                 exitstatus=0)],
+                    control={"release": "r2", "gate": {"state": "open"}, "processes": {
+                        "web:web_00": {"restarts": {}, "release": "r2"},
+                        "web:web_01": {"restarts": {}, "release": "r1"}}})
+    lines = expose(collect(seen)).splitlines()
+    for line in ['supervisor_fastapi_release_info{app="web",release="r2"} 1',
+                 'supervisor_fastapi_worker_release_info{app="web",process="web_00",release="r2"} 1',
+                 'supervisor_fastapi_worker_release_info{app="web",process="web_01",release="r1"} 1',
+                 'supervisor_fastapi_migration_last_success{app="web",release="r2"} 1']:
+        assert line in lines, line
