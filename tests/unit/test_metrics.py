@@ -363,3 +363,16 @@ def test_release_mode_exports_the_current_release_and_each_workers():
                  'supervisor_fastapi_worker_release_info{app="web",process="web_01",release="r1"} 1',
                  'supervisor_fastapi_migration_last_success{app="web",release="r2"} 1']:
         assert line in lines, line
+
+
+def test_the_doc_shows_the_rules_file_the_tests_load():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "metrics.md")) as f:
+        doc = f.read()
+    with open(os.path.join(root, "docs", "metrics-rules.yml")) as f:
+        rules = f.read()
+    shown = doc.split("## Alert rules", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert shown == rules
+    for family in ("supervisor_fastapi_held", "supervisor_fastapi_worker_up", "supervisor_fastapi_migration_gate_open",
+                   "supervisor_fastapi_memory_limit_bytes", "supervisor_fastapi_restarts_total"):
+        assert family in rules  # crash loop, no worker serving, gate shut, memory near limit
