@@ -26,6 +26,7 @@ DEPLOYED = {
     "minimal": "/srv/hello/supervisor-fastapi.toml",
     "production": "/srv/shop/supervisor-fastapi.toml",
     "pyproject-example": "/srv/inventory/pyproject.toml",
+    "releases": "/srv/store/supervisor-fastapi.toml",
 }
 # No host default may leak into the examples: a value taken from here would be wrong on purpose.
 NO_HOST = HostDefaults(python="/HOST-DEFAULT-LEAKED/python", cpu_count=97)
@@ -72,7 +73,7 @@ def test_committed_conf_loads_with_supervisor(example, tmp_path):
         except KeyError:
             pytest.skip(f"user {user!r} does not exist on this host")
     options = load(text)
-    name = {"minimal": "hello", "production": "shop", "pyproject-example": "inventory"}[example]
+    name = {"minimal": "hello", "production": "shop", "pyproject-example": "inventory", "releases": "store"}[example]
     assert name in {g.name for g in options.process_group_configs}
 
 
