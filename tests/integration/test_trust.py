@@ -328,7 +328,7 @@ def test_a_5_mb_env_value_is_one_line_exit_2_within_2_s(tmp_path, command):
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr == (f"error: {spec}: app.env.BIG: line 6 is 4.77 MB long; a value may be at most 4096 "
-                          "characters, a spec file may be at most 256 KB\n")
+                          "characters, a spec file may be at most 128 KB\n")
     # CPU time is what the command costs; the wall clock on a machine shared by parallel test
     # runs adds waiting for a core (1.8 s seen at load 9, 0.3 s of it CPU).
     assert cpu < 2.0, f"{command} used {cpu:.2f} s of CPU"

@@ -675,7 +675,7 @@ HOSTILE_SHAPES = [
      "supervisord would split"),
     ("".join(WEB.format(i=i) + "[alerts.headers]\n" + _headers(3, 4000) for i in range(4)), "alerts",
      "the listener's settings (every [[alerts]] entry) come to"),
-    ("# padding\n" * 30000, "", "(30007 lines); a spec file may be at most 256 KB"),
+    ("# padding\n" * 15000, "", "(15007 lines); a spec file may be at most 128 KB"),
 ]
 
 
@@ -716,7 +716,7 @@ def test_an_oversized_file_is_named_by_its_longest_line_before_toml_reads_it():
     text = spec_text('[[programs]]\nname = "a"\ncommand = "x"\n[[programs]]\nname = "b"\ncommand = "' + "y" * 300_000
                      + '"\n')
     assert limits.oversized_text(text) == ("programs[1].command", "line 12 is 293 KB long; a value may be at most "
-                                                                  "4096 characters, a spec file may be at most 256 KB")
+                                                                  "4096 characters, a spec file may be at most 128 KB")
     assert limits.oversized_text(spec_text()) is None
 
 
@@ -772,4 +772,4 @@ def test_a_huge_spec_file_is_refused_without_parsing_it(tmp_path):
         load_spec(str(path))
     assert time.process_time() - started < 1.0
     assert str(info.value) == (f"{path}: app.env.BIG: line 5 is over 16 MB long; a value may be at most 4096 "
-                               "characters, a spec file may be at most 256 KB")
+                               "characters, a spec file may be at most 128 KB")
