@@ -371,6 +371,12 @@ def _app(t: _Table, base_dir: str, host: HostDefaults) -> App:
         t.fail("python", "is empty", "remove the key to use the interpreter running supervisor-fastapi")
     if "python" in t.data:
         python = os.path.normpath(os.path.join(base_dir, os.path.expanduser(python))) if os.sep in python else python
+    # Its folder goes first on every program's PATH (generate/conf.rendered_path), inside environment=.
+    folder = os.path.dirname(python)
+    problem = ini.env_value_problem(folder) or ("contains ':', the PATH separator" if ":" in folder else None)
+    if problem:
+        t.fail("python", f"its folder {folder!r} {problem} (it goes first on the programs' PATH)",
+               "move the app's virtualenv to a folder without it")
     user = t.text("user", None, pattern=USER_RE, what="a user name")
     if user and ":" in user:
         # supervisord's user= takes a name only; "name:group" fails its parser ("Invalid user name").

@@ -87,6 +87,9 @@ def test_factory_flag():
     (data(app={"name": "w" * 41}), "app.name", "longer than 40"),
     (data(app={"name": 3}), "app.name", "not an integer 3"),
     (data(app={"asgi": "main"}), "app.asgi", "import string"),
+    # app.python's folder goes first on every program's PATH, inside supervisord's environment=
+    (data(app={"python": '/srv/a"b/bin/python'}), "app.python", "double quote"),
+    (data(app={"python": "/srv/a:b/bin/python"}), "app.python", "PATH separator"),
     (data(app={"asgi": "main:app; rm"}), "app.asgi", "import string"),
     (data(app={"user": "root:root"}), "app.user", "takes no group"),
     # `$` matches before a trailing newline: patterns must anchor with \Z.
