@@ -3,7 +3,9 @@
 - ``/`` and any path: pid, worker name, path, root_path, scheme, client, server;
 - ``/sleep?s=S``: answer after S seconds (counted in ``/inflight`` meanwhile);
 - ``/inflight``: how many /sleep requests this worker is serving right now;
-- ``/nodelay``: TCP_NODELAY of every connected TCP socket this worker holds.
+- ``/nodelay``: TCP_NODELAY of every connected TCP socket this worker holds;
+- a websocket on any path: accepted, then each text message is sent back with the scheme
+  the worker saw (``wss`` behind a TLS proxy) prefixed.
 """
 
 import asyncio
@@ -46,6 +48,9 @@ async def app(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await _echo(scope, receive, send)
+        return
     query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
     path = scope["path"]
     body = {"pid": os.getpid(), "worker": os.environ.get("SUPERVISOR_PROCESS_NAME", ""), "path": path,
@@ -66,3 +71,15 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
+
+
+async def _echo(scope, receive, send):
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": f"{scope.get('scheme')}:{message.get('text')}"})

@@ -1,5 +1,9 @@
 """[https]: a real Caddy supervised next to the workers, and a real nginx on the generated site.
 
+Both: HTTPS answers, the app sees https and 127.0.0.1 (a client's own X-Forwarded-For does not
+pass), plain HTTP redirects, a websocket is upgraded, keep-alive GETs and POSTs lose nothing
+across rolling restarts.
+
 Caddy runs with `tls internal` (its own CA, in run_dir) on loopback ports above 1024, in
 front of the workers' unix socket; nginx runs from the generated site file inside a minimal
 nginx.conf, with a self-signed certificate. Skipped only when the binary is absent (CI
@@ -73,6 +77,15 @@ def sees_https_and_the_client(port: int, context: ssl.SSLContext) -> None:
     assert seen["path"] == "/orders"
 
 
+def websocket_echoes(port: int, context: ssl.SSLContext) -> None:
+    """A websocket through the proxy: upgraded, and the worker sees it as wss."""
+    from websockets.sync.client import connect
+
+    with connect(f"wss://127.0.0.1:{port}/ws", ssl=context, open_timeout=10, close_timeout=5) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=10) == "wss:hello"
+
+
 def redirects(http_port: int, https_port: int) -> None:
     status, headers, _ = request(http_port, "/orders?id=1")
     assert status in (301, 308), (status, headers)
@@ -109,6 +122,7 @@ def test_caddy_serves_https_redirects_http_and_hides_two_rolling_restarts(deploy
     wait_until(lambda: answers(https_port, context), 20, "Caddy to answer HTTPS")
     sees_https_and_the_client(https_port, context)
     redirects(http_port, https_port)
+    websocket_echoes(https_port, context)
     zero_loss_across_restarts(d, https_port, context)
 
 
@@ -200,6 +214,7 @@ def test_nginx_site_passes_nginx_t_and_serves_https_across_a_rolling_restart(dep
     wait_until(lambda: answers(https_port, context), 20, "nginx to answer HTTPS")
     sees_https_and_the_client(https_port, context)
     redirects(http_port, https_port)
+    websocket_echoes(https_port, context)
     zero_loss_across_restarts(d, https_port, context, restarts=1)
 
 
