@@ -117,19 +117,21 @@ class RequestCounter:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start = self.clock()
-        status = [0]
+        clock = self.clock
+        start = clock()
+        status = 0
 
         def send_counted(message: Message) -> Awaitable[None]:
             # A plain function returning send's awaitable: no extra coroutine per message.
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             return send(message)
 
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            self.counts.observe(scope.get("method", "GET"), status[0], self.clock() - start)
+            self.counts.observe(scope["method"], status, clock() - start)
 
 
 class MetricsFile:

@@ -376,3 +376,40 @@ def test_the_doc_shows_the_rules_file_the_tests_load():
     for family in ("supervisor_fastapi_held", "supervisor_fastapi_worker_up", "supervisor_fastapi_migration_gate_open",
                    "supervisor_fastapi_memory_limit_bytes", "supervisor_fastapi_restarts_total"):
         assert family in rules  # crash loop, no worker serving, gate shut, memory near limit
+
+
+def test_the_watchdog_announces_memory_and_hung_before_it_acts_and_goes_on_without_the_plugin():
+    import xmlrpc.client
+
+    from supervisor_fastapi.runtime.watchdog import Config, Kill, Stop, Watchdog, Worker, carry_out
+
+    calls = []
+
+    class NS:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def expectRestart(self, name, cause):
+            calls.append(("expect", name, cause))
+            if self.fail:
+                raise xmlrpc.client.Fault(1, "UNKNOWN_METHOD")
+            return True
+
+        def signalProcess(self, name, sig):
+            calls.append(("signal", name, sig))
+
+        def stopProcess(self, name, wait):
+            calls.append(("stop", name))
+
+    for fail in (False, True):
+        calls.clear()
+        proxy = SimpleNamespace(fastapi_web=NS(fail), supervisor=NS())
+        carry_out(proxy, "web", [Kill("web:web_00", "hung"), Stop("web:web_01"), Kill("web:web_02")], lambda m: None)
+        assert calls == [("expect", "web:web_00", "hung"), ("signal", "web:web_00", "KILL"),
+                         ("expect", "web:web_01", "memory"), ("stop", "web:web_01"),
+                         ("signal", "web:web_02", "KILL")]  # a start-up timeout's kill is not announced
+    # The pure decision marks a hung worker's kill as such.
+    dog = Watchdog(Config("web", 2, heartbeat_timeout=3))
+    acts = dog.observe([Worker("web:web_00", "RUNNING", 11, True, beat=0.0), Worker("web:web_01", "RUNNING", 12, True,
+                                                                                       beat=99.0)], 100.0)
+    assert [a.cause for a in acts if isinstance(a, Kill)] == ["hung"]
