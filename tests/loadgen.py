@@ -35,8 +35,8 @@ in flight, and the idle connections it breaks are found closed and reopened (``s
 ``requests``, ``ok``, ``failures``, ``stale``, ``errors`` (Counter of error kind -> count),
 ``pids`` (Counter of the ``pid`` field of JSON bodies, when the app returns one),
 ``releases`` (Counter of their ``release`` field) and ``first_seen`` (release -> wall clock of
-its first answer),
-``max_latency``, ``duration`` and ``summary()``. Every thread stops within ``timeout``
+its first answer), ``max_latency``, ``max_gap`` (longest time between two answered requests),
+``duration`` and ``summary()``. Every thread stops within ``timeout``
 seconds of ``stop()``; ``stop()`` raises if one does not.
 """
 
@@ -65,13 +65,17 @@ class Result:
     failed_at: List[Tuple[float, str]] = field(default_factory=list)  # (wall clock, error kind)
     max_latency: float = 0.0
     duration: float = 0.0
+    # The longest time between two answered requests (any thread): what a client saw as an outage.
+    max_gap: float = 0.0
+    last_ok: float = 0.0
 
     def summary(self) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in self.errors.most_common()) or "none"
         rate = self.requests / self.duration if self.duration else 0.0
         stale = f", {self.stale} idle connections found closed and reopened" if self.stale else ""
         return (f"{self.requests} requests in {self.duration:.1f} s ({rate:.0f}/s), {self.failures} failed "
-                f"[{errors}]{stale}, max latency {self.max_latency * 1000:.0f} ms, {len(self.pids)} worker pids")
+                f"[{errors}]{stale}, max latency {self.max_latency * 1000:.0f} ms, longest without an answer "
+                f"{self.max_gap:.2f} s, {len(self.pids)} worker pids")
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
@@ -135,6 +139,10 @@ class Load:
                 r.failed_at.append((time.time(), error))
             else:
                 r.ok += 1
+                now = time.monotonic()
+                if r.last_ok:
+                    r.max_gap = max(r.max_gap, now - r.last_ok)
+                r.last_ok = now
                 if pid is not None:
                     r.pids[pid] += 1
                 if release is not None:

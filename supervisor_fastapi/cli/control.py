@@ -268,6 +268,7 @@ class Orphan:
     pid: int
     name: str  # supervisord's process name (from the child's environment)
     command: str
+    group: str = ""  # supervisord's group name (from the child's environment)
 
 
 def orphan_of(environ: bytes, cmdline: bytes, pid: int, serverurl: str) -> Optional[Orphan]:
@@ -280,17 +281,34 @@ def orphan_of(environ: bytes, cmdline: bytes, pid: int, serverurl: str) -> Optio
     if env.get(b"SUPERVISOR_SERVER_URL", b"").decode("utf-8", "replace") != serverurl:
         return None
     name = env.get(b"SUPERVISOR_PROCESS_NAME", b"?").decode("utf-8", "replace")
+    group = env.get(b"SUPERVISOR_GROUP_NAME", b"").decode("utf-8", "replace")
     command = " ".join(w.decode("utf-8", "replace") for w in cmdline.split(b"\0") if w)
-    return Orphan(pid, name, command[:200])
+    return Orphan(pid, name, command[:200], group)
+
+
+def start_ticks(pid: int, proc: str = "/proc") -> Optional[int]:
+    """When ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22), None if unknown."""
+    try:
+        with open(os.path.join(proc, str(pid), "stat"), "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def find_orphans(layout: Layout, proc: str = "/proc") -> List[Orphan]:
-    """Processes of this deployment still running while its supervisord is gone."""
+    """Processes a supervisord of this deployment started and that outlived it (killed with -9).
+
+    While a new supervisord runs (it came back beside them) only those older than it count:
+    its own children carry the same control socket URL."""
     serverurl = f"unix://{layout.socket}"
     out = []
     me = os.getpid()
+    daemon = _read_pid(layout.pidfile)
+    since = start_ticks(daemon, proc) if daemon and _alive(daemon) else None
     for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit() or int(entry) in (me, daemon):
+            continue
+        if since is not None and (start_ticks(int(entry), proc) or 0) >= since:
             continue
         try:
             with open(os.path.join(proc, entry, "environ"), "rb") as f:

@@ -221,21 +221,67 @@ def _up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: f
     else:
         orphans = control.find_orphans(layout)
         if orphans:
-            raise UserError(f"supervisord is not running, but processes it started still are (it was killed?): "
-                            f"{control.describe_orphans(orphans)}; run `supervisor-fastapi down` to stop them, "
-                            "then `up` again")
-        problem = checks.bind_problem(spec.server.bind)
-        if problem:
-            raise UserError(f"server.bind: {problem}")
-        progress(f"starting supervisord -c {conf_path}")
-        control.start_daemon(conf_path, layout)
+            start_beside(spec, conf_path, layout, orphans, progress)
+        else:
+            problem = checks.bind_problem(spec.server.bind)
+            if problem:
+                raise UserError(f"server.bind: {problem}")
+            progress(f"starting supervisord -c {conf_path}")
+            control.start_daemon(conf_path, layout)
     if spec.migrate:
         timeout += spec.migrate.timeout
     ready = wait_ready(spec, proxy, layout, progress, timeout, since)
+    retire_orphans(spec, layout, progress)
     from . import https
 
     https.wait_proxy(spec, proxy, progress, since)  # [https]: Caddy serving too, or why not
     return ready
+
+
+def start_beside(spec: Spec, conf_path: str, layout: Layout, orphans: List[control.Orphan],
+                 progress: Progress) -> None:
+    """Start supervisord while the workers of a killed one still serve (they hold the port).
+
+    The other programs it left (watchdog, [[programs]], a migration) are stopped first: two of
+    them must not run at once. The web workers keep serving: the new supervisord binds the port
+    beside them (SO_REUSEPORT, plugins/sockets.py), and each drains and exits once a new
+    worker of its name is ready (runtime/worker.py Succession). A port bound without
+    SO_REUSEPORT (workers of an older release) frees only when they exit: then they are
+    stopped first, and clients are refused until the new workers listen."""
+    names = Names(spec.app.name)
+    web = [o for o in orphans if o.group == names.web]
+    others = [o for o in orphans if o.group != names.web]
+    progress(f"supervisord is not running (killed?); its workers keep serving until new ones are ready: "
+             f"{control.describe_orphans(web) or 'none'}")
+    if others:
+        progress(f"stopping the other processes it left running: {control.describe_orphans(others)}")
+        control.stop_orphans(others, spec.server.graceful_timeout + 10)
+    progress(f"starting supervisord -c {conf_path}")
+    try:
+        control.start_daemon(conf_path, layout)
+    except UserError as exc:
+        if not web or "in use" not in str(exc):
+            raise
+        progress(f"the port is not shared by the old workers (an older release?); stopping them first: "
+                 f"{control.describe_orphans(web)}")
+        control.stop_orphans(web, spec.server.graceful_timeout + 10)
+        control.start_daemon(conf_path, layout)
+
+
+def retire_orphans(spec: Spec, layout: Layout, progress: Progress) -> None:
+    """After `up` is ready: wait for the old workers to drain on their own (each one's successor
+    is ready), then stop whatever is left (a worker whose number no longer exists)."""
+    orphans = control.find_orphans(layout)
+    if not orphans:
+        return
+    grace = spec.server.graceful_timeout + 10
+    deadline = time.monotonic() + grace
+    while orphans and time.monotonic() < deadline:
+        time.sleep(0.2)
+        orphans = [o for o in orphans if control._alive(o.pid)]
+    if orphans:
+        progress(f"stopping what the killed supervisord left running: {control.describe_orphans(orphans)}")
+        control.stop_orphans(orphans, grace)
 
 
 def log_sizes(layout: Layout) -> Dict[str, int]:

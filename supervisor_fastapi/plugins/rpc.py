@@ -23,7 +23,13 @@ from typing import Any, Dict, List
 from ..contracts import ControlConfig, printable, read_json, read_log_window, read_rss, read_worker_states
 from ..layout import LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
-from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, subscribe
+from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, share_tcp_ports, subscribe
+
+# The one side effect at import, on purpose: supervisord imports this module while it reads
+# its conf, and creates (binds) its fcgi sockets before it calls any factory. A port still
+# held by the workers of a supervisord killed with -9 can be bound again only if the first
+# bind set SO_REUSEPORT too (sockets.py, share_tcp_ports).
+share_tcp_ports()
 
 API_VERSION = "4"  # 3: one namespace per app; getState/resume (the controller); 4: tailLog
 

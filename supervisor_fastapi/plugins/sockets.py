@@ -19,6 +19,13 @@ every process of the group is STOPPED/EXITED/FATAL, e.g. ``supervisorctl stop we
 is released after ``release_after`` seconds, checked on supervisord's TICK_5 and on group
 changes; the grace period lets the add that follows the remove in an ``update`` adopt it.
 
+A TCP socket is bound with SO_REUSEPORT as well (``share_tcp_ports``): when supervisord is
+killed with -9 its workers live on and keep the port; a new supervisord (``up``, or systemd
+restarting it) then binds beside them instead of failing with EADDRINUSE, and the old
+workers drain once their successors are ready (runtime/worker.py ``Succession``). This must
+be in place before supervisord creates its groups, which is before any factory runs: it is
+installed when supervisord imports the plugin module (rpc.py), while it reads its conf.
+
 Only the sockets of web groups whose app has a controller here are held (``wanted``): on a
 shared supervisord another app's fcgi-program, rendered without the plugin or not ours at
 all, keeps supervisord's own behaviour (its socket closes when its last process stops, and
@@ -181,6 +188,61 @@ def install_bind_hook() -> None:
 
         create_and_bind.supervisor_fastapi_original = original  # type: ignore[attr-defined]
         cls.create_and_bind = create_and_bind
+
+
+class _ListenLater(socket.socket):
+    """A port bound beside the workers of a killed supervisord: supervisord's ``listen()`` is
+    skipped, so the kernel hands no connection to this socket (where none accepts yet) until
+    the first new worker serves: uvicorn calls ``listen()`` on fd 0 itself (asyncio's
+    create_server). Until then every connection goes to the old workers."""
+
+    def listen(self, *args: Any) -> None:
+        return None
+
+
+def _port_taken(addr: Any) -> bool:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+
+
+def _bind_shared(self: Any) -> socket.socket:
+    """supervisor's ``InetStreamSocketConfig.create_and_bind``, plus SO_REUSEPORT.
+
+    Linux lets a second socket bind a port only when both set SO_REUSEPORT (and belong to one
+    uid), so this changes nothing for a port anything else holds."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    else:
+        beside = _port_taken(self.addr())
+        sock = (_ListenLater if beside else socket.socket)(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(self.addr())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def share_tcp_ports() -> None:
+    """Bind supervisord's TCP fcgi sockets with SO_REUSEPORT (idempotent; before install_bind_hook,
+    which then wraps this bind as the original)."""
+    from supervisor import datatypes
+
+    cls = datatypes.InetStreamSocketConfig
+    current = cls.__dict__["create_and_bind"]
+    if current is _bind_shared or getattr(current, "supervisor_fastapi_original", None) is not None:
+        return
+    cls.create_and_bind = _bind_shared
 
 
 def fcgi_urls(supervisord: Any, groups: Optional[Set[str]] = None) -> List[str]:

@@ -351,8 +351,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
            f"{config.limit_checks}; " if config.memory_limit is not None else "")
         + (f"heartbeat_timeout {config.heartbeat_timeout:g} s" if config.heartbeat_timeout else "no heartbeat check")
         + (f"; startup_timeout {config.startup_timeout:g} s" if config.startup_timeout else ""))
+    parent = os.getppid()
+    # supervisord killed with -9 leaves us running; a new one starts its own watchdog, and
+    # two would act on the same workers: the one whose supervisord is gone stops.
     run(config, childutils.getRPCInterface(os.environ), state_dir, memo, log,
-        sleep=lambda seconds: _sleep_unless(seconds, stopping), stop=lambda: bool(stopping))
+        sleep=lambda seconds: _sleep_unless(seconds, stopping),
+        stop=lambda: bool(stopping) or os.getppid() != parent)
 
 
 def _sleep_unless(seconds: float, stopping: List[int]) -> None:

@@ -12,12 +12,14 @@ interpreter (``app.python``), which need not have click or supervisor installed.
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from ..contracts import write_worker_state
+from ..contracts import read_worker_state, write_worker_state
 from ..uvicorn_settings import UVICORN_SETTINGS
 
 
@@ -72,6 +74,59 @@ def listening_socket(fd: int = 0) -> socket.socket:
     return sock
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Succession:
+    """Whether supervisord died under this worker, and whether a successor of its name serves.
+
+    A supervisord killed with -9 leaves its workers running: they keep serving (clients see
+    no outage) until a new supervisord's worker of the same name writes its ready file; then
+    this one drains and exits. Its parent changing (to init or a subreaper) is how it knows
+    supervisord is gone: nothing else reparents a process.
+    """
+
+    def __init__(self, path: Optional[str], parent: Optional[int] = None,
+                 getppid: Callable[[], int] = os.getppid, alive: Callable[[int], bool] = _alive) -> None:
+        self.path = path
+        self.getppid = getppid
+        self.parent = getppid() if parent is None else parent
+        self.alive = alive
+
+    def orphaned(self) -> bool:
+        return self.getppid() != self.parent
+
+    def replaced(self) -> bool:
+        """Orphaned, and the ready file of this name now names another live process."""
+        if not self.path or not self.orphaned():
+            return False
+        state = read_worker_state(self.path)
+        pid = state["pid"] if state else 0
+        return bool(pid) and pid != os.getpid() and self.alive(pid)
+
+
+def watch_succession(succession: Succession, interval: float = 0.5) -> threading.Thread:
+    """A daemon thread that SIGTERMs this process (uvicorn then drains) once a successor serves."""
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            if succession.replaced():
+                # No message: stdout and stderr were pipes to the dead supervisord (EPIPE).
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=run, name="succession", daemon=True)
+    thread.start()
+    return thread
+
+
 class StateFile:
     """``<state_dir>/<process name>``: written when the worker accepts, touched on every beat.
 
@@ -81,10 +136,12 @@ class StateFile:
     again on the next beat.
     """
 
-    def __init__(self, state_dir: Optional[str], name: str) -> None:
+    def __init__(self, state_dir: Optional[str], name: str, succession: Optional[Succession] = None) -> None:
         self.path = os.path.join(state_dir, name) if state_dir else None
         self.written = False
         self._complained = False
+        # Once supervisord is gone the file may be a successor's: an orphan never writes it again.
+        self.succession = succession or Succession(None, parent=0, getppid=lambda: 0)
 
     def ready(self) -> None:
         if not self.path:
@@ -96,15 +153,18 @@ class StateFile:
             self._complain(exc)
 
     def gone(self) -> None:
-        """Stopping: remove the file so nothing mistakes this worker for a ready one."""
+        """Stopping: remove the file so nothing mistakes this worker for a ready one (only our own)."""
         if self.path:
+            state = read_worker_state(self.path)
+            if state is not None and state["pid"] != os.getpid():
+                return  # a successor's, written after supervisord died under us
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
 
     def beat(self) -> None:
-        if not self.path:
+        if not self.path or self.succession.orphaned():
             return
         if not self.written:
             self.ready()
@@ -147,7 +207,8 @@ def build_server(args: argparse.Namespace) -> Any:
 
     name = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"worker-{os.getpid()}"
     config_cls: Any = uvicorn.Config
-    state: Any = StateFile(args.state_dir, name)
+    succession = Succession(os.path.join(args.state_dir, name) if args.state_dir else None)
+    state: Any = StateFile(args.state_dir, name, succession)
     if args.metrics and args.state_dir:
         from ..contracts import metrics_path
         from .reqcount import Counts, MeteredState, MetricsFile, metered_config
@@ -172,6 +233,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except WorkerError as exc:
         print(exc, file=sys.stderr, flush=True)
         sys.exit(2)
+    if server.state.path:
+        watch_succession(server.state.succession)
     server.run(sockets=[sock])
     if not server.started:
         # uvicorn returns without serving when the app fails to import or lifespan startup

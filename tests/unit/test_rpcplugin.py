@@ -183,3 +183,31 @@ def test_a_run_that_ended_without_a_stopping_event_leaves_a_waker_that_never_wri
     finally:
         registry._on_stopping(None)
         events.callbacks[:] = callbacks
+
+
+def test_a_tcp_port_held_by_a_killed_supervisords_workers_is_bound_beside_them_listening_later():
+    import socket
+
+    from supervisor.datatypes import InetStreamSocketConfig
+
+    from supervisor_fastapi.plugins.sockets import _bind_shared, _ListenLater
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = _bind_shared(InetStreamSocketConfig("127.0.0.1", port))
+    try:
+        first.listen(8)
+        assert type(first) is socket.socket
+        second = _bind_shared(InetStreamSocketConfig("127.0.0.1", port))
+        try:
+            # Beside the old socket, not listening until a new worker calls listen() itself.
+            assert isinstance(second, _ListenLater)
+            second.listen(8)
+            client = socket.create_connection(("127.0.0.1", port), timeout=2)
+            client.close()
+            assert second.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+        finally:
+            second.close()
+    finally:
+        first.close()

@@ -192,3 +192,29 @@ def test_choices_are_uvicorns_own():
     assert UVICORN_SETTINGS["lifespan"].choices == tuple(uvicorn.config.LIFESPAN)
     loops = getattr(uvicorn.config, "LOOP_FACTORIES", None) or uvicorn.config.LOOP_SETUPS
     assert UVICORN_SETTINGS["loop"].choices == tuple(loops)
+
+
+def test_an_orphan_drains_only_once_a_live_successor_of_its_name_is_ready(tmp_path):
+    from supervisor_fastapi.contracts import write_worker_state
+    from supervisor_fastapi.runtime.worker import StateFile, Succession
+
+    path = str(tmp_path / "web_00")
+    parent = [100]
+    alive = {4242}
+    succession = Succession(path, getppid=lambda: parent[0], alive=lambda pid: pid in alive)
+    state = StateFile(str(tmp_path), "web_00", succession)
+    state.ready()
+    assert not succession.replaced()  # supervisord is alive: nothing to hand over
+    write_worker_state(path, 4242, 1.0)
+    assert not succession.replaced()  # still our supervisord's (a file it will fix)
+    parent[0] = 1  # supervisord killed: we were reparented to init
+    assert succession.replaced()
+    alive.clear()
+    assert not succession.replaced()  # a successor that died is no successor: keep serving
+    # An orphan never writes the file again, and never removes a successor's.
+    os.unlink(path)
+    state.beat()
+    assert not os.path.exists(path)
+    write_worker_state(path, 4242, 1.0)
+    state.gone()
+    assert os.path.exists(path)
