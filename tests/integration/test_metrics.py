@@ -5,6 +5,9 @@
   request counters do not go backwards across the restart;
 - a memory recycle by the watchdog adds 1 to cause="memory" (and nothing to "killed"), and its
   alert is counted in alerts_total{result="sent"};
+- a rolling restart adds 1 to cause="rolled" per worker, a watchdog kill of a hung worker 1 to
+  cause="hung" (neither counts as killed);
+- `status --watch` refreshes with request rates, is bounded by --count and exits 0 on Ctrl-C;
 - `promtool check metrics` accepts the exposition; a real Prometheus scrapes it and loads
   the documented rules file (docs/metrics-rules.yml) without errors.
 """
@@ -228,3 +231,28 @@ def test_status_watch_refreshes_with_request_rates_and_ctrl_c_exits_0(deploy):
             proc.wait(5)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "web:web_01" in out
+
+
+def test_a_rolling_restart_counts_rolled_and_a_hung_worker_counts_hung_not_killed(deploy):
+    import threading
+
+    d = metrics_deploy(deploy, {"server": {"heartbeat_timeout": 2}})
+    r = d.cli("restart")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rolled = parse(scrape(d.metrics_port))
+    assert value(rolled, "supervisor_fastapi_restarts_total", cause="rolled") == 2
+    assert value(rolled, "supervisor_fastapi_restarts_total") == 2  # the stops are not kills or crashes
+
+    def block():
+        try:
+            d.get("/block?s=30", timeout=40)
+        except OSError:
+            pass  # the watchdog kills the worker under this request
+
+    threading.Thread(target=block, daemon=True).start()
+    hung = wait_until(lambda: (s := parse(scrape(d.metrics_port))) and value(
+        s, "supervisor_fastapi_restarts_total", cause="hung") >= 1 and s, 30, "the hung worker killed")
+    assert value(hung, "supervisor_fastapi_restarts_total", cause="hung") == 1
+    assert value(hung, "supervisor_fastapi_restarts_total", cause="killed") == 0
+    wait_until(lambda: value(parse(scrape(d.metrics_port)), "supervisor_fastapi_worker_up") == 2, 30,
+               "both workers ready again")
