@@ -16,6 +16,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -172,8 +173,9 @@ def main(argv: Any = None) -> int:
         s.join(10)
     errors = {k: v["error"] for k, v in served.items() if v["error"]}
     if errors:
-        log(f"FAILED: {errors}")
+        log(f"FAILED: {errors}; deployments' folders and logs kept in {folder}")
         return 1
+    shutil.rmtree(folder, ignore_errors=True)
     summary: Dict[str, Any] = {"command": "python bench/metrics_overhead.py " + " ".join(sys.argv[1:] if argv is None
                                                                                           else argv),
                                "rounds": a.rounds, "duration": a.duration, "workers": a.workers, "tool": tool,
