@@ -7,6 +7,8 @@
   alert is counted in alerts_total{result="sent"};
 - a rolling restart adds 1 to cause="rolled" per worker, a watchdog kill of a hung worker 1 to
   cause="hung" (neither counts as killed);
+- a crash loop shows as held=1 with held_until_seconds at the retry, its crashes counted, and
+  held=0 once the fix lets the retry serve;
 - `status --watch` refreshes with request rates, is bounded by --count and exits 0 on Ctrl-C;
 - `promtool check metrics` accepts the exposition; a real Prometheus scrapes it and loads
   the documented rules file (docs/metrics-rules.yml) without errors.
@@ -256,3 +258,25 @@ def test_a_rolling_restart_counts_rolled_and_a_hung_worker_counts_hung_not_kille
     assert value(hung, "supervisor_fastapi_restarts_total", cause="killed") == 0
     wait_until(lambda: value(parse(scrape(d.metrics_port)), "supervisor_fastapi_worker_up") == 2, 30,
                "both workers ready again")
+
+
+def test_a_crash_loop_shows_as_held_with_its_retry_time_and_crashes_counted(deploy, tmp_path):
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    port = free_port()
+    deploy({"server": {"workers": 1}, "metrics": {"bind": f"127.0.0.1:{port}"},
+                "app": {"env": {"CRASH_AFTER": "1", "CRASH_WHILE": str(flag)}},
+                "crash_loop": {"restarts": 3, "window": 30, "backoff_initial": 5, "backoff_max": 20,
+                               "backoff_reset": 3, "jitter": 0}}, wait=False)
+    wait_until(lambda: _answers(port), 20, "the exporter to answer")
+    held = wait_until(lambda: (s := parse(scrape(port))) and value(s, "supervisor_fastapi_held",
+                                                                   process="web_00") == 1 and s, 30, "the hold")
+    assert value(held, "supervisor_fastapi_restarts_total", process="web_00", cause="crashed") == 3
+    retry = value(held, "supervisor_fastapi_held_until_seconds", process="web_00")
+    assert time.time() < retry <= time.time() + 5.5
+    assert value(held, "supervisor_fastapi_worker_up") == 0
+    flag.unlink()  # the fix: the next retry survives and the hold ends
+    wait_until(lambda: value(parse(scrape(port)), "supervisor_fastapi_worker_up") == 1, 30, "the worker back")
+    back = parse(scrape(port))
+    assert value(back, "supervisor_fastapi_held", process="web_00") == 0
+    assert ("supervisor_fastapi_held_until_seconds", (("app", "web"), ("process", "web_00"))) not in back
