@@ -23,7 +23,8 @@ from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
-from .state import Action, Alert, Event, Fallback, ProcessState, Relay, RemoteEvent, Start
+from .state import (Action, Alert, Event, Fallback, ProcessState, Relay, RemoteEvent, ServingWatch, Start,
+                    restore_incidents)
 
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
@@ -156,6 +157,7 @@ class Listener:
         self.relay = Relay(config.app)
         self.fallback = None if config.controller else Fallback(config)
         self.stdin_fd, self.stdout_fd, self.clock = stdin_fd, stdout_fd, clock
+        self.serving = ServingWatch(config.web, clock())
         self.parser = Parser()
         self.last_alert: Optional[Dict[str, Any]] = None
         self.alert_counts: Dict[str, Dict[str, int]] = {}  # channel -> sent/failed/journaled, for [metrics]
@@ -191,6 +193,10 @@ class Listener:
         if saved and isinstance(saved.get("last_alert"), dict):
             self.last_alert = saved["last_alert"]
         self.alert_counts = restore_counts(saved.get("alert_counts") if saved else None)
+        # Incidents outlive the supervisord run (reload, down/up, a restart by systemd): one OPEN,
+        # one RESOLVED each. The file is root's (run_dir), read through contracts' reader.
+        self.relay.incidents = restore_incidents(saved.get("incidents") if saved else None)
+        self.serving.served = bool(saved.get("served") is True) if saved else False
         self._dirty = True
         self._save(force=True)
 
@@ -217,6 +223,8 @@ class Listener:
                     self.handle(headers, payload)
                     self._write(OK)
                     self._write(READY)
+            if self.config.controller:
+                self._apply(self.serving.tick(self.clock(), self.relay))
             self._save()
         log.info("stopping on a signal")
         return 0
@@ -234,8 +242,20 @@ class Listener:
     def _observe(self, event: Event) -> None:
         now = self.clock()
         actions: List[Action] = []
+        if isinstance(event, ProcessState):
+            served = self.serving.served
+            self.serving.observe(event, now)
+            self._dirty = self._dirty or served != self.serving.served
+            if self.config.controller and event.name == self.config.migrate and event.state == "EXITED" \
+                    and event.expected:
+                # A migration incident an earlier run left open, where this run's controller
+                # never opened one (fixed while supervisord was down): it ends here.
+                for kind in ("migration_failed", "migration_timeout"):
+                    self._apply(self.relay.observe(RemoteEvent(kind, event.name, f"{event.name} succeeded",
+                                                               event="resolve", app=self.config.app), now))
         if isinstance(event, RemoteEvent):
             actions = self.relay.observe(event, now)
+            self._dirty = self._dirty or event.event in ("open", "resolve")
         elif isinstance(event, ProcessState) and self.fallback is not None:
             if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
                 # The payload has no exit status; one quick RPC per migration run tells it.
@@ -248,6 +268,8 @@ class Listener:
         self._apply(actions)
 
     def _apply(self, actions: List[Action]) -> None:
+        if actions:
+            self._dirty = True
         for action in actions:
             if isinstance(action, Alert):
                 msg = make_message(action.event, action.kind, action.process, action.summary, action.details,
@@ -274,7 +296,8 @@ class Listener:
         if not self.config.state_path or not self._dirty or (not force and now < self._last_save + SAVE_EVERY):
             return
         state = {"version": 1, "updated": now, "app": self.config.app, "last_alert": self.last_alert,
-                 "pid": os.getpid(), "alert_counts": self.alert_counts}
+                 "pid": os.getpid(), "alert_counts": self.alert_counts, "incidents": self.relay.incidents,
+                 "served": self.serving.served}
         self._last_save = now
         try:
             statefile.save(self.config.state_path, state)

@@ -18,6 +18,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from ..contracts import ListenerConfig, LogRef
 
 EVENT_DEDUPE = 60.0
+# Seconds with no web worker RUNNING before "no_worker_serving" opens: longer than a
+# `restart <app>:*` or a reload with a quick migration leaves the deployment without one.
+NO_WORKER_GRACE = 10.0
+# A resolve the controller sends because its supervisord run ends (reload, shutdown, update
+# of the group), not because the cause went away: the incident stays open across runs.
+RUN_ENDED = "run_ended"
+MAX_INCIDENTS = 256
 
 
 # --- events -------------------------------------------------------------------------------
@@ -83,18 +90,46 @@ Action = Union[Start, Alert]
 # --- the relay ----------------------------------------------------------------------------
 
 
-class Relay:
-    """Alerts sent to this app's listener: the controller's pass, one-off events are de-duplicated."""
+def incident_key(kind: str, process: str) -> str:
+    return f"{kind}|{process}"
 
-    def __init__(self, app: str) -> None:
+
+def restore_incidents(saved: Any) -> Dict[str, float]:
+    """The open incidents a previous listener process saved (key -> opened at); odd data: none."""
+    if not isinstance(saved, dict):
+        return {}
+    return {str(k): float(v) for k, v in list(saved.items())[:MAX_INCIDENTS]
+            if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Relay:
+    """Alerts sent to this app's listener: the controller's pass, one-off events are de-duplicated.
+
+    ``incidents`` (saved in the listener's state file, so it outlives a supervisord run) makes
+    one incident one OPEN and one RESOLVED: a new run's controller opening what is still open
+    is not sent again, and a resolve sent only because a run ended is not sent at all."""
+
+    def __init__(self, app: str, incidents: Optional[Dict[str, float]] = None) -> None:
         self.app = app
         self.sent: Dict[Tuple[str, str], float] = {}
         self.suppressed: Dict[Tuple[str, str], int] = {}
+        self.incidents: Dict[str, float] = dict(incidents or {})
 
     def observe(self, ev: RemoteEvent, now: float) -> List[Action]:
         if ev.app and ev.app != self.app:
             return []  # another app's listener on the same supervisord takes it
         if ev.event in ("open", "reminder", "resolve"):
+            key = incident_key(ev.kind, ev.process)
+            if ev.event == "open":
+                if key in self.incidents:
+                    return []  # still open from an earlier run (or this one): the same incident
+                if len(self.incidents) < MAX_INCIDENTS:
+                    self.incidents[key] = now
+            elif ev.event == "resolve":
+                if ev.details.get(RUN_ENDED):
+                    return []  # the run ended, the cause did not: the next run says how it is
+                if self.incidents.pop(key, None) is None:
+                    return []  # resolved already (by the listener, see Listener._observe) or never opened
             return [Alert(ev.event, ev.kind, ev.process, ev.summary, ev.details, ev.log_of)]
         key = (ev.kind, ev.process)
         if now < self.sent.get(key, float("-inf")) + EVENT_DEDUPE:
@@ -106,6 +141,47 @@ class Relay:
             details["suppressed_since_last"] = suppressed
         self.sent[key] = now
         return [Alert("event", ev.kind, ev.process, ev.summary or ev.kind, details, ev.log_of)]
+
+
+# --- does any web worker serve? ------------------------------------------------------------
+
+
+class ServingWatch:
+    """``no_worker_serving``: open when no web worker has been RUNNING for ``grace`` seconds,
+    whatever the cause (a shut gate, crash-loop holds, `stop`), resolved when one runs again.
+
+    Armed once a worker of this app has served (``served`` is saved across listener runs), so
+    a first deploy waiting for its migration does not page; ``since`` starts at the listener's
+    start, so a new supervisord run whose workers never come up does."""
+
+    def __init__(self, web: str, now: float, served: bool = False, grace: float = NO_WORKER_GRACE) -> None:
+        self.web, self.grace, self.served = web, grace, served
+        self.running: Dict[str, bool] = {}
+        self.zero_since: Optional[float] = now
+
+    def observe(self, ev: ProcessState, now: float) -> None:
+        if ev.group != self.web:
+            return
+        if ev.state == "RUNNING":
+            self.running[ev.name] = True
+            self.served, self.zero_since = True, None
+        else:
+            self.running.pop(ev.name, None)
+            if not self.running and self.zero_since is None:
+                self.zero_since = now
+
+    def tick(self, now: float, relay: Relay) -> List[Action]:
+        key = incident_key("no_worker_serving", self.web)
+        if self.running and key in relay.incidents:
+            return relay.observe(RemoteEvent("no_worker_serving", self.web, f"{self.web}: a web worker serves again",
+                                             event="resolve", app=relay.app), now)
+        if (not self.running and self.served and self.zero_since is not None
+                and now - self.zero_since >= self.grace and key not in relay.incidents):
+            return relay.observe(RemoteEvent(
+                "no_worker_serving", self.web, f"{self.web}: no web worker is serving (none RUNNING for "
+                f"{now - self.zero_since:.0f} s); `supervisor-fastapi status` says why (held by the migration gate, "
+                "crash-loop holds, stopped)", event="open", app=relay.app), now)
+        return []
 
 
 # --- without the plugin -------------------------------------------------------------------

@@ -416,10 +416,13 @@ class AppControl:
 
     def close_all(self, why: str) -> None:
         now = self.clock()
+        # run_ended: the listener keeps the incident open (listener/state.py Relay); the next
+        # run's controller reopens it if the cause persists, and resolves it when it goes.
         for loop in self.loops.values():
-            self._alert(loop.close(now, why))
+            for a in loop.close(now, why):
+                self._emit(a.event, a.kind, a.process, a.summary, dict(a.details, run_ended=True), a.log_of)
         for a in self.gate_watch.close(why):
-            self._emit(a.event, a.kind, self.config.migrate, a.summary, a.details)
+            self._emit(a.event, a.kind, self.config.migrate, a.summary, dict(a.details, run_ended=True))
 
     def forget_group(self, group: str) -> None:
         """`update` removed ``group`` (a changed group comes back as new processes): its

@@ -9,8 +9,47 @@ def test_the_controllers_alerts_pass_straight_through_and_other_apps_are_ignored
     log = LogRef("shop:shop_00", 1234)
     ev = RemoteEvent("crash_loop", "shop_00", "s", {"failures": 3}, app="shop", event="open", log_of=log)
     assert r.observe(ev, 0) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
-    assert r.observe(ev, 1) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
+    assert r.observe(ev, 1) == []  # the same incident, still open: one OPEN
     assert r.observe(RemoteEvent("crash_loop", "x", app="shop_admin", event="open"), 2) == []
+
+
+def test_one_incident_one_open_one_resolve_across_supervisord_runs():
+    from supervisor_fastapi.listener.state import restore_incidents
+
+    r = Relay("shop")
+    opened = RemoteEvent("migration_failed", "shop_migrate", "s", app="shop", event="open")
+    assert len(r.observe(opened, 0)) == 1
+    # reload: the run's controller closes what it had open; the cause did not go away.
+    ended = RemoteEvent("migration_failed", "shop_migrate", "closed", {"run_ended": True}, app="shop", event="resolve")
+    assert r.observe(ended, 1) == []
+    # The next run (a new listener process, its incidents from the state file) opens it again: not sent.
+    r2 = Relay("shop", restore_incidents(dict(r.incidents)))
+    assert r2.observe(opened, 2) == []
+    fixed = RemoteEvent("migration_failed", "shop_migrate", "ok", app="shop", event="resolve")
+    assert [a.event for a in r2.observe(fixed, 3)] == ["resolve"]
+    assert r2.observe(fixed, 4) == [] and r2.incidents == {}
+    assert restore_incidents({"a": "x", "b": True, "c": 1.5, 3: 2}) == {"c": 1.5}
+    assert restore_incidents(["junk"]) == {}
+
+
+def test_no_worker_serving_opens_after_the_grace_and_resolves_when_one_runs():
+    from supervisor_fastapi.listener.state import ProcessState, ServingWatch
+
+    r = Relay("shop")
+    w = ServingWatch("shop", now=0.0, served=False, grace=10)
+    assert w.tick(20, r) == []  # never served (a first deploy waiting for its migration): no page
+    w.observe(ProcessState("shop_00", "shop", "RUNNING"), 21)
+    w.observe(ProcessState("shop_00", "shop", "STOPPING"), 30)
+    assert w.tick(39, r) == []
+    [opened] = w.tick(40, r)
+    assert (opened.event, opened.kind, opened.process) == ("open", "no_worker_serving", "shop")
+    assert w.tick(50, r) == []
+    w.observe(ProcessState("shop_01", "shop", "RUNNING"), 51)
+    assert [a.event for a in w.tick(51, r)] == ["resolve"]
+    assert w.tick(52, r) == []
+    # A new listener of a deployment that served: the clock starts at its start.
+    w2 = ServingWatch("shop", now=100.0, served=True, grace=10)
+    assert [a.event for a in w2.tick(110, Relay("shop"))] == ["open"]
 
 
 def test_one_off_events_alert_once_a_minute_per_kind_and_process_and_count_the_rest():
