@@ -23,8 +23,18 @@ from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
-from .state import (Action, Alert, Event, Fallback, ProcessState, Relay, RemoteEvent, ServingWatch, Start,
-                    restore_incidents)
+from .state import (
+    Action,
+    Alert,
+    Event,
+    Fallback,
+    ProcessState,
+    Relay,
+    RemoteEvent,
+    ServingWatch,
+    Start,
+    restore_incidents,
+)
 
 log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state

@@ -119,16 +119,16 @@ class Relay:
         if ev.app and ev.app != self.app:
             return []  # another app's listener on the same supervisord takes it
         if ev.event in ("open", "reminder", "resolve"):
-            key = incident_key(ev.kind, ev.process)
+            incident = incident_key(ev.kind, ev.process)
             if ev.event == "open":
-                if key in self.incidents:
+                if incident in self.incidents:
                     return []  # still open from an earlier run (or this one): the same incident
                 if len(self.incidents) < MAX_INCIDENTS:
-                    self.incidents[key] = now
+                    self.incidents[incident] = now
             elif ev.event == "resolve":
                 if ev.details.get(RUN_ENDED):
                     return []  # the run ended, the cause did not: the next run says how it is
-                if self.incidents.pop(key, None) is None:
+                if self.incidents.pop(incident, None) is None:
                     return []  # resolved already (by the listener, see Listener._observe) or never opened
             return [Alert(ev.event, ev.kind, ev.process, ev.summary, ev.details, ev.log_of)]
         key = (ev.kind, ev.process)

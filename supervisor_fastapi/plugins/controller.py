@@ -421,8 +421,8 @@ class AppControl:
         for loop in self.loops.values():
             for a in loop.close(now, why):
                 self._emit(a.event, a.kind, a.process, a.summary, dict(a.details, run_ended=True), a.log_of)
-        for a in self.gate_watch.close(why):
-            self._emit(a.event, a.kind, self.config.migrate, a.summary, dict(a.details, run_ended=True))
+        for g in self.gate_watch.close(why):
+            self._emit(g.event, g.kind, self.config.migrate, g.summary, dict(g.details, run_ended=True))
 
     def forget_group(self, group: str) -> None:
         """`update` removed ``group`` (a changed group comes back as new processes): its

@@ -38,7 +38,7 @@ def test_three_reloads_during_a_failed_migration_make_one_incident_and_say_no_wo
             before = int(time.time())
             r = d.ctl("reload")
             assert "Restarted supervisord" in r.stdout, r.stdout
-            wait_until(lambda: _failed_again(d, before), 40, f"the migration of run {n + 2} to fail")
+            wait_until(lambda before=before: _failed_again(d, before), 40, f"the migration of run {n + 2} to fail")
         # Nobody serves now: the gate holds every worker of the new run.
         wait_until(lambda: hook.alerts("no_worker_serving", "open"), 30, "the no-worker alert")
         time.sleep(2)  # anything late would show now
