@@ -33,6 +33,7 @@ from .state import (
     RemoteEvent,
     ServingWatch,
     Start,
+    incident_key,
     restore_incidents,
 )
 
@@ -261,6 +262,8 @@ class Listener:
                 # A migration incident an earlier run left open, where this run's controller
                 # never opened one (fixed while supervisord was down): it ends here.
                 for kind in ("migration_failed", "migration_timeout"):
+                    if incident_key(kind, event.name) not in self.relay.incidents:
+                        continue
                     self._apply(self.relay.observe(RemoteEvent(kind, event.name, f"{event.name} succeeded",
                                                                event="resolve", app=self.config.app), now))
         if isinstance(event, RemoteEvent):

@@ -114,6 +114,7 @@ class Relay:
         self.sent: Dict[Tuple[str, str], float] = {}
         self.suppressed: Dict[Tuple[str, str], int] = {}
         self.incidents: Dict[str, float] = dict(incidents or {})
+        self.resolved: Dict[str, float] = {}
 
     def observe(self, ev: RemoteEvent, now: float) -> List[Action]:
         if ev.app and ev.app != self.app:
@@ -128,8 +129,12 @@ class Relay:
             elif ev.event == "resolve":
                 if ev.details.get(RUN_ENDED):
                     return []  # the run ended, the cause did not: the next run says how it is
-                if self.incidents.pop(incident, None) is None:
-                    return []  # resolved already (by the listener, see Listener._observe) or never opened
+                if self.incidents.pop(incident, None) is None and \
+                        now < self.resolved.get(incident, float("-inf")) + EVENT_DEDUPE:
+                    return []  # resolved a moment ago (the listener saw the migration succeed first)
+                # Not known open, but not just resolved either: its OPEN was sent by a listener
+                # that could not save it (a full disk), so this RESOLVED is due.
+                self.resolved[incident] = now
             return [Alert(ev.event, ev.kind, ev.process, ev.summary, ev.details, ev.log_of)]
         key = (ev.kind, ev.process)
         if now < self.sent.get(key, float("-inf")) + EVENT_DEDUPE:

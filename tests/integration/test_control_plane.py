@@ -304,7 +304,8 @@ def test_up_at_once_after_a_failed_up_opens_the_gate(deploy, tmp_path):
 # --- 6: faults of the host -------------------------------------------------------------------
 
 
-def test_supervisord_killed_with_9_up_names_the_orphans_and_down_stops_them(deploy):
+def test_supervisord_killed_with_9_down_stops_the_orphans_and_up_replaces_them(deploy):
+    # up alone also recovers (test_recovery.py); it names the old workers it replaces.
     d = deploy()
     from supervisor_fastapi.cli.control import _alive
 
@@ -312,13 +313,16 @@ def test_supervisord_killed_with_9_up_names_the_orphans_and_down_stops_them(depl
     supervisord = int(open(d.layout.pidfile).read())
     os.kill(supervisord, signal.SIGKILL)
     wait_until(lambda: not _alive(supervisord), 10, "supervisord to be gone")
-    r = d.cli("up", "--timeout", "20")
-    assert r.returncode != 0 and "web_00" in r.stderr and str(workers[0]) in r.stderr, r.stderr
     r = d.cli("down")
     assert r.returncode == 0, r.stderr
     assert not any(_alive(pid) for pid in workers)
     r = d.cli("up", "--timeout", "30")
     assert r.returncode == 0, r.stdout + r.stderr
+    workers = [i["pid"] for i in d.infos() if i["group"] == "web"]
+    os.kill(int(open(d.layout.pidfile).read()), signal.SIGKILL)
+    r = d.cli("up", "--timeout", "30")
+    assert r.returncode == 0 and "web_00" in r.stderr and str(workers[0]) in r.stderr, r.stdout + r.stderr
+    wait_until(lambda: not any(_alive(pid) for pid in workers), 30, "the old workers to be replaced")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
