@@ -209,6 +209,21 @@ def is_ready(info: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]]) -
     return info.get("statename") == "RUNNING" and bool(pid) and states.get(str(info.get("name")), {}).get("pid") == pid
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by whoever adopted it) is not alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def read_rss(pid: int) -> Optional[int]:
     """Resident set size of ``pid`` in bytes (Linux /proc), None if unknown."""
     data = read_small_file(f"/proc/{int(pid)}/status", 64 * 1024) if pid > 0 else None

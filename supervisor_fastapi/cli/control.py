@@ -14,7 +14,14 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, GATE_HELD_PREFIX, read_worker_states, run_log_tail, scrubbing_transport
+from ..contracts import (
+    FAILED_STATES,
+    GATE_HELD_PREFIX,
+    pid_alive,
+    read_worker_states,
+    run_log_tail,
+    scrubbing_transport,
+)
 from ..errors import DeployError, UserError
 from ..layout import Layout, Names
 from ..spec import Spec
@@ -217,7 +224,7 @@ def stop_daemon(layout: Layout, timeout: float = 120.0) -> bool:
         rpc(layout).supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
         pass
-    wait_for(lambda: not (pid and _alive(pid)) and not is_running(layout), timeout, "supervisord to exit")
+    wait_for(lambda: not (pid and pid_alive(pid)) and not is_running(layout), timeout, "supervisord to exit")
     return True
 
 
@@ -235,21 +242,6 @@ def _read_pid(path: str) -> Optional[int]:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie (dead, not yet reaped by whoever adopted it) is not alive."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _file_tail(path: str, lines: int) -> str:
@@ -304,7 +296,7 @@ def find_orphans(layout: Layout, proc: str = "/proc") -> List[Orphan]:
     out = []
     me = os.getpid()
     daemon = _read_pid(layout.pidfile)
-    since = start_ticks(daemon, proc) if daemon and _alive(daemon) else None
+    since = start_ticks(daemon, proc) if daemon and pid_alive(daemon) else None
     for entry in os.listdir(proc):
         if not entry.isdigit() or int(entry) in (me, daemon):
             continue
@@ -340,7 +332,7 @@ def stop_orphans(orphans: Sequence[Orphan], grace: float) -> None:
                 except OSError:
                     pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
-        while any(_alive(o.pid) for o in orphans) and time.monotonic() < deadline:
+        while any(pid_alive(o.pid) for o in orphans) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not any(_alive(o.pid) for o in orphans):
+        if not any(pid_alive(o.pid) for o in orphans):
             return

@@ -278,7 +278,7 @@ def retire_orphans(spec: Spec, layout: Layout, progress: Progress) -> None:
     deadline = time.monotonic() + grace
     while orphans and time.monotonic() < deadline:
         time.sleep(0.2)
-        orphans = [o for o in orphans if control._alive(o.pid)]
+        orphans = [o for o in orphans if control.pid_alive(o.pid)]
     if orphans:
         progress(f"stopping what the killed supervisord left running: {control.describe_orphans(orphans)}")
         control.stop_orphans(orphans, grace)
@@ -410,7 +410,7 @@ def _down(spec: Spec, layout: Layout, progress: Progress) -> bool:
         return False
     progress(f"supervisord is not running; stopping what it left running: {control.describe_orphans(orphans)}")
     control.stop_orphans(orphans, spec.server.graceful_timeout + 10)
-    left = [o for o in orphans if control._alive(o.pid)]
+    left = [o for o in orphans if control.pid_alive(o.pid)]
     if left:
         raise UserError(f"could not stop {control.describe_orphans(left)}")
     return True

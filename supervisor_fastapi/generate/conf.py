@@ -334,11 +334,9 @@ def watchdog_argv(spec: Spec) -> Optional[List[str]]:
     return argv
 
 
-def watchdog_section(spec: Spec) -> Optional[ini.Section]:
-    argv = watchdog_argv(spec)
-    if argv is None:
-        return None
-    name = Names(spec.app.name).watchdog
+def _resident_section(spec: Spec, name: str, argv: List[str]) -> ini.Section:
+    """A program of ours that runs as supervisord's user beside the app (the watchdog, the
+    metrics exporter): restarted whenever it exits, its log beside the others."""
     opts: Options = [
         ("command", ini.command(argv)),
         ("priority", str(PRIORITY_PROGRAMS)),
@@ -353,6 +351,11 @@ def watchdog_section(spec: Spec) -> Optional[ini.Section]:
         ("stdout_logfile_backups", "5"),
     ]
     return f"program:{name}", opts + _blanked(spec)
+
+
+def watchdog_section(spec: Spec) -> Optional[ini.Section]:
+    argv = watchdog_argv(spec)
+    return None if argv is None else _resident_section(spec, Names(spec.app.name).watchdog, argv)
 
 
 def metrics_argv(spec: Spec) -> Optional[List[str]]:
@@ -371,23 +374,7 @@ def metrics_section(spec: Spec) -> Optional[ini.Section]:
     """``[program:<app>_metrics]``: runs as supervisord's user, like the watchdog (it reads root's
     listener state and asks supervisord over its socket); it imports supervisor and the stdlib only."""
     argv = metrics_argv(spec)
-    if argv is None:
-        return None
-    name = Names(spec.app.name).metrics
-    opts: Options = [
-        ("command", ini.command(argv)),
-        ("priority", str(PRIORITY_PROGRAMS)),
-        ("autostart", "true"),
-        ("autorestart", "true"),
-        ("startsecs", "1"),
-        ("stopwaitsecs", "10"),
-        ("directory", ini.escape(spec.base_dir)),
-        ("redirect_stderr", "true"),
-        ("stdout_logfile", ini.logfile(Layout(spec.run_dir).program_log(name))),
-        ("stdout_logfile_maxbytes", "10MB"),
-        ("stdout_logfile_backups", "5"),
-    ]
-    return f"program:{name}", opts + _blanked(spec)
+    return None if argv is None else _resident_section(spec, Names(spec.app.name).metrics, argv)
 
 
 def build(spec: Spec, fragment: bool = False, with_plugins: Optional[bool] = None) -> List[ini.Section]:

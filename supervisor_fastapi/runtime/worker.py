@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from ..contracts import read_worker_state, write_worker_state
+from ..contracts import pid_alive, read_worker_state, write_worker_state
 from ..uvicorn_settings import UVICORN_SETTINGS
 
 
@@ -74,16 +74,6 @@ def listening_socket(fd: int = 0) -> socket.socket:
     return sock
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Succession:
     """Whether supervisord died under this worker, and whether a successor of its name serves.
 
@@ -94,7 +84,7 @@ class Succession:
     """
 
     def __init__(self, path: Optional[str], parent: Optional[int] = None,
-                 getppid: Callable[[], int] = os.getppid, alive: Callable[[int], bool] = _alive) -> None:
+                 getppid: Callable[[], int] = os.getppid, alive: Callable[[int], bool] = pid_alive) -> None:
         self.path = path
         self.getppid = getppid
         self.parent = getppid() if parent is None else parent

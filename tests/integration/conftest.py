@@ -78,7 +78,7 @@ def daemon_pid(pidfile: str, timeout: float = 30.0) -> int:
     """
     def live() -> int:
         pid = control._read_pid(pidfile)
-        return pid if pid and control._alive(pid) else 0
+        return pid if pid and control.pid_alive(pid) else 0
 
     return wait_until(live, timeout, f"{pidfile} to name a running supervisord")
 
@@ -91,7 +91,7 @@ def reap(pid: Optional[int], timeout: float = 60.0) -> None:
     if not pid:
         return
     deadline = time.monotonic() + timeout
-    while control._alive(pid) and time.monotonic() < deadline:
+    while control.pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     try:
         os.kill(pid, signal.SIGKILL)

@@ -155,7 +155,7 @@ def test_two_apps_as_fragments_under_debians_own_supervisord(debian):
     out = cli(shop, "up")
     assert out.returncode == 2 and "restart it once" in out.stderr, out.stdout + out.stderr
     ctl("shutdown")
-    wait_until(lambda: not control._alive(pid), 60, "Debian's supervisord to exit")
+    wait_until(lambda: not control.pid_alive(pid), 60, "Debian's supervisord to exit")
     start_supervisord()
     out = cli(shop, "up")
     assert out.returncode == 0 and "shop: 2 workers serving" in out.stdout, out.stdout + out.stderr

@@ -178,7 +178,7 @@ def restart_os_supervisord(folder: str, main_conf: str, procs: list) -> None:
     """What `systemctl restart supervisor` does, by hand: stop it, wait for its pid, start it."""
     pid = control._read_pid(os.path.join(folder, "supervisord.pid"))
     ctl(main_conf, "shutdown")
-    wait_until(lambda: pid and not control._alive(pid), 60, "the OS supervisord to exit")
+    wait_until(lambda: pid and not control.pid_alive(pid), 60, "the OS supervisord to exit")
     start_os_supervisord(main_conf, procs)
 
 

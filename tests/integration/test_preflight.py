@@ -184,7 +184,7 @@ def test_demo_stops_cleanly_when_its_terminal_closes():
         proc.send_signal(signal.SIGHUP)
         proc.wait(timeout=90)
         assert proc.returncode is not None
-        wait_until(lambda: not any(control._alive(p) for p in [supervisord, *children]), 30,
+        wait_until(lambda: not any(control.pid_alive(p) for p in [supervisord, *children]), 30,
                    "supervisord and its workers to exit")
         assert not os.path.exists(folder)
     finally:

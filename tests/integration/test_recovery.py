@@ -31,7 +31,7 @@ def kill_supervisord(d) -> set:
     old = {i["pid"] for i in d.infos() if i["group"] == "web" and i["pid"]}
     pid = control._read_pid(d.layout.pidfile)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not control._alive(pid), 10, "supervisord to die")
+    wait_until(lambda: not control.pid_alive(pid), 10, "supervisord to die")
     return old
 
 
@@ -57,12 +57,12 @@ def run_under_load(d, recover) -> tuple:
             time.sleep(2)
             recover(d)
             # Every old worker drains and exits once its successor is ready; none is left behind.
-            wait_until(lambda: not any(control._alive(p) for p in old), 60, "the old workers to exit")
+            wait_until(lambda: not any(control.pid_alive(p) for p in old), 60, "the old workers to exit")
             served = kept.result.ok + fresh.result.ok
             wait_until(lambda: kept.result.ok + fresh.result.ok > served + 100, 20, "requests after the recovery")
         return old, kept.result, fresh.result
     finally:
-        killpg_all(p for p in old if control._alive(p))
+        killpg_all(p for p in old if control.pid_alive(p))
 
 
 def assert_recovered(d, old, kept, fresh) -> None:
