@@ -76,12 +76,18 @@ class IdleCloser(Generic[K]):
     ``quiet`` seconds in a row (at the earliest ``quiet`` seconds after the drain's start): a keep-alive
     client that sends again within that time gets a response that says close instead, which
     ends the connection without a race. Busy connections are never closed here. The drain is
-    over when no connection is left, or at ``limit`` (what is still running then is uvicorn's
-    shutdown's business).
+    over when no connection is left, but not before ``settle``, or at ``limit`` (what is still
+    running then is uvicorn's shutdown's business).
+
+    ``settle``: a connection the kernel handed over just before the listener closed is still
+    being set up on the event loop (asyncio accepts, then makes the protocol a few loop passes
+    later), so it is not yet among the connections. A drain that ended at once on "none
+    left" let uvicorn's shutdown close it as idle, its request unread: a proxy's POST on it
+    failed (HTTP 502).
     """
 
-    def __init__(self, quiet: float, limit: float) -> None:
-        self.quiet, self.limit = quiet, limit
+    def __init__(self, quiet: float, limit: float, settle: float = 0.0) -> None:
+        self.quiet, self.limit, self.settle = quiet, limit, settle
         self._idle_since: Dict[K, float] = {}
 
     def step(self, now: float, busy: Mapping[K, bool]) -> Tuple[List[K], bool]:
@@ -97,7 +103,7 @@ class IdleCloser(Generic[K]):
             since = self._idle_since.setdefault(key, now)
             if now - since >= self.quiet:
                 close.append(key)
-        return close, not busy or now >= self.limit
+        return close, (not busy and now >= self.settle) or now >= self.limit
 
 
 def _in_flight(cycle: Any) -> bool:
@@ -137,6 +143,11 @@ def _closing(connection: Any) -> bool:
     return transport is None or transport.is_closing()
 
 
+# How long a drain lasts at least: enough loop passes for connections accepted just before the
+# listener closed to become uvicorn connections (see IdleCloser).
+SETTLE = 0.1
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server plus a ready/heartbeat file and a drain phase before shutdown."""
 
@@ -174,7 +185,8 @@ class DrainingServer(uvicorn.Server):
         self.draining = True
         loop = asyncio.get_running_loop()
         start = loop.time()
-        closer: IdleCloser[Any] = IdleCloser(quiet=self.drain_window, limit=start + self.graceful_timeout)
+        closer: IdleCloser[Any] = IdleCloser(quiet=self.drain_window, limit=start + self.graceful_timeout,
+                                             settle=start + SETTLE)
         while not self.force_exit:
             # A connection whose transport is closing is leaving (after a response that said close).
             open_ = [c for c in list(self.server_state.connections) if not _closing(c)]
