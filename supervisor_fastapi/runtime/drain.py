@@ -46,6 +46,14 @@ class CloseWhileDraining:
     Both uvicorn protocols (h11 and httptools) read the header and close the connection after
     such a response, so the client's next request opens a new connection, which another worker
     accepts.
+
+    Such a response ends only once the request's body is in. A connection closed with unread
+    bytes in its receive buffer is reset by the kernel (RST), and a client still writing the
+    body (a proxy forwarding a POST: Caddy logs ``write unix ...: broken pipe``) loses the
+    response and fails the request, which it never retries. So when the app answers before it
+    has read the whole body (an early 401 or 413, a handler that ignores the body), the rest
+    is read and dropped before the response's last part goes out, within ``REST_LIMIT`` bytes
+    and ``REST_TIMEOUT`` seconds (past them the connection is closed as before).
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], server: "DrainingServer") -> None:
@@ -60,12 +68,52 @@ class CloseWhileDraining:
         if not self.server.draining or scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        body_in = False
+        # A client that waits for "100 Continue" sends no body unless asked: nothing to read.
+        expects = any(k.lower() == b"expect" for k, _ in scope.get("headers", []))
+
+        async def receive_noting() -> Message:
+            nonlocal body_in
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_in = True
+            return message
+
         async def send_closing(message: Message) -> None:
+            nonlocal body_in
             if message["type"] == "http.response.start":
                 message = dict(message, headers=closing_headers(message.get("headers", [])))
+            elif (message["type"] == "http.response.body" and not message.get("more_body", False)
+                  and not body_in and not expects):
+                body_in = True
+                await read_rest(receive)
             await send(message)
 
-        await self.app(scope, receive, send_closing)
+        await self.app(scope, receive_noting, send_closing)
+
+
+# How much of an unread request body a draining worker reads before its closing response ends,
+# and for how long (see CloseWhileDraining): a slow or endless upload cannot hold the drain.
+REST_LIMIT = 16 * 1024 * 1024
+REST_TIMEOUT = 5.0
+
+
+async def read_rest(receive: Receive, limit: int = REST_LIMIT, timeout: float = REST_TIMEOUT) -> bool:
+    """Read and drop the rest of a request body: whether all of it came within the bounds."""
+
+    async def drain() -> bool:
+        seen = 0
+        while seen <= limit:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return True
+            seen += len(message.get("body", b""))
+        return False
+
+    try:
+        return await asyncio.wait_for(drain(), timeout)
+    except asyncio.TimeoutError:
+        return False
 
 
 class IdleCloser(Generic[K]):

@@ -151,3 +151,51 @@ def test_a_drain_cuts_neither_an_arriving_request_nor_a_connection_whose_respons
         if restart is not None and restart.poll() is None:
             restart.kill()
             restart.wait(10)
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_a_draining_worker_closes_no_connection_before_the_request_body_is_in(deploy, stack):
+    """A proxy's POST on a draining worker: the app answers before the body is in, the client
+    still writes it. The response says close; the connection must not end (a reset, which the
+    proxy reports as "broken pipe" and answers 502) until the body it is writing is in."""
+    settings, impl, loop = STACKS[stack]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+        pytest.importorskip("httptools")
+    d = deploy({"server": {"workers": 1, "graceful_timeout": 10, "uvicorn": settings}})
+    old = ready_pids(d)
+    # Big enough that the rest cannot wait in the socket buffers when the worker closes.
+    size, first = 4 * 1024 * 1024, 4096
+    client = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    held = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    restart = None
+    try:
+        held.sendall(b"GET /sleep?s=4 HTTP/1.1\r\nHost: t\r\n\r\n")  # keeps the worker draining
+        assert d.get("/")[0] == 200  # the worker has accepted both connections by now
+        restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
+        client.sendall(b"POST /upload?unread=1 HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+                       b"Content-Length: %d\r\n\r\n" % size + b"x" * first)
+        time.sleep(0.3)  # the app has answered by now, its body unread
+        sent, error = first, None
+        try:
+            for _ in range((size - first) // 65536 + 1):
+                chunk = min(65536, size - sent)
+                if chunk <= 0:
+                    break
+                client.sendall(b"x" * chunk)
+                sent += chunk
+            status, body, closes = _response(client)
+        except OSError as exc:
+            error = exc
+        assert error is None, f"the connection was reset after {sent} of {size} body bytes: {error!r}"
+        assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
+        out, _ = restart.communicate(timeout=120)
+        assert restart.returncode == 0, out
+    finally:
+        client.close()
+        held.close()
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+            restart.wait(10)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from supervisor_fastapi.runtime.drain import CloseWhileDraining, IdleCloser, busy, closing_headers, tracking
+from supervisor_fastapi.runtime.drain import CloseWhileDraining, IdleCloser, busy, closing_headers, read_rest, tracking
 
 
 def test_closing_headers_replace_any_connection_header_and_keep_the_rest():
@@ -54,6 +54,70 @@ def test_a_request_running_when_the_drain_starts_keeps_its_connection():
 def test_non_http_scopes_pass_through():
     sent = _asgi("websocket", SimpleNamespace(draining=True))
     assert sent[0]["headers"] == [(b"connection", b"keep-alive")]
+
+
+def _upload(chunks, reads=0, headers=()):
+    """A POST whose body comes in ``chunks`` through a draining CloseWhileDraining; the app reads
+    ``reads`` messages, then answers in two parts. Returns what happened, in order."""
+    events = []
+    pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def app(scope, receive, send):
+        for _ in range(reads):
+            await receive()
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b"no", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        message = pending.pop(0) if pending else {"type": "http.disconnect"}
+        events.append(("received", message.get("body")))
+        return message
+
+    async def send(message):
+        events.append(("sent", message["type"], message.get("more_body", False)))
+
+    scope = {"type": "http", "headers": list(headers)}
+    asyncio.run(CloseWhileDraining(app, SimpleNamespace(draining=True))(scope, receive, send))
+    return events
+
+
+def test_a_closing_response_ends_only_once_the_unread_body_is_in():
+    events = _upload([b"a", b"b", b"c"])
+    # The response's start and its first part go out at once; its end only after the body.
+    assert events == [("sent", "http.response.start", False), ("sent", "http.response.body", True),
+                      ("received", b"a"), ("received", b"b"), ("received", b"c"),
+                      ("sent", "http.response.body", False)]
+
+
+def test_a_body_the_app_read_or_one_it_will_not_get_is_not_read_again():
+    read_all = _upload([b"a", b"b"], reads=2)
+    assert [e for e in read_all if e[0] == "received"] == [("received", b"a"), ("received", b"b")]
+    assert read_all[-1] == ("sent", "http.response.body", False)
+    # Expect: 100-continue: the client sends the body only when asked; asking now would only waste it.
+    waiting = _upload([b"a", b"b"], headers=[(b"Expect", b"100-continue")])
+    assert not [e for e in waiting if e[0] == "received"]
+
+
+def test_read_rest_is_bounded_in_bytes_and_time():
+    async def endless():
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    async def stalled():
+        await asyncio.sleep(10)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    assert asyncio.run(read_rest(endless, limit=10_000, timeout=5)) is False
+    started = time.monotonic()
+    assert asyncio.run(read_rest(stalled, limit=10_000, timeout=0.2)) is False
+    assert time.monotonic() - started < 5
+    parts = iter([{"type": "http.request", "body": b"x", "more_body": True},
+                  {"type": "http.request", "body": b"", "more_body": False}])
+
+    async def finite():
+        return next(parts)
+
+    assert asyncio.run(read_rest(finite)) is True
 
 
 def test_idle_closer_closes_a_connection_quiet_for_the_window_and_never_a_busy_one():
