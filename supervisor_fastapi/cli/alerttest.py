@@ -3,7 +3,8 @@
 from typing import List, Tuple
 
 from ..generate.conf import listener_config
-from ..listener.alerts import channels_from_alerts, send_test
+from ..listener.channels import channels_from_alerts
+from ..listener.delivery import send_test
 from ..spec import Spec
 
 

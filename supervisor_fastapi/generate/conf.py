@@ -86,7 +86,7 @@ def alert_records(spec: Spec) -> Tuple[Dict[str, Any], ...]:
 
     A command channel's record says whom it runs as (its ``user``, else app.user; nobody
     only with ``run_as_root``); its environment is an allow-list plus its own ``pass_env``
-    (listener/alerts.py command_env), so it needs no list of what to hide."""
+    (listener/channels.py command_env), so it needs no list of what to hide."""
     out = []
     for a in spec.alerts:
         options = {k: list(v) if isinstance(v, tuple) else v for k, v in a.options}

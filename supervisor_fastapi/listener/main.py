@@ -21,7 +21,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail, scrubbing_transport
 from . import statefile
-from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
+from .channels import channels_from_alerts
+from .delivery import Dispatcher, Journal
+from .message import Message, make_message
 from .protocol import OK, READY, Parser, decode
 from .state import (
     Action,

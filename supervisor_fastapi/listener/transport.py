@@ -1,7 +1,7 @@
 """The network side of the webhook and email channels: every socket of one request under one deadline.
 
 Imported by ``WebhookChannel.send`` and ``EmailChannel.send`` on their first alert, not by
-``alerts``: TLS, HTTP and SMTP are most of what the listener would otherwise load at start
+``channels``: TLS, HTTP and SMTP are most of what the listener would otherwise load at start
 (with OpenSSL ~10 MB of its ~26 MB RSS), and a listener whose channels never fire, or that
 has none over the network, never needs them (tests/unit/test_imports.py).
 """

@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 
 from supervisor_fastapi.contracts import notify
-from supervisor_fastapi.listener.alerts import redact_url
+from supervisor_fastapi.listener.redaction import redact_url
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert
 from .conftest import wait_until

@@ -10,21 +10,18 @@ from typing import Any, Dict, List
 import pytest
 
 from supervisor_fastapi.generate.conf import listener_config
-from supervisor_fastapi.listener.alerts import (
+from supervisor_fastapi.listener.channels import (
     Channel,
     CommandChannel,
-    Dispatcher,
     EmailChannel,
-    Journal,
     LogChannel,
     SendError,
     WebhookChannel,
-    append_line,
     channels_from_alerts,
-    deliver,
-    full_text,
-    make_message,
 )
+from supervisor_fastapi.listener.delivery import Dispatcher, Journal, deliver
+from supervisor_fastapi.listener.logfile import append_line
+from supervisor_fastapi.listener.message import full_text, make_message
 from supervisor_fastapi.spec import HostDefaults, parse_spec
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert

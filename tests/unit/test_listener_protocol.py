@@ -7,8 +7,10 @@ from typing import Any, Dict, List, Optional
 
 from supervisor_fastapi.contracts import ListenerConfig, notify, remote_alert_body
 from supervisor_fastapi.listener import statefile
-from supervisor_fastapi.listener.alerts import Channel, Dispatcher, Journal, Message
+from supervisor_fastapi.listener.channels import Channel
+from supervisor_fastapi.listener.delivery import Dispatcher, Journal
 from supervisor_fastapi.listener.main import Listener
+from supervisor_fastapi.listener.message import Message
 from supervisor_fastapi.listener.protocol import Parser, decode, remote_event
 from supervisor_fastapi.listener.state import ProcessState, RemoteEvent, Start
 

@@ -22,19 +22,20 @@ from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate import ini
 from supervisor_fastapi.generate.conf import alert_records, render
 from supervisor_fastapi.layout import Layout
-from supervisor_fastapi.listener import alerts
-from supervisor_fastapi.listener.alerts import (
+from supervisor_fastapi.listener import logfile
+from supervisor_fastapi.listener.channels import (
+    Channel,
     CommandChannel,
-    Dispatcher,
     EmailChannel,
-    Journal,
     SendError,
     WebhookChannel,
-    append_line,
-    deliver,
-    redact,
-    redact_url,
+    channels_from_alerts,
+    command_env,
 )
+from supervisor_fastapi.listener.delivery import Dispatcher, Journal, deliver
+from supervisor_fastapi.listener.logfile import append_line
+from supervisor_fastapi.listener.message import Message, make_message
+from supervisor_fastapi.listener.redaction import redact, redact_url, url_secrets
 from supervisor_fastapi.spec import HostDefaults, parse_spec
 
 from ..helpers_alerts import SmtpReceiver, closed_port, self_signed_cert
@@ -55,8 +56,8 @@ def parse(extra: str = "", source: str = "/srv/app/supervisor-fastapi.toml", **k
     return parse_spec(spec_text(extra, **kw), source, os.path.dirname(source), HOST)
 
 
-def msg() -> alerts.Message:
-    return alerts.make_message("open", "crash_loop", "shop:shop_00", "down", {}, "shop", 1000.0, host="h")
+def msg() -> Message:
+    return make_message("open", "crash_loop", "shop:shop_00", "down", {}, "shop", 1000.0, host="h")
 
 
 # --- contracts: what root reads from app-writable places ---------------------------------
@@ -136,9 +137,9 @@ def test_append_line_loops_on_short_writes_and_leaves_no_half_line(tmp_path, mon
         calls.append(len(data))
         return real_write(fd, bytes(data[:3]))  # the kernel may take fewer bytes than asked
 
-    monkeypatch.setattr(alerts.os, "write", short)
+    monkeypatch.setattr(logfile.os, "write", short)
     append_line(path, {"second": "x" * 50})
-    monkeypatch.setattr(alerts.os, "write", real_write)
+    monkeypatch.setattr(logfile.os, "write", real_write)
     assert len(calls) > 5
     lines = open(path).read().splitlines()
     assert [json.loads(line) for line in lines] == [{"first": True}, {"second": "x" * 50}]
@@ -148,18 +149,18 @@ def test_append_line_loops_on_short_writes_and_leaves_no_half_line(tmp_path, mon
             return real_write(fd, bytes(data[:10]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(alerts.os, "write", full_disk)
+    monkeypatch.setattr(logfile.os, "write", full_disk)
     with pytest.raises(OSError, match="No space"):
         append_line(path, {"third": "y" * 50})
-    monkeypatch.setattr(alerts.os, "write", real_write)
+    monkeypatch.setattr(logfile.os, "write", real_write)
     assert open(path).read().splitlines() == lines  # cut back to the last whole line
 
 
 def test_a_failed_journal_write_is_reported_lost_not_journaled(tmp_path):
-    class Down(alerts.Channel):
+    class Down(Channel):
         name, type = "down", "webhook"
 
-        def send(self, m: alerts.Message) -> None:
+        def send(self, m: Message) -> None:
             raise SendError("nope")
 
     results: List[Any] = []
@@ -185,7 +186,7 @@ def test_a_failed_journal_write_is_reported_lost_not_journaled(tmp_path):
 ])
 def test_redact_url_keeps_only_scheme_host_and_port(url, shown):
     assert redact_url(url) == shown
-    assert TOKEN not in redact(f"POST {url}: failed ({url.split('//')[1]})", alerts.url_secrets(url))
+    assert TOKEN not in redact(f"POST {url}: failed ({url.split('//')[1]})", url_secrets(url))
 
 
 def test_webhook_errors_never_carry_the_token():
@@ -201,7 +202,7 @@ def test_webhook_errors_never_carry_the_token():
 
 def test_a_channel_bug_naming_a_secret_is_redacted_too():
     class Buggy(WebhookChannel):
-        def send(self, m: alerts.Message) -> None:
+        def send(self, m: Message) -> None:
             raise RuntimeError(f"boom at {self.url}")
 
     error = deliver(Buggy("w", f"https://h.example/{TOKEN}"), msg(), retries=0, quiet=True)
@@ -375,8 +376,8 @@ def test_command_channel_environment_is_an_allow_list(tmp_path, as_nobody):
 
 
 def test_command_env_is_pure():
-    assert alerts.command_env({"PATH": "/p", "X": "1", "Y": "2"}, ["Y"]) == {"PATH": "/p", "Y": "2"}
-    assert alerts.command_env({}, []) == {"PATH": os.defpath}
+    assert command_env({"PATH": "/p", "X": "1", "Y": "2"}, ["Y"]) == {"PATH": "/p", "Y": "2"}
+    assert command_env({}, []) == {"PATH": os.defpath}
 
 
 def test_command_channels_default_to_app_user():
@@ -384,14 +385,14 @@ def test_command_channels_default_to_app_user():
                                 '[[alerts]]\ntype = "command"\nname = "r"\ncommand = "x"\nrun_as_root = true\n'
                                 '[[alerts]]\ntype = "command"\nname = "n"\ncommand = "x"\nuser = "nobody"\n')
                       .replace('python = ', 'user = "www-data"\npython = '), "/srv/app/s.toml", "/srv/app", HOST)
-    channels = alerts.channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})
+    channels = channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})
     users = [(c.user, c.run_as_root, c.pass_env) for c in channels]  # type: ignore[attr-defined]
     assert users == [("www-data", False, ()), (None, True, ()), ("nobody", False, ())]
 
 
 def test_pass_env_is_read_and_refused_where_it_names_another_channels_secret():
     spec = parse('[[alerts]]\ntype = "command"\ncommand = "x"\nuser = "nobody"\npass_env = ["PAGER_KEY", "A"]\n')
-    channel = alerts.channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})[0]
+    channel = channels_from_alerts(alert_records(spec), spec.base_dir, spec.run_dir, {})[0]
     assert channel.pass_env == ("A", "PAGER_KEY")  # type: ignore[attr-defined]
     fails(EMAIL + '[[alerts]]\ntype = "command"\nname = "c"\ncommand = "x"\npass_env = ["SMTP_PASSWORD"]\n',
           "alerts[1].pass_env", "SMTP_PASSWORD is alerts[0].password_env, another channel's credential")
