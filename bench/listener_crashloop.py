@@ -29,8 +29,9 @@ sys.path.insert(0, ROOT)
 import tomli_w  # noqa: E402
 
 from supervisor_fastapi.cli import control, deploy  # noqa: E402
+from supervisor_fastapi.contracts import Policy  # noqa: E402
 from supervisor_fastapi.layout import Layout  # noqa: E402
-from supervisor_fastapi.spec import Backoff, load_spec  # noqa: E402
+from supervisor_fastapi.spec import load_spec  # noqa: E402
 from tests.helpers_alerts import WebhookReceiver, closed_port  # noqa: E402
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (.*)$")
@@ -94,7 +95,7 @@ def main() -> int:
     seconds = 20.0 if args.smoke else args.seconds
     # Run past the counting window so the second, longer delay is seen too.
     run_for = seconds if args.smoke else seconds + 25
-    b = Backoff()
+    b = Policy()
     results: Dict[str, Any] = {}
     with WebhookReceiver() as hook:
         runs = [("supervisord alone", {"restarts": 1000}), ("with backoff", {})]

@@ -6,11 +6,12 @@ from typing import Any, Dict
 
 import tomli_w
 
+from ..contracts import Policy
 from ..errors import UserError
-from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, Backoff, HostDefaults, build_spec, pyproject_with_table
+from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, HostDefaults, build_spec, pyproject_with_table
 from ..spec.load import tomllib
 
-_BACKOFF = Backoff()
+_POLICY = Policy()
 
 
 def starter(name: str, asgi: str) -> Dict[str, Any]:
@@ -21,8 +22,8 @@ def starter(name: str, asgi: str) -> Dict[str, Any]:
                    "uvicorn": {"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"}},
         "memory": {"budget": "90%"},
         # The loader's own defaults, written out so users see the knobs (a copy here went stale).
-        "crash_loop": {"restarts": _BACKOFF.restarts, "window": _BACKOFF.window,
-                       "backoff_initial": _BACKOFF.backoff_initial, "backoff_max": _BACKOFF.backoff_max},
+        "crash_loop": {"restarts": _POLICY.restarts, "window": _POLICY.window,
+                       "backoff_initial": _POLICY.backoff_initial, "backoff_max": _POLICY.backoff_max},
         "alerts": [{"type": "log"}],
     }
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..contracts import read_small_file
 from ..layout import Layout
-from ..spec.model import Alert as AlertSpec
+from ..spec.model import AlertChannel
 from .logfile import append_line
 from .message import Message, full_text
 from .redaction import redact, redact_url, url_secrets
@@ -308,8 +308,9 @@ def channels_from_alerts(alerts: Sequence[Mapping[str, Any]], base_dir: str, run
     """One channel per ``[[alerts]]`` entry ({"type", "name", "options"}, as the conf carries
     them); with none configured, a log file so alerts still land somewhere."""
     env = os.environ if env is None else env
-    records = [AlertSpec(type=str(a["type"]), name=str(a["name"]), options=tuple(dict(a.get("options") or {}).items()))
-               for a in alerts] or [AlertSpec(type="log", name="log")]
+    records = [AlertChannel(type=str(a["type"]), name=str(a["name"]),
+                            options=tuple(dict(a.get("options") or {}).items()))
+               for a in alerts] or [AlertChannel(type="log", name="log")]
     out: List[Channel] = []
     for a in records:
         if a.type == "webhook":

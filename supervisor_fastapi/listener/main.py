@@ -27,12 +27,12 @@ from .message import Message, make_message
 from .protocol import OK, READY, Parser, decode
 from .state import (
     Action,
-    Alert,
     Event,
     Fallback,
     ProcessState,
     Relay,
     RemoteEvent,
+    SendAlert,
     ServingWatch,
     Start,
     incident_key,
@@ -286,7 +286,7 @@ class Listener:
         if actions:
             self._dirty = True
         for action in actions:
-            if isinstance(action, Alert):
+            if isinstance(action, SendAlert):
                 msg = make_message(action.event, action.kind, action.process, action.summary, action.details,
                                    self.config.app, self.clock())
                 log.warning("alert: %s", msg["text"])

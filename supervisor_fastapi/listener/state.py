@@ -72,7 +72,7 @@ class Start:
 
 
 @dataclass(frozen=True)
-class Alert:
+class SendAlert:
     """One alert for every channel. ``log_of`` asks the sender to attach that process's exit
     status and the last lines of its log (fetched off the event loop)."""
 
@@ -84,7 +84,7 @@ class Alert:
     log_of: Optional[LogRef] = None
 
 
-Action = Union[Start, Alert]
+Action = Union[Start, SendAlert]
 
 
 # --- the relay ----------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class Relay:
                 # Not known open, but not just resolved either: its OPEN was sent by a listener
                 # that could not save it (a full disk), so this RESOLVED is due.
                 self.resolved[incident] = now
-            return [Alert(ev.event, ev.kind, ev.process, ev.summary, ev.details, ev.log_of)]
+            return [SendAlert(ev.event, ev.kind, ev.process, ev.summary, ev.details, ev.log_of)]
         key = (ev.kind, ev.process)
         if now < self.sent.get(key, float("-inf")) + EVENT_DEDUPE:
             self.suppressed[key] = self.suppressed.get(key, 0) + 1
@@ -145,7 +145,7 @@ class Relay:
         if suppressed:
             details["suppressed_since_last"] = suppressed
         self.sent[key] = now
-        return [Alert("event", ev.kind, ev.process, ev.summary or ev.kind, details, ev.log_of)]
+        return [SendAlert("event", ev.kind, ev.process, ev.summary or ev.kind, details, ev.log_of)]
 
 
 # --- does any web worker serve? ------------------------------------------------------------
@@ -208,11 +208,11 @@ class Fallback:
             return []
         if ev.state == "FATAL" and not self.fatal.get(ev.name):
             self.fatal[ev.name] = True
-            return [Alert("open", "fatal", ev.name, f"{ev.name} could not be started (FATAL); supervisord will "
-                          "not retry it (no supervisor-fastapi plugin: no crash-loop backoff)", {},
-                          log_of=LogRef(ev.namespec))]
+            return [SendAlert("open", "fatal", ev.name, f"{ev.name} could not be started (FATAL); supervisord will "
+                              "not retry it (no supervisor-fastapi plugin: no crash-loop backoff)", {},
+                              log_of=LogRef(ev.namespec))]
         if ev.state == "RUNNING" and self.fatal.pop(ev.name, False):
-            return [Alert("resolve", "fatal", ev.name, f"{ev.name} is RUNNING again", {})]
+            return [SendAlert("resolve", "fatal", ev.name, f"{ev.name} is RUNNING again", {})]
         return []
 
     def _migration(self, ev: ProcessState) -> List[Action]:
@@ -221,14 +221,14 @@ class Fallback:
         if ev.state == "EXITED" and ev.expected:
             if self.migration_failed:
                 self.migration_failed = False
-                out.append(Alert("resolve", "migration_failed", c.migrate, f"{c.migrate} succeeded; starting the "
-                                 "web workers", {}))
+                out.append(SendAlert("resolve", "migration_failed", c.migrate, f"{c.migrate} succeeded; starting the "
+                                     "web workers", {}))
             out.append(Start(f"{c.web}:*"))
         elif ev.state in ("EXITED", "FATAL", "BACKOFF") and not self.migration_failed:
             self.migration_failed = True
             status = "unknown" if ev.exitstatus is None else str(ev.exitstatus)
             what = f"exited with status {status}" if ev.state == "EXITED" else f"could not be started ({ev.state})"
-            out.append(Alert("open", "migration_failed", c.migrate, f"{c.migrate} {what}; the web workers are not "
-                             "started (without the plugin, `supervisorctl start` can still start them by hand)",
-                             {"exitstatus": ev.exitstatus}, log_of=LogRef(f"{c.migrate}:{c.migrate}")))
+            out.append(SendAlert("open", "migration_failed", c.migrate, f"{c.migrate} {what}; the web workers are not "
+                                 "started (without the plugin, `supervisorctl start` can still start them by hand)",
+                                 {"exitstatus": ev.exitstatus}, log_of=LogRef(f"{c.migrate}:{c.migrate}")))
         return out

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_small_file, read_worker_state
-from .crashloop import Alert, GiveUp, Hold, ProcessLoop, Restart, classify
+from .crashloop import GiveUp, Hold, IncidentAlert, ProcessLoop, Restart, classify
 from .gate import Gate, GateWatch, Migration, gate_of
 
 Log = Callable[[str], None]
@@ -471,7 +471,7 @@ class AppControl:
 
     # -- alerts --
 
-    def _alert(self, alerts: List[Alert]) -> None:
+    def _alert(self, alerts: List[IncidentAlert]) -> None:
         for a in alerts:
             self._emit(a.event, a.kind, a.process, a.summary, dict(a.details), a.log_of)
 

@@ -55,7 +55,10 @@ class GiveUp:
 
 
 @dataclass(frozen=True)
-class Alert:
+class IncidentAlert:
+    """A crash-loop or kill incident opened, still open (reminder) or resolved; the controller
+    sends it to the listener."""
+
     event: Literal["open", "reminder", "resolve"]
     kind: str
     process: str
@@ -140,10 +143,10 @@ class ProcessLoop:
             self.running_since = now
 
     def exited(self, cause: Cause, now: float, detail: str = "", signal: Optional[int] = None,
-               exitstatus: Optional[int] = None) -> Tuple[Decision, List[Alert]]:
+               exitstatus: Optional[int] = None) -> Tuple[Decision, List[IncidentAlert]]:
         """A run ended; what supervisord must do now, and the alerts."""
         self.running_since = None
-        alerts: List[Alert] = []
+        alerts: List[IncidentAlert] = []
         if cause == "killed":
             return Restart(), self._killed(now, signal, alerts)
         if cause in ("clean_exit", "stopped"):
@@ -161,35 +164,35 @@ class ProcessLoop:
             verb = "gave up; start it by hand once fixed" if isinstance(decision, GiveUp) else \
                 f"retrying with backoff, next in {self.incident.delay:g} s"
             self.incident.summary += f"; {verb}"
-            alerts.append(Alert("open", "crash_loop", self.name, self.incident.summary,
-                                {"failures": len(self.failures), "window": p.window, "cause": cause,
-                                 "signal": signal, "exitstatus": exitstatus,
-                                 "next_retry_in": round(self.incident.delay, 1)}, log_of=self.namespec))
+            alerts.append(IncidentAlert("open", "crash_loop", self.name, self.incident.summary,
+                                        {"failures": len(self.failures), "window": p.window, "cause": cause,
+                                         "signal": signal, "exitstatus": exitstatus,
+                                         "next_retry_in": round(self.incident.delay, 1)}, log_of=self.namespec))
             return decision, alerts
         return self._backoff(now), alerts
 
-    def stopped_by_operator(self, now: float) -> List[Alert]:
+    def stopped_by_operator(self, now: float) -> List[IncidentAlert]:
         """An operator stopped it while an incident was open: the incident is closed."""
         self.running_since = None
         return self._resolve(now, "stopped by hand; incident closed")
 
-    def close(self, now: float, why: str) -> List[Alert]:
+    def close(self, now: float, why: str) -> List[IncidentAlert]:
         """Close the open incidents (the process is gone from supervisord)."""
         alerts = self._resolve(now, why)
         if self.kill_incident is not None:
             k, self.kill_incident = self.kill_incident, None
-            alerts.append(Alert("resolve", k.kind, self.name, f"{self.name}: {why}", {"opened": k.opened}))
+            alerts.append(IncidentAlert("resolve", k.kind, self.name, f"{self.name}: {why}", {"opened": k.opened}))
         return alerts
 
-    def resume(self, now: float) -> List[Alert]:
+    def resume(self, now: float) -> List[IncidentAlert]:
         """The operator says the cause is fixed (`supervisor-fastapi up`): forget the failures."""
         alerts = self._resolve(now, "cleared by the operator (up); starting it at once")
         self.failures = []
         return alerts
 
-    def tick(self, now: float) -> List[Alert]:
+    def tick(self, now: float) -> List[IncidentAlert]:
         """Timers: recovery after backoff_reset s RUNNING, the end of a kill incident, reminders."""
-        out: List[Alert] = []
+        out: List[IncidentAlert] = []
         p = self.policy
         inc = self.incident
         if inc is not None and inc.next_retry is None and not inc.gave_up and self.running_since is not None \
@@ -197,15 +200,17 @@ class ProcessLoop:
             out += self._resolve(now, f"running for {now - self.running_since:.0f} s; recovered")
         k = self.kill_incident
         if k is not None and now >= self.last_kill + p.backoff_reset and self.running_since is not None:
-            out.append(Alert("resolve", k.kind, self.name, f"{self.name}: no kill for {now - self.last_kill:.0f} s",
-                             {"opened": k.opened, "duration": round(now - k.opened, 1), "kills": len(self.kills)}))
+            out.append(IncidentAlert("resolve", k.kind, self.name,
+                                     f"{self.name}: no kill for {now - self.last_kill:.0f} s",
+                                     {"opened": k.opened, "duration": round(now - k.opened, 1),
+                                      "kills": len(self.kills)}))
             self.kill_incident = None
             self.kills = []
         for incident in (self.incident, self.kill_incident):
             if incident is not None and now >= incident.last_alert + self.reminder_interval:
                 incident.last_alert = now
-                out.append(Alert("reminder", incident.kind, self.name, f"still open: {incident.summary}",
-                                 {"opened": incident.opened, "retries": incident.retries}))
+                out.append(IncidentAlert("reminder", incident.kind, self.name, f"still open: {incident.summary}",
+                                         {"opened": incident.opened, "retries": incident.retries}))
         return out
 
     def snapshot(self, now: float) -> Dict[str, Any]:
@@ -217,7 +222,7 @@ class ProcessLoop:
 
     # -- helpers --
 
-    def _killed(self, now: float, signal: Optional[int], alerts: List[Alert]) -> List[Alert]:
+    def _killed(self, now: float, signal: Optional[int], alerts: List[IncidentAlert]) -> List[IncidentAlert]:
         p = self.policy
         self.last_kill = now
         self.kills = [t for t in self.kills if t > now - p.window] + [now]
@@ -225,8 +230,8 @@ class ProcessLoop:
             summary = (f"{self.name} killed by {_signame(signal)} {len(self.kills)} times in "
                        f"{now - self.kills[0]:.0f} s: out of memory? (restarted at once each time)")
             self.kill_incident = Incident("killed", now, summary, last_alert=now)
-            alerts.append(Alert("open", "killed", self.name, summary,
-                                {"kills": len(self.kills), "window": p.window, "signal": signal}))
+            alerts.append(IncidentAlert("open", "killed", self.name, summary,
+                                        {"kills": len(self.kills), "window": p.window, "signal": signal}))
         return alerts
 
     def _backoff(self, now: float) -> Decision:
@@ -239,11 +244,11 @@ class ProcessLoop:
         inc.next_retry = now + inc.delay * (1.0 + p.jitter * self.rand())
         return Hold(inc.next_retry, f"crash loop: retry {inc.retries + 1} after a {inc.delay:g} s backoff")
 
-    def _resolve(self, now: float, why: str) -> List[Alert]:
+    def _resolve(self, now: float, why: str) -> List[IncidentAlert]:
         inc = self.incident
         if inc is None:
             return []
         self.incident = None
         self.failures = []
-        return [Alert("resolve", inc.kind, self.name, f"{self.name}: {why}",
-                      {"opened": inc.opened, "duration": round(now - inc.opened, 1), "retries": inc.retries})]
+        return [IncidentAlert("resolve", inc.kind, self.name, f"{self.name}: {why}",
+                              {"opened": inc.opened, "duration": round(now - inc.opened, 1), "retries": inc.retries})]

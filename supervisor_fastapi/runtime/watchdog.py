@@ -100,14 +100,17 @@ class Kill:
 
 
 @dataclass(frozen=True)
-class Alert:
+class Notify:
+    """Raise a one-off alert through the app's listener (``contracts.notify``: an event sent
+    through supervisord; the listener de-duplicates and delivers it)."""
+
     kind: str
     process: str
     summary: str
     details: Tuple[Tuple[str, Any], ...] = ()
 
 
-Action = Any  # Stop | Start | Kill | Alert
+Action = Any  # Stop | Start | Kill | Notify
 
 
 @dataclass
@@ -151,8 +154,8 @@ class Watchdog:
         """SIGKILL (a blocked or unfinished loop cannot drain), once per pid; supervisord respawns it."""
         self.killed[w.pid] = now
         out.append(Kill(w.name, "hung" if kind == "hung_worker" else ""))
-        out.append(Alert(kind, w.name, f"{w.name} (pid {w.pid}) {why}; killed, supervisord starts a new one",
-                         (("pid", w.pid),) + details))
+        out.append(Notify(kind, w.name, f"{w.name} (pid {w.pid}) {why}; killed, supervisord starts a new one",
+                          (("pid", w.pid),) + details))
 
     def _heartbeats(self, workers: Sequence[Worker], now: float, out: List[Action]) -> None:
         timeout = self.config.heartbeat_timeout
@@ -198,9 +201,9 @@ class Watchdog:
             self.recycle = None  # the new process listens: the next recycle may go
         elif now - r.since > RECYCLE_GIVE_UP:
             self.recycle = None
-            out.append(Alert("memory_recycle", r.name,
-                             f"{r.name} was recycled for memory but no new process is listening after "
-                             f"{RECYCLE_GIVE_UP:.0f} s (supervisord says {w.state})", (("state", w.state),)))
+            out.append(Notify("memory_recycle", r.name,
+                              f"{r.name} was recycled for memory but no new process is listening after "
+                              f"{RECYCLE_GIVE_UP:.0f} s (supervisord says {w.state})", (("state", w.state),)))
 
     def _memory(self, workers: Sequence[Worker], now: float, out: List[Action]) -> None:
         limit = self.config.memory_limit
@@ -224,11 +227,11 @@ class Watchdog:
         checks = self.over.pop(victim.name)[1]
         self.recycle = Recycle(victim.name, victim.pid, now)
         out.append(Stop(victim.name))
-        out.append(Alert("memory_recycle", victim.name,
-                         f"{victim.name} (pid {victim.pid}) uses {format_size(victim.rss or 0)}, above "
-                         f"memory.limit {format_size(limit)} on {checks} consecutive checks; recycling it "
-                         "(drain, then a new process)",
-                         (("pid", victim.pid), ("rss", victim.rss), ("limit", limit), ("checks", checks))))
+        out.append(Notify("memory_recycle", victim.name,
+                          f"{victim.name} (pid {victim.pid}) uses {format_size(victim.rss or 0)}, above "
+                          f"memory.limit {format_size(limit)} on {checks} consecutive checks; recycling it "
+                          "(drain, then a new process)",
+                          (("pid", victim.pid), ("rss", victim.rss), ("limit", limit), ("checks", checks))))
 
 
 # --- edges ------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def carry_out(proxy: Any, app: str, actions: Sequence[Action], log: Callable[[st
             elif isinstance(a, Start):
                 log(f"starting {a.name}")
                 proxy.supervisor.startProcess(a.name, False)
-            elif isinstance(a, Alert):
+            elif isinstance(a, Notify):
                 log(f"alert {a.kind}: {a.summary}")
                 try:
                     notify(proxy, app, a.kind, a.process, a.summary, dict(a.details))

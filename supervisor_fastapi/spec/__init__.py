@@ -20,9 +20,8 @@ if TYPE_CHECKING:
     )
 from .model import (
                     SERVICE_TYPES,
-                    Alert,
+                    AlertChannel,
                     App,
-                    Backoff,
                     Bind,
                     Budget,
                     CrashLoop,
@@ -44,7 +43,7 @@ from .model import (
 
 __all__ = ["PYPROJECT_TABLE", "SPEC_FILENAME", "build_spec", "find_spec", "load_spec", "parse_bind", "parse_spec",
            "pyproject_with_table",
-           "Alert", "App", "Backoff", "Bind", "Budget", "CrashLoop", "HostDefaults", "Https", "Listener", "Memory",
+           "AlertChannel", "App", "Bind", "Budget", "CrashLoop", "HostDefaults", "Https", "Listener", "Memory",
            "Metrics", "Migrate", "Program", "Release", "Server", "Spec", "Supervisord", "Kubernetes", "SERVICE_TYPES",
            "format_size", "parse_size"]
 

@@ -13,6 +13,7 @@ import sys
 import urllib.parse
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
+from ..contracts import Policy
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
 from ..layout import RESERVED_PROGRAMS, Layout, Names
@@ -23,9 +24,8 @@ from .model import (  # noqa: F401
     _SIZE_UNITS,
     SERVICE_TYPES,
     SIZE_RE,
-    Alert,
+    AlertChannel,
     App,
-    Backoff,
     Bind,
     Budget,
     CrashLoop,
@@ -564,8 +564,8 @@ def _migrate(t: _Table) -> Migrate:
 BACKOFF_KEYS = ("restarts", "window", "backoff_initial", "backoff_max", "backoff_reset", "jitter", "retry_fatal")
 
 
-def _backoff(t: _Table, base: Backoff) -> Backoff:
-    b = Backoff(
+def _policy(t: _Table, base: Policy) -> Policy:
+    b = Policy(
         restarts=t.number("restarts", base.restarts, integer=True, minimum=1, maximum=1000),
         window=float(t.number("window", base.window, minimum=1)),
         backoff_initial=float(t.number("backoff_initial", base.backoff_initial, minimum=0.1)),
@@ -581,14 +581,14 @@ def _backoff(t: _Table, base: Backoff) -> Backoff:
 
 def _crash_loop(data: Any, source: str, app: App, programs: Tuple[Program, ...]) -> CrashLoop:
     t = _Table(data, "crash_loop", source, BACKOFF_KEYS + ("programs",))
-    default = _backoff(t, Backoff())
+    default = _policy(t, Policy())
     overrides_data = t.get("programs", (dict,), {}, "a table of program name = { ... }")
     names = [app.name] + [p.name for p in programs]
     overrides = []
     for name, item in sorted(overrides_data.items()):
         if name not in names:
             t.fail(f"programs.{name}", "is not a program of this spec", did_you_mean(name, names))
-        overrides.append((name, _backoff(_Table(item, f"crash_loop.programs.{name}", source, BACKOFF_KEYS), default)))
+        overrides.append((name, _policy(_Table(item, f"crash_loop.programs.{name}", source, BACKOFF_KEYS), default)))
     return CrashLoop(default=default, overrides=tuple(overrides))
 
 
@@ -601,7 +601,7 @@ ALERT_KEYS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
+def _alerts(data: Any, source: str, base_dir: str) -> Tuple[AlertChannel, ...]:
     if not isinstance(data, list):
         raise SpecError(source, "alerts", f"must be an array of tables ([[alerts]]), not {_kind(data)}")
     out, names = [], set()
@@ -616,7 +616,7 @@ def _alerts(data: Any, source: str, base_dir: str) -> Tuple[Alert, ...]:
         if name in names:
             t.fail("name", f"{name!r} is used by two alerts", "give each [[alerts]] its own name")
         names.add(name)
-        out.append(Alert(type=kind, name=name, options=tuple(sorted(_alert_options(t, kind, base_dir).items()))))
+        out.append(AlertChannel(type=kind, name=name, options=tuple(sorted(_alert_options(t, kind, base_dir).items()))))
     _other_channels_secrets(out, source)
     return tuple(out)
 
@@ -706,7 +706,7 @@ def _pass_env(t: _Table) -> Tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
-def _other_channels_secrets(alerts: Sequence[Alert], source: str) -> None:
+def _other_channels_secrets(alerts: Sequence[AlertChannel], source: str) -> None:
     """A command alert may not pass on another channel's credentials (an email's username_env
     or password_env): it usually runs as app.user, who could read them."""
     owned = {a.get(k): (i, k) for i, a in enumerate(alerts) if a.type == "email"

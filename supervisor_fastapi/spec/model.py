@@ -119,23 +119,21 @@ class Release:
     build: Optional[str] = None  # a command run in the new release's folder before its pre-flight
 
 
-# The crash-loop settings are one record on both sides: the spec reads them into it and the
-# controller inside supervisord reads them back from the conf (contracts.Policy).
-Backoff = Policy
-
-
 @dataclass(frozen=True)
 class CrashLoop:
-    default: Backoff = Backoff()
-    overrides: Tuple[Tuple[str, Backoff], ...] = ()
+    # The crash-loop settings are one record on both sides: the spec reads them into
+    # contracts.Policy and the controller inside supervisord reads the same record back from the conf.
+    default: Policy = Policy()
+    overrides: Tuple[Tuple[str, Policy], ...] = ()
 
-    def for_program(self, name: str) -> Backoff:
+    def for_program(self, name: str) -> Policy:
         return dict(self.overrides).get(name, self.default)
 
 
 @dataclass(frozen=True)
-class Alert:
-    """One alert channel; ``options`` holds the type's own validated keys."""
+class AlertChannel:
+    """One ``[[alerts]]`` entry: a channel's type, name and settings (``options``: the type's own
+    validated keys). The listener builds its live ``listener.channels.Channel`` from it."""
 
     type: str  # "webhook" | "email" | "command" | "log"
     name: str
@@ -215,7 +213,7 @@ class Spec:
     programs: Tuple[Program, ...] = ()
     migrate: Optional[Migrate] = None
     crash_loop: CrashLoop = CrashLoop()
-    alerts: Tuple[Alert, ...] = ()
+    alerts: Tuple[AlertChannel, ...] = ()
     listener: Listener = Listener()
     kubernetes: Kubernetes = Kubernetes()
     metrics: Optional[Metrics] = None  # None: no [metrics] table, no exporter, no request counting

@@ -283,10 +283,10 @@ def test_run_dir_that_cannot_be_created_is_a_user_error(folder):
 
 
 def test_init_writes_the_loaders_own_crash_loop_defaults(folder):
-    from supervisor_fastapi.spec import Backoff
+    from supervisor_fastapi.contracts import Policy
 
     assert run("init", "--name", "shop").exit_code == 0
-    assert load_spec(cwd=str(folder)).crash_loop.default == Backoff()
+    assert load_spec(cwd=str(folder)).crash_loop.default == Policy()
 
 
 def test_a_fault_supervisord_answers_is_one_line_not_a_traceback(capsys):

@@ -1,14 +1,14 @@
 """The listener's pure decisions: the alert relay (dedupe) and the no-plugin fallback."""
 
 from supervisor_fastapi.contracts import ListenerConfig, LogRef
-from supervisor_fastapi.listener.state import Alert, Fallback, ProcessState, Relay, RemoteEvent, Start
+from supervisor_fastapi.listener.state import Fallback, ProcessState, Relay, RemoteEvent, SendAlert, Start
 
 
 def test_the_controllers_alerts_pass_straight_through_and_other_apps_are_ignored():
     r = Relay("shop")
     log = LogRef("shop:shop_00", 1234)
     ev = RemoteEvent("crash_loop", "shop_00", "s", {"failures": 3}, app="shop", event="open", log_of=log)
-    assert r.observe(ev, 0) == [Alert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
+    assert r.observe(ev, 0) == [SendAlert("open", "crash_loop", "shop_00", "s", {"failures": 3}, log)]
     assert r.observe(ev, 1) == []  # the same incident, still open: one OPEN
     assert r.observe(RemoteEvent("crash_loop", "x", app="shop_admin", event="open"), 2) == []
 
@@ -84,7 +84,7 @@ def test_without_the_plugin_a_failed_migration_alerts_once_and_a_success_resolve
     assert "status 3" in alert.summary
     assert f.observe(failed, 1) == []
     ok = f.observe(ProcessState("web_migrate", "web_migrate", "EXITED", "RUNNING", expected=True, exitstatus=0), 2)
-    assert [type(a).__name__ for a in ok] == ["Alert", "Start"] and ok[0].event == "resolve"
+    assert [type(a).__name__ for a in ok] == ["SendAlert", "Start"] and ok[0].event == "resolve"
 
 
 def test_without_the_plugin_fatal_programs_alert_once_and_resolve_when_running_again():

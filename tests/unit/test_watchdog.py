@@ -2,9 +2,9 @@
 
 from supervisor_fastapi.generate.conf import watchdog_argv
 from supervisor_fastapi.runtime.watchdog import (
-    Alert,
     Config,
     Kill,
+    Notify,
     Start,
     Stop,
     Watchdog,
@@ -29,7 +29,7 @@ def test_recycle_after_limit_checks_consecutive_checks_only():
     assert dog.observe([w(0, 10, 150 * MB), w(1, 11)], 0) == []
     assert dog.observe([w(0, 10, 150 * MB), w(1, 11)], 5) == []  # not a check yet
     out = dog.observe([w(0, 10, 150 * MB), w(1, 11)], 10)
-    assert kinds(out) == ["Stop:web:web_00", "Alert:web:web_00"]
+    assert kinds(out) == ["Stop:web:web_00", "Notify:web:web_00"]
     alert = out[1]
     assert alert.kind == "memory_recycle" and "150 MB" in alert.summary and "100 MB" in alert.summary
 
@@ -71,7 +71,7 @@ def test_hung_worker_is_killed_once_and_alerted():
     assert dog.observe([w(0, 10, beat=100), w(1, 11, beat=104)], 104.9) == []
     out = dog.observe([w(0, 10, beat=100), w(1, 11, beat=105.5)], 105.5)
     assert out[0] == Kill("web:web_00")
-    assert isinstance(out[1], Alert) and out[1].kind == "hung_worker" and "pid 10" in out[1].summary
+    assert isinstance(out[1], Notify) and out[1].kind == "hung_worker" and "pid 10" in out[1].summary
     assert dog.observe([w(0, 10, beat=100), w(1, 11, beat=106)], 106) == []  # not killed twice
     # The replacement gets its own chance.
     assert dog.observe([w(0, 20, beat=107), w(1, 11, beat=107)], 108) == []
