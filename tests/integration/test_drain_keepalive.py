@@ -170,11 +170,16 @@ def test_a_draining_worker_closes_no_connection_before_the_request_body_is_in(de
     held = socket.create_connection(("127.0.0.1", d.port), timeout=15)
     restart = None
     try:
-        held.sendall(b"GET /sleep?s=4 HTTP/1.1\r\nHost: t\r\n\r\n")  # keeps the worker draining
+        held.sendall(b"GET /sleep?s=5 HTTP/1.1\r\nHost: t\r\n\r\n")  # keeps the worker draining
+        # A keep-alive request under way when the drain starts: the POST follows its response at
+        # once, so it is the connection's next request on a worker that drains (SIGTERM reaches
+        # uvicorn's loop a moment after supervisord says STOPPING; this does not race it).
+        client.sendall(b"GET /sleep?s=2 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert d.get("/")[0] == 200  # the worker has accepted both connections by now
         restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
+        assert _response(client)[0] == 200
         client.sendall(b"POST /upload?unread=1 HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
                        b"Content-Length: %d\r\n\r\n" % size + b"x" * first)
         time.sleep(0.3)  # the app has answered by now, its body unread
