@@ -15,7 +15,7 @@ from ..generate.conf import render
 from ..layout import Layout, Names
 from ..spec import Spec
 from . import checks, control
-from .ops import start_process
+from .edges import start_process
 
 Progress = Callable[[str], None]
 

@@ -24,7 +24,7 @@ from ..generate.conf import groups_in, render
 from ..layout import Layout, Names
 from ..spec import Spec
 from . import checks, control, deploy, https
-from .ops import app_groups
+from .statusview import app_groups
 
 Progress = Callable[[str], None]
 PROBE_TIMEOUT = 20.0

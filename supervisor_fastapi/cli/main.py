@@ -379,10 +379,10 @@ def serverurl_option(f: F) -> F:
 @user_errors
 def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str]) -> None:
     """Rolling restart: replace the web workers one at a time, each new one listening before the next stops."""
-    from . import ops
+    from . import roll
 
     spec = load_spec(config)
-    result = ops.rolling_restart(_ops_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
+    result = roll.rolling_restart(_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
     click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
                + (f", skipped {len(result.skipped)}" if result.skipped else "")
                + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
@@ -403,20 +403,20 @@ def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str])
 def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: float, count: int,
                serverurl: Optional[str]) -> None:
     """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
-    from . import ops
+    from . import statusview
 
     spec = load_spec(config)
-    edges = _ops_edges(spec, serverurl)
+    edges = _edges(spec, serverurl)
     if watch:
         if as_json:
             raise UserError("status: --watch is for people; use --json without it (once per call) in scripts")
         sys.exit(_watch_status(spec, edges, interval, count))
-    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
-                           programs=[p.name for p in spec.programs])
+    status = statusview.status_of(edges, spec.app.name, statusview.socket_holds(edges.proxy, spec.app.name),
+                                  programs=[p.name for p in spec.programs])
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, default=str))
     else:
-        click.echo(ops.format_status(status, time.time()))
+        click.echo(statusview.format_status(status, time.time()))
     if not status.ok:
         sys.exit(1)
 
@@ -424,26 +424,26 @@ def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: floa
 def _watch_status(spec: Spec, edges: Any, interval: float, count: int) -> int:
     from ..contracts import read_worker_metrics
     from ..runtime.reqcount import parse_counts
-    from . import ops, watch
+    from . import statusview, watch
 
     layout = Layout(spec.run_dir)
 
     def frame() -> "watch.Frame":
-        status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
-                               programs=[p.name for p in spec.programs])
+        status = statusview.status_of(edges, spec.app.name, statusview.socket_holds(edges.proxy, spec.app.name),
+                                      programs=[p.name for p in spec.programs])
         totals = None
         if spec.metrics is not None:  # the workers count requests into run_dir/workers/<name>.metrics
             names = [str(i["name"]) for i in edges.infos() if i["group"] == Names(spec.app.name).web]
             parsed = {n: parse_counts(d) for n, d in read_worker_metrics(layout.state_dir, names).items()}
             totals = {n: float(sum(p[0].values())) for n, p in parsed.items() if p is not None}
-        return ops.format_status(status, time.time()), totals
+        return statusview.format_status(status, time.time()), totals
 
     return watch.watch(frame, lambda text: click.echo(text, nl=False), interval, count, tty=sys.stdout.isatty(),
                        errors=(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError))
 
 
-def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
-    from . import ops
+def _edges(spec: Spec, serverurl: Optional[str]) -> Any:
+    from . import edges
 
     layout = Layout(spec.run_dir)
     if serverurl is None and spec.supervisord.shared:
@@ -455,4 +455,4 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
                         "start it with `supervisor-fastapi up`, or set supervisord.serverurl (or pass "
                         "--serverurl) for a conf.d fragment")
-    return ops.local_edges(layout, spec.app.name, serverurl, control.rpc_timeout(spec))
+    return edges.local_edges(layout, spec.app.name, serverurl, control.rpc_timeout(spec))
