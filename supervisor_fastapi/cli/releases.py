@@ -120,7 +120,7 @@ def _require_release_mode(spec: Spec, command: str) -> Releases:
     if spec.release is None:
         raise UserError(f"{spec.source}: `{command}` needs release mode: add a [release] table (keep, shared, build; "
                         "see docs/releases.md); without it `up` and `restart` run the code in app.directory in place")
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         raise UserError(f"{spec.source}: release mode runs its own supervisord for now: remove supervisord.serverurl")
     rel = Releases(spec.app.directory)
     if os.path.lexists(rel.current) and not os.path.islink(rel.current):
