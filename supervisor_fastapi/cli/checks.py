@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import did_you_mean
 from ..layout import Layout
 from ..spec import App, Bind, Memory, Spec, format_size
+from ..spec.model import Hosting
 
 # Importing the app may open connections or read big files; long enough for that, short enough
 # that a hang at import (a database that does not answer) is reported instead of waited out.
@@ -252,10 +253,11 @@ def run_dir_problem(path: str, uid: int = 0) -> Optional[str]:
     return None
 
 
-def run_files_problem(layout: Layout, shared: bool) -> Optional[str]:
+def run_files_problem(layout: Layout, hosting: Hosting) -> Optional[str]:
     """A folder or file under run_dir that is a symlink or the wrong kind: make_dirs opens them
     without following a link and refuses (or would give a folder away), so `check` says so too."""
-    paths = layout.dirs() + ([] if shared else [layout.logfile])
+    # A shared supervisord logs where its own conf says: run_dir has no supervisord.log then.
+    paths = layout.dirs() + ([] if hosting.shared else [layout.logfile])
     for path in paths:
         try:
             st = os.lstat(path)
@@ -307,7 +309,7 @@ def trust_refusals(spec: Spec, euid: int) -> List[Result]:
     out: List[Result] = []
     layout = Layout(spec.run_dir)
     problem = (run_dir_problem(layout.run_dir) if euid == 0 else None) or \
-        run_files_problem(layout, spec.supervisord.shared)
+        run_files_problem(layout, spec.supervisord.hosting())
     if problem:
         out.append(Result(False, "supervisord.run_dir", problem))
     if euid != 0:
@@ -597,7 +599,10 @@ def conf_problem(spec: Spec, command: str = "check") -> Optional[str]:
                                                                           run_dir=os.path.join(scratch, "run")))
         for d in Layout(moved.run_dir).dirs():
             os.makedirs(d, exist_ok=True)
-        return load_with_supervisor(render(moved, command))
+        # supervisor's parser loads whole confs only: a fragment is checked inside daemon
+        # (and plugin) sections of its own, as it always was.
+        whole = dataclasses.replace(moved.supervisord.hosting(), fragment=False, plugins=True)
+        return load_with_supervisor(render(moved, command, whole))
 
 
 def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = None) -> List[Result]:
@@ -642,11 +647,11 @@ def release_mode_result(spec: Spec) -> Result:
                   + (f", shared {', '.join(spec.release.shared)}" if spec.release.shared else ""))
 
 
-def plugin_checks(fragment: bool, with_plugins: bool, why: str = "fragment without --with-plugins") -> List[Result]:
+def plugin_checks(hosting: Hosting, why: str = "fragment without --with-plugins") -> List[Result]:
     """What the deployment loses without the plugin (a fragment rendered without it, ``why``)."""
     from ..generate.conf import NO_PLUGIN_LOSSES
 
-    if not fragment or with_plugins:
+    if hosting.plugins:
         return [Result(True, "plugin", "the controller runs inside supervisord: gate, crash-loop holds, socket hold")]
     return [Result(True, "plugin", f"none ({why}): " + "; ".join(NO_PLUGIN_LOSSES))]
 

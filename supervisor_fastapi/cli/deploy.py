@@ -14,8 +14,9 @@ from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names
 from ..spec import Spec
+from ..spec.model import Hosting
 from . import checks, control
-from .ops import start_process
+from .edges import start_process
 
 Progress = Callable[[str], None]
 
@@ -112,7 +113,7 @@ def make_dirs(spec: Spec) -> None:
         except KeyError:
             pass  # `check` and supervisord's parser report the unknown user
     _own_dir(layout.state_dir, STATE_DIR_MODE, owner)
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         return  # that supervisord logs where its own conf says (Debian: /var/log/supervisor)
     # supervisord appends to its log with the umask it inherits (022 under systemd): made
     # here first, the file is root's alone from the start.
@@ -166,19 +167,20 @@ def default_conf_path(spec: Spec) -> str:
     return os.path.join(spec.base_dir, "supervisord.conf")
 
 
-def render_to(spec: Spec, conf_path: str, command: str, fragment: bool = False,
-              with_plugins: Optional[bool] = None) -> str:
-    """Render the spec and write it atomically; the text is loaded by supervisor's parser first."""
+def render_to(spec: Spec, conf_path: str, command: str, hosting: Optional[Hosting] = None) -> str:
+    """Render the spec and write it atomically; a whole conf is loaded by supervisor's parser first.
+    ``hosting``: the spec's own unless `render`'s flags changed it."""
     from . import https
 
-    text = render(spec, command, fragment=fragment, with_plugins=with_plugins)
+    hosting = hosting or spec.supervisord.hosting()
+    text = render(spec, command, hosting)
     make_dirs(spec)
-    if not fragment:
+    if not hosting.fragment:
         err = checks.load_with_supervisor(text)
         if err:  # a renderer bug, not a user error: keep the old file and say so
             raise UserError(f"the generated conf does not load in supervisord ({err}); nothing was written. "
                             "Please report this with your spec.")
-    https.write_files(spec, command, fragment)  # [https]: the Caddyfile (or snippet) the conf's program reads
+    https.write_files(spec, command, hosting)  # [https]: the Caddyfile (or snippet) the conf's program reads
     write_atomic(conf_path, text, conf_mode(spec))
     return text
 
@@ -207,7 +209,7 @@ def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: fl
 
 def _up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float) -> List[str]:
     layout = Layout(spec.run_dir)
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         from . import host
 
         return host.up(spec, command, progress, timeout)
@@ -383,7 +385,7 @@ def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeo
         if time.monotonic() > deadline:
             waiting = r.pending or [r.migrating or "the workers"]
             raise DeployError(f"timed out after {timeout:g} s: {line}; still waiting for {', '.join(waiting)}; "
-                              + (STILL_RUNNING if not spec.supervisord.shared else
+                              + (STILL_RUNNING if not spec.supervisord.hosting().shared else
                                  "its programs stay in that supervisord; `supervisor-fastapi down` removes them"))
         time.sleep(0.1)
 
@@ -391,7 +393,7 @@ def wait_ready(spec: Spec, proxy: Any, layout: Layout, progress: Progress, timeo
 def down(spec: Spec, progress: Progress = lambda message: None) -> bool:
     """Stop supervisord and everything it runs, or what a killed supervisord left running;
     False if there was nothing to stop. With ``supervisord.serverurl``: this app's groups there (host.down)."""
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         from . import host
 
         return host.down(spec, progress)

@@ -24,7 +24,7 @@ from ..generate.conf import groups_in, render
 from ..layout import Layout, Names
 from ..spec import Spec
 from . import checks, control, deploy, https
-from .ops import app_groups
+from .statusview import app_groups
 
 Progress = Callable[[str], None]
 PROBE_TIMEOUT = 20.0
@@ -121,8 +121,9 @@ def host_checks(spec: Spec) -> Tuple[bool, List[checks.Result]]:
     results.append(checks.Result(os.path.isdir(folder), "supervisord.fragment",
                                  str(s.fragment) if os.path.isdir(folder) else f"{folder} does not exist; set the "
                                  "key to a path that supervisord's [include] files= covers"))
-    if not s.plugins:
-        return serving(infos, names.web), results + checks.plugin_checks(True, False, "supervisord.plugins = false")
+    hosting = s.hosting()
+    if not hosting.plugins:
+        return serving(infos, names.web), results + checks.plugin_checks(hosting, "supervisord.plugins = false")
     daemon = daemon_python(proxy)
     if daemon is None:
         results.append(checks.Result(True, "plugin import", "not checked: run as root to see supervisord's Python"))
@@ -159,13 +160,14 @@ def own_groups(spec: Spec, fragment_text: str) -> Set[str]:
 def up(spec: Spec, command: str, progress: Progress, timeout: float) -> List[str]:
     """Write the fragment, apply this app's groups in that supervisord, wait until every worker accepts."""
     s, names, layout = spec.supervisord, Names(spec.app.name), Layout(spec.run_dir)
+    hosting = s.hosting()
     fragment = str(s.fragment)
     proxy = connect(spec)
     since = deploy.log_sizes(layout)
     if not os.path.isdir(os.path.dirname(fragment)):
         raise UserError(f"{spec.source}: supervisord.fragment: {os.path.dirname(fragment)} does not exist; set the "
                         "key to a path that supervisord's [include] files= covers")
-    if s.plugins:
+    if hosting.plugins:
         daemon = daemon_python(proxy)
         problem = plugin_import_problem(daemon) if daemon else None
         if problem:
@@ -175,15 +177,15 @@ def up(spec: Spec, command: str, progress: Progress, timeout: float) -> List[str
         if problem:
             raise UserError(f"server.bind: {problem}")
     old = _read(fragment)
-    text = render(spec, command, fragment=True, with_plugins=s.plugins)
+    text = render(spec, command, hosting)
     deploy.make_dirs(spec)
-    https.write_files(spec, command, fragment=True)  # [https]: a site snippet for the OS's Caddy
+    https.write_files(spec, command, hosting)  # [https]: a site snippet for the OS's Caddy
     if text == old:
         progress(f"{fragment} is up to date")
     else:
         deploy.write_atomic(fragment, text, deploy.conf_mode(spec))
         progress(f"wrote {fragment}")
-    if s.plugins and not plugin_loaded(proxy, spec.app.name):
+    if hosting.plugins and not plugin_loaded(proxy, spec.app.name):
         # Applied now, the web group would start with nothing to gate it or hold a crash loop.
         raise UserError(f"supervisord at {s.serverurl} loads plugins only when it starts, and has not loaded "
                         f"{names.rpc_namespace}: restart it once (Debian: `systemctl restart supervisor`; every "

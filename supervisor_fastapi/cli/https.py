@@ -18,6 +18,7 @@ from ..generate import caddy, nginx
 from ..generate.conf import program_environment
 from ..layout import Layout, Names
 from ..spec import Spec
+from ..spec.model import Hosting
 from . import control
 from .checks import Result
 from .deploy import _own_dir, write_atomic
@@ -31,25 +32,25 @@ CADDY_INSTALL = ("install it: `apt-get install caddy` (Debian 12, Ubuntu 22.04 a
                  "https://caddyserver.com/docs/install")
 
 
-def proxy_files(spec: Spec, command: str, fragment: bool = False) -> List[Tuple[str, str]]:
+def proxy_files(spec: Spec, command: str, hosting: Optional[Hosting] = None) -> List[Tuple[str, str]]:
     """(path, text) of the proxy files this render writes beside the spec: the Caddyfile its own
     Caddy runs, or, for an OS Caddy (a shared supervisord or a fragment), a site snippet."""
     h = spec.https
     if h is None or h.proxy != "caddy":
         return []
-    if caddy.supervised(spec, fragment):
+    if caddy.supervised(spec, hosting):
         return [(caddy.caddyfile_path(spec), caddy.render(spec, command))]
     return [(caddy.snippet_path(spec), caddy.render_snippet(spec, command))]
 
 
-def write_files(spec: Spec, command: str, fragment: bool = False) -> List[str]:
+def write_files(spec: Spec, command: str, hosting: Optional[Hosting] = None) -> List[str]:
     """Write the proxy's files (before the conf: supervisord must find the new file when it
     restarts Caddy) and create Caddy's folder under run_dir; the paths written."""
     written = []
-    for path, text in proxy_files(spec, command, fragment):
+    for path, text in proxy_files(spec, command, hosting):
         write_atomic(path, text, 0o644)  # no secrets: paths of the key files at most
         written.append(path)
-    if caddy.supervised(spec, fragment):
+    if caddy.supervised(spec, hosting):
         _own_dir(Layout(spec.run_dir).proxy_dir, PROXY_DIR_MODE)
     return written
 
@@ -77,7 +78,7 @@ def _last_error(output: str) -> str:
     return (errors or lines or ["no output"])[-1].strip()
 
 
-def caddy_problem(spec: Spec, caddy_bin: str, fragment: bool = False) -> Optional[str]:
+def caddy_problem(spec: Spec, caddy_bin: str, hosting: Optional[Hosting] = None) -> Optional[str]:
     """`caddy validate` on the Caddyfile (or the snippet, wrapped in a file of its own); None if valid.
 
     Its storage, HOME and XDG folders are a scratch folder: validating provisions the
@@ -85,7 +86,7 @@ def caddy_problem(spec: Spec, caddy_bin: str, fragment: bool = False) -> Optiona
     with tempfile.TemporaryDirectory(prefix="sf-caddy-") as scratch:
         moved = _scratch(spec, scratch)
         path = os.path.join(scratch, "Caddyfile")
-        if caddy.supervised(moved, fragment):
+        if caddy.supervised(moved, hosting):
             text = caddy.render(moved, "check")
         else:
             text = "{\n\tadmin off\n\tskip_install_trust\n}\n\n" + caddy.render_snippet(moved, "check")
@@ -131,7 +132,7 @@ def forwarding_problem(spec: Spec) -> Optional[str]:
     return None
 
 
-def check_results(spec: Spec, fragment: bool = False) -> List[Result]:
+def check_results(spec: Spec, hosting: Optional[Hosting] = None) -> List[Result]:
     """The proxy's own verdict on its config (or where to get the proxy), and whether the
     workers trust its headers."""
     h = spec.https
@@ -139,10 +140,10 @@ def check_results(spec: Spec, fragment: bool = False) -> List[Result]:
         return []
     problem = forwarding_problem(spec)
     return [Result(problem is None, "the app sees https and the client's address", problem or
-                   "the workers trust the proxy's X-Forwarded-For/-Proto")] + _proxy_results(spec, fragment)
+                   "the workers trust the proxy's X-Forwarded-For/-Proto")] + _proxy_results(spec, hosting)
 
 
-def _proxy_results(spec: Spec, fragment: bool) -> List[Result]:
+def _proxy_results(spec: Spec, hosting: Optional[Hosting]) -> List[Result]:
     h = spec.https
     assert h is not None
     if h.proxy == "nginx":
@@ -156,8 +157,8 @@ def _proxy_results(spec: Spec, fragment: bool) -> List[Result]:
     found = shutil.which("caddy", path=path)
     if not found:
         return [Result(False, "caddy", f"not found on the programs' PATH ({path}); {CADDY_INSTALL}")]
-    problem = caddy_problem(spec, found, fragment)
-    what = "caddy validate accepts the " + ("Caddyfile" if caddy.supervised(spec, fragment) else "site snippet")
+    problem = caddy_problem(spec, found, hosting)
+    what = "caddy validate accepts the " + ("Caddyfile" if caddy.supervised(spec, hosting) else "site snippet")
     return [Result(problem is None, what, problem or found)]
 
 
@@ -199,7 +200,7 @@ def render_site(spec: Spec, target: str, output: Optional[str], command: str, ou
 def site_checks(spec: Spec, target: str) -> List[Result]:
     """`check --target nginx|caddy`: the site, validated by the proxy itself."""
     _needs(spec, target)
-    return check_results(spec, fragment=True)
+    return check_results(spec, spec.supervisord.hosting(fragment=True))  # the OS's proxy: a site snippet
 
 
 def site_url(spec: Spec) -> str:

@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 import xmlrpc.client
-from typing import Any, Callable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 from xml.parsers.expat import ExpatError
 
 import click
@@ -19,6 +19,7 @@ from ..generate.conf import render
 from ..generate.ini import UnsafeValue
 from ..layout import Layout, Names
 from ..spec import SPEC_FILENAME, Spec, load_spec
+from ..spec.model import Hosting
 from . import checks, control, deploy, kube
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -153,42 +154,36 @@ def render_cmd(config: Optional[str], output: Optional[str], fragment: bool, wit
         https.render_site(spec, target, output, regenerate_command(config, output, target=target),
                           lambda text: click.echo(text, nl=False), lambda line: click.echo(line, err=True))
         return
-    fragment, plugins, command = _render_choice(spec, config, output, fragment, with_plugins)
+    hosting = spec.supervisord.hosting(fragment, with_plugins)
+    command = _render_command(hosting, config, output, with_plugins)
     if output == "-":
-        click.echo(render(spec, command, fragment=fragment, with_plugins=plugins), nl=False)
+        click.echo(render(spec, command, hosting), nl=False)
         return
-    s = spec.supervisord
-    path = output or (str(s.fragment) if s.shared else deploy.default_conf_path(spec))
-    deploy.render_to(spec, path, command, fragment=fragment, with_plugins=plugins)
+    path = output or (str(spec.supervisord.fragment) if hosting.shared else deploy.default_conf_path(spec))
+    deploy.render_to(spec, path, command, hosting)
     from . import https
 
-    for written, _ in https.proxy_files(spec, command, fragment):
+    for written, _ in https.proxy_files(spec, command, hosting):
         click.echo(f"wrote {written}", err=True)  # [https]: the Caddyfile (or the OS Caddy's snippet)
     click.echo(f"wrote {path}", err=True)
-    click.echo(_next_step(spec, path, fragment), err=True)
+    click.echo(_next_step(spec, hosting, path), err=True)
 
 
-def _render_choice(spec: Spec, config: Optional[str], output: Optional[str], fragment: bool,
-                   with_plugins: bool) -> Tuple[bool, Optional[bool], str]:
-    """(fragment?, plugin sections?, the command the header names) for `render`.
-
-    With supervisord.serverurl the spec says it all: a fragment, with the plugin sections when
-    supervisord.plugins, and `up` is what applies it."""
-    s = spec.supervisord
-    fragment, with_plugins = fragment or s.shared, with_plugins or (s.shared and s.plugins)
-    command = up_command(config) if s.shared else \
-        regenerate_command(config, output, fragment) + (" --with-plugins" if with_plugins else "")
-    return fragment, (True if with_plugins else None), command
+def _render_command(hosting: Hosting, config: Optional[str], output: Optional[str], with_plugins: bool) -> str:
+    """The command the header of `render`'s conf names: in a shared supervisord `up` is what
+    writes and applies the fragment; else `render` again, with the same flags."""
+    if hosting.shared:
+        return up_command(config)
+    return regenerate_command(config, output, hosting.fragment) + (" --with-plugins" if with_plugins else "")
 
 
-def _next_step(spec: Spec, path: str, fragment: bool) -> str:
-    if not fragment:
+def _next_step(spec: Spec, hosting: Hosting, path: str) -> str:
+    if not hosting.fragment:
         return f"run: supervisord -c {path}   (then: supervisorctl -c {path} status)"
-    s = spec.supervisord
-    target = str(s.fragment) if s.shared else Names(spec.app.name).fragment
+    target = str(spec.supervisord.fragment) if hosting.shared else Names(spec.app.name).fragment
     copy = "" if os.path.abspath(path) == target else f"cp {path} {target} && "
     return f"install: {copy}supervisorctl reread && supervisorctl update" + \
-        ("   (or: supervisor-fastapi up)" if s.shared else "")
+        ("   (or: supervisor-fastapi up)" if hosting.shared else "")
 
 
 @main.command()
@@ -200,13 +195,14 @@ def _next_step(spec: Spec, path: str, fragment: bool) -> str:
 def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool) -> None:
     """Validate the spec, the generated conf, the bind address, memory capacity, the app's Python and its import."""
     spec = load_spec(config)
+    hosting = spec.supervisord.hosting(fragment, with_plugins)
     if target == "kubernetes":
         results = checks.kubernetes_checks(spec)
     elif target in ("nginx", "caddy"):
         from . import https
 
         results = [checks.Result(True, "spec", spec.source)] + https.site_checks(spec, target)
-    elif spec.supervisord.shared:
+    elif hosting.shared:
         from . import host
 
         serving, host_results = host.host_checks(spec)  # one round of questions to that supervisord
@@ -214,11 +210,11 @@ def check(config: Optional[str], target: str, fragment: bool, with_plugins: bool
     else:
         running = control.is_running(Layout(spec.run_dir))
         results = checks.run_checks(spec, running, checks.total_ram())
-        results += checks.plugin_checks(fragment, with_plugins)
+        results += checks.plugin_checks(hosting)
     if target == "supervisord" and spec.https is not None:
         from . import https
 
-        results += https.check_results(spec, fragment or spec.supervisord.shared)
+        results += https.check_results(spec, hosting)
     for r in results:
         mark = click.style("FAIL", fg="red") if not r.ok else \
             click.style("warn", fg="yellow") if r.warn else click.style("ok  ", fg="green")
@@ -241,17 +237,17 @@ def up(config: Optional[str], output: Optional[str], timeout: float, over_capaci
 
     With supervisord.serverurl: write the fragment and apply it in that supervisord instead."""
     spec = load_spec(config)
-    s = spec.supervisord
-    if s.shared and output:
+    s, hosting = spec.supervisord, spec.supervisord.hosting()
+    if hosting.shared and output:
         raise UserError(f"{spec.source}: up writes the fragment at supervisord.fragment ({s.fragment}); "
                         "set that key instead of -o")
     conf = output or deploy.default_conf_path(spec)
-    command = up_command(config) if s.shared else regenerate_command(config, output)
+    command = up_command(config) if hosting.shared else regenerate_command(config, output)
     try:
         ready = deploy.up(spec, conf, command, progress, timeout, over_capacity)
     except KeyboardInterrupt:
         # Ctrl-C stops the waiting, not what was started: say what is left and what to do.
-        if s.shared:
+        if hosting.shared:
             left = "this app's programs stay in that supervisord; `supervisor-fastapi down` removes them"
         elif control.is_running(Layout(spec.run_dir)):
             left = deploy.STILL_RUNNING
@@ -260,7 +256,7 @@ def up(config: Optional[str], output: Optional[str], timeout: float, over_capaci
         click.secho(f"interrupted: {left}", fg="red", err=True)
         sys.exit(130)
     click.echo(f"{spec.app.name}: {len(ready)} workers serving {deploy.url_of(spec)}")
-    click.echo(f"supervisorctl -s {s.serverurl} status" if s.shared else f"supervisorctl -c {conf} status")
+    click.echo(f"supervisorctl -s {s.serverurl} status" if hosting.shared else f"supervisorctl -c {conf} status")
 
 
 @main.command("deploy")
@@ -332,7 +328,7 @@ def down(config: Optional[str]) -> None:
 def systemd_unit(config: Optional[str], output: Optional[str]) -> None:
     """Print a systemd unit that starts supervisord at boot and restarts it if it dies."""
     spec = load_spec(config)
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         raise UserError(f"{spec.source}: supervisord.serverurl is set: the supervisord there starts this app at "
                         "boot (Debian: the supervisor package's own unit, `systemctl enable supervisor`)")
     click.echo(systemd.unit(spec, os.path.abspath(output or deploy.default_conf_path(spec)), sys.executable),
@@ -379,10 +375,10 @@ def serverurl_option(f: F) -> F:
 @user_errors
 def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str]) -> None:
     """Rolling restart: replace the web workers one at a time, each new one listening before the next stops."""
-    from . import ops
+    from . import roll
 
     spec = load_spec(config)
-    result = ops.rolling_restart(_ops_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
+    result = roll.rolling_restart(_edges(spec, serverurl), Names(spec.app.name).web, progress, timeout)
     click.echo(f"{spec.app.name}: restarted {len(result.restarted)}"
                + (f", skipped {len(result.skipped)}" if result.skipped else "")
                + ("" if result.ok else f"; FAILED at {result.failed}: {result.reason}"))
@@ -403,20 +399,20 @@ def restart_cmd(config: Optional[str], timeout: float, serverurl: Optional[str])
 def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: float, count: int,
                serverurl: Optional[str]) -> None:
     """Every program and worker: state, pid, uptime, RSS, restarts, incidents, last alert (exit 1 if down)."""
-    from . import ops
+    from . import statusview
 
     spec = load_spec(config)
-    edges = _ops_edges(spec, serverurl)
+    edges = _edges(spec, serverurl)
     if watch:
         if as_json:
             raise UserError("status: --watch is for people; use --json without it (once per call) in scripts")
         sys.exit(_watch_status(spec, edges, interval, count))
-    status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
-                           programs=[p.name for p in spec.programs])
+    status = statusview.status_of(edges, spec.app.name, statusview.socket_holds(edges.proxy, spec.app.name),
+                                  programs=[p.name for p in spec.programs])
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2, default=str))
     else:
-        click.echo(ops.format_status(status, time.time()))
+        click.echo(statusview.format_status(status, time.time()))
     if not status.ok:
         sys.exit(1)
 
@@ -424,29 +420,29 @@ def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: floa
 def _watch_status(spec: Spec, edges: Any, interval: float, count: int) -> int:
     from ..contracts import read_worker_metrics
     from ..runtime.reqcount import parse_counts
-    from . import ops, watch
+    from . import statusview, watch
 
     layout = Layout(spec.run_dir)
 
     def frame() -> "watch.Frame":
-        status = ops.status_of(edges, spec.app.name, ops.socket_holds(edges.proxy, spec.app.name),
-                               programs=[p.name for p in spec.programs])
+        status = statusview.status_of(edges, spec.app.name, statusview.socket_holds(edges.proxy, spec.app.name),
+                                      programs=[p.name for p in spec.programs])
         totals = None
         if spec.metrics is not None:  # the workers count requests into run_dir/workers/<name>.metrics
             names = [str(i["name"]) for i in edges.infos() if i["group"] == Names(spec.app.name).web]
             parsed = {n: parse_counts(d) for n, d in read_worker_metrics(layout.state_dir, names).items()}
             totals = {n: float(sum(p[0].values())) for n, p in parsed.items() if p is not None}
-        return ops.format_status(status, time.time()), totals
+        return statusview.format_status(status, time.time()), totals
 
     return watch.watch(frame, lambda text: click.echo(text, nl=False), interval, count, tty=sys.stdout.isatty(),
                        errors=(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError))
 
 
-def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
-    from . import ops
+def _edges(spec: Spec, serverurl: Optional[str]) -> Any:
+    from . import edges
 
     layout = Layout(spec.run_dir)
-    if serverurl is None and spec.supervisord.shared:
+    if serverurl is None and spec.supervisord.hosting().shared:
         from . import host
 
         host.connect(spec)  # answers, or one line with the fix
@@ -455,4 +451,4 @@ def _ops_edges(spec: Spec, serverurl: Optional[str]) -> Any:
         raise UserError(f"supervisord is not running for {spec.app.name} ({layout.socket}); "
                         "start it with `supervisor-fastapi up`, or set supervisord.serverurl (or pass "
                         "--serverurl) for a conf.d fragment")
-    return ops.local_edges(layout, spec.app.name, serverurl, control.rpc_timeout(spec))
+    return edges.local_edges(layout, spec.app.name, serverurl, control.rpc_timeout(spec))

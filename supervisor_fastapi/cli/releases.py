@@ -120,7 +120,7 @@ def _require_release_mode(spec: Spec, command: str) -> Releases:
     if spec.release is None:
         raise UserError(f"{spec.source}: `{command}` needs release mode: add a [release] table (keep, shared, build; "
                         "see docs/releases.md); without it `up` and `restart` run the code in app.directory in place")
-    if spec.supervisord.shared:
+    if spec.supervisord.hosting().shared:
         raise UserError(f"{spec.source}: release mode runs its own supervisord for now: remove supervisord.serverurl")
     rel = Releases(spec.app.directory)
     if os.path.lexists(rel.current) and not os.path.islink(rel.current):
@@ -304,7 +304,7 @@ def _alert(spec: Spec, kind: str, summary: str, details: Dict[str, Any]) -> None
 
 def roll(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float) -> str:
     """Start the deployment on the current release (like `up`), or roll its workers onto it one at a time."""
-    from . import deploy, ops
+    from . import deploy, edges, roll
 
     layout = Layout(spec.run_dir)
     if not control.is_running(layout):
@@ -322,8 +322,8 @@ def roll(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: 
     if web in replaced:
         ready = deploy.wait_ready(spec, proxy, layout, progress, timeout)
         return f"{len(ready)} workers started"
-    result = ops.rolling_restart(ops.local_edges(layout, spec.app.name, None, control.rpc_timeout(spec)), web,
-                                 progress, timeout)
+    result = roll.rolling_restart(edges.local_edges(layout, spec.app.name, None, control.rpc_timeout(spec)), web,
+                                  progress, timeout)
     if not result.ok:
         raise DeployError(f"rolling the workers onto the new release stopped at {result.failed}: {result.reason}")
     return f"rolled {len(result.restarted)} workers"

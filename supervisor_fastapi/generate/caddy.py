@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import UserError
 from ..layout import Layout, Names
 from ..spec import Spec
+from ..spec.model import Hosting
 from . import ini
 
 _BARE = re.compile(r"^[A-Za-z0-9._/@+=:~%*-]+\Z")
@@ -56,14 +57,14 @@ def token(value: str, key: str, spec: Spec) -> str:
                     "'#', '$', backslash or control character); use a plain path")
 
 
-def supervised(spec: Spec, fragment: bool = False) -> bool:
+def supervised(spec: Spec, hosting: Optional[Hosting] = None) -> bool:
     """Whether this deployment runs Caddy itself: proxy = "caddy" in a supervisord it owns.
 
     With ``https.supervised = false``, in a shared (OS-packaged) supervisord, or with
     ``--fragment``, Caddy is the OS's: the deployment renders a site snippet for it to import
-    instead of a program."""
+    instead of a program. ``hosting``: the spec's own unless `render`/`check` flags changed it."""
     h = spec.https
-    return h is not None and h.proxy == "caddy" and h.supervised and not fragment and not spec.supervisord.shared
+    return h is not None and h.proxy == "caddy" and h.supervised and (hosting or spec.supervisord.hosting()).own
 
 
 def caddyfile_path(spec: Spec) -> str:

@@ -3,7 +3,7 @@
 For operators who live in supervisorctl. Both commands talk XML-RPC only (the
 ``fastapi_<app>.`` methods of the rpcinterface plugin provide the controller's state,
 ready files and RSS), so they also work against a remote supervisord. The logic is
-``cli/ops.py``'s, shared with the CLI.
+``cli/roll.py``'s and ``cli/statusview.py``'s (over ``cli/edges.py``), shared with the CLI.
 
     supervisor> rolling_restart            # the app named in the [ctlplugin:fastapi] section
     supervisor> rolling_restart shop
@@ -18,7 +18,7 @@ from typing import Any, Tuple
 
 from supervisor.supervisorctl import ControllerPluginBase, LSBInitExitStatuses
 
-from ..cli import ops
+from ..cli import edges, roll, statusview
 from ..layout import Names
 
 
@@ -30,8 +30,8 @@ class FastAPIControllerPlugin(ControllerPluginBase):
         self.group = app  # the app's name is its web group's
         self.timeout = float(timeout)
 
-    def _edges(self, app: str) -> ops.SupervisorEdges:
-        return ops.rpc_edges(self.ctl.get_server_proxy(), app)
+    def _edges(self, app: str) -> edges.SupervisorEdges:
+        return edges.rpc_edges(self.ctl.get_server_proxy(), app)
 
     def _fail(self, message: str) -> None:
         self.ctl.output(f"error: {message}")
@@ -49,7 +49,7 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             self._fail("name the app: rolling_restart <app>")
             return
         try:
-            result = ops.rolling_restart(self._edges(group), group, self.ctl.output, self.timeout)
+            result = roll.rolling_restart(self._edges(group), group, self.ctl.output, self.timeout)
         except (xmlrpc.client.Fault, OSError) as exc:
             self._fail(_unreachable(exc, group))
             return
@@ -71,14 +71,14 @@ class FastAPIControllerPlugin(ControllerPluginBase):
             return
         try:
             proxy = self.ctl.get_server_proxy()
-            status = ops.status_of(self._edges(group), group, ops.socket_holds(proxy, group))
+            status = statusview.status_of(self._edges(group), group, statusview.socket_holds(proxy, group))
         except (xmlrpc.client.Fault, OSError) as exc:
             self._fail(_unreachable(exc, group))
             return
         if as_json:
             self.ctl.output(json.dumps(status.to_json(), indent=2, default=str))
         else:
-            self.ctl.output(ops.format_status(status, time.time()))
+            self.ctl.output(statusview.format_status(status, time.time()))
         if not status.ok:
             self.ctl.exitstatus = LSBInitExitStatuses.GENERIC
 

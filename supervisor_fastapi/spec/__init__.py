@@ -1,5 +1,10 @@
 """The deployment spec: ``model`` holds the typed records, ``load`` reads TOML into them.
 
+``load`` runs in the operator's ``supervisor-fastapi`` process only; ``model`` records are
+also read by the listener, so ``model`` imports the standard library, ``contracts`` and
+``layout`` only. ``model`` also holds the decisions that follow from the spec alone, such as
+whose supervisord runs the app (``Supervisord.hosting``).
+
 ``load`` is imported on first use of one of its names (``__getattr__`` below): it brings the
 TOML parser and uvicorn's settings table, and the listener, which reads ``model`` records,
 must not carry them (tests/unit/test_imports.py).

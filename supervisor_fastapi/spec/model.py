@@ -89,18 +89,51 @@ class Program:
 
 
 @dataclass(frozen=True)
+class Hosting:
+    """Whose supervisord runs the app, and what the rendered conf is for it.
+
+    Chosen in one place (``Supervisord.hosting``) and asked everywhere else: the CLI commands,
+    the renderer, the checks and the Caddy decision never look at ``serverurl`` themselves.
+    """
+
+    # An existing supervisord (the OS package's, supervisord.serverurl) runs the app from a
+    # conf.d fragment beside other apps: `up`/`down` apply this app's groups there and never
+    # start or stop that supervisord, which logs where its own conf says.
+    shared: bool
+    # The conf is a conf.d fragment (programs only) for a supervisord whose conf is not ours:
+    # always when shared, and for `render --fragment` (installed by hand).
+    fragment: bool
+    # The conf names our plugins (the controller, supervisorctl's commands): the supervisord
+    # that reads it must import this package, or it refuses to start.
+    plugins: bool
+
+    @property
+    def own(self) -> bool:
+        """A whole supervisord.conf for the supervisord the deployment starts (and may add programs to)."""
+        return not self.shared and not self.fragment
+
+
+@dataclass(frozen=True)
 class Supervisord:
     run_dir: str
     log_level: str = "info"
     # An existing supervisord (the OS package's) that runs this app from a conf.d fragment;
-    # None: the deployment starts and owns its own supervisord.
+    # None: the deployment starts and owns its own supervisord. Ask ``hosting()``, not this.
     serverurl: Optional[str] = None
     fragment: Optional[str] = None  # where `up` writes the fragment (with serverurl only)
     plugins: bool = False  # that supervisord imports supervisor_fastapi (the controller)
 
-    @property
-    def shared(self) -> bool:
-        return self.serverurl is not None
+    def hosting(self, fragment: bool = False, with_plugins: bool = False) -> Hosting:
+        """The one own-or-shared decision; ``fragment``/``with_plugins`` are `render`'s and
+        `check`'s flags, which ask for a fragment of an own supervisord's spec (a shared one
+        always is one)."""
+        shared = self.serverurl is not None
+        fragment = fragment or shared
+        # A whole conf is read by the supervisord we start with this package's Python: plugins
+        # on. A fragment goes to someone else's supervisord: only when the spec or flag says its
+        # Python has the package.
+        plugins = with_plugins or (self.plugins if shared else not fragment)
+        return Hosting(shared=shared, fragment=fragment, plugins=plugins)
 
 
 @dataclass(frozen=True)

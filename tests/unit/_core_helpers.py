@@ -33,7 +33,7 @@ def spec_of(d: Dict[str, Any], base_dir: str = "/srv/app", run_dir: Optional[str
 
 
 def conf_of(spec: Spec, fragment: bool = False) -> str:
-    return render(spec, "supervisor-fastapi render", fragment=fragment)
+    return render(spec, "supervisor-fastapi render", spec.supervisord.hosting(fragment))
 
 
 def make_dirs(spec: Spec) -> None:

@@ -169,7 +169,7 @@ def assert_no_injection(spec, fragment=False):
     """What supervisor's parser reads is exactly what the renderer built, value for value."""
     text = conf_of(spec, fragment)
     seen = raw_sections(text)
-    built = build(spec, fragment=fragment)
+    built = build(spec, spec.supervisord.hosting(fragment))
     assert list(seen) == [name for name, _ in built]
     for name, options in built:
         assert seen[name] == dict(options), name

@@ -207,7 +207,8 @@ def test_no_caddy_program_in_a_fragment_or_a_shared_supervisord_or_with_nginx(tm
 
     assert [p for p, _ in proxy_files(os_caddy, "x")] == ["/srv/app/web.caddy"]
     assert [p for p, _ in proxy_files(https(run_dir), "x")] == ["/srv/app/web.Caddyfile"]
-    assert [p for p, _ in proxy_files(https(run_dir), "x", fragment=True)] == ["/srv/app/web.caddy"]
+    fragment = https(run_dir).supervisord.hosting(fragment=True)
+    assert [p for p, _ in proxy_files(https(run_dir), "x", fragment)] == ["/srv/app/web.caddy"]
 
 
 # --- the nginx site -----------------------------------------------------------------------------

@@ -93,3 +93,9 @@ class _Refusing:
 def test_calls_to_the_controller_without_it_are_quiet(exc):
     assert contracts.control_state(_Refusing(exc), "shop") is None
     contracts.announce_restart(_Refusing(exc), "shop", "shop:shop_00", "memory")
+
+
+def test_the_supervisorctl_plugin_loads_only_the_roll_and_the_status_view_of_the_cli():
+    # Not cli.control, cli.deploy or cli.main: those are the operator's, and bring more with them.
+    cli = [m for m in modules_after_import("supervisor_fastapi.plugins.ctl") if m.startswith("supervisor_fastapi.cli.")]
+    assert cli == ["supervisor_fastapi.cli.edges", "supervisor_fastapi.cli.roll", "supervisor_fastapi.cli.statusview"]

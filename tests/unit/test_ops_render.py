@@ -2,6 +2,7 @@
 
 from supervisor_fastapi.generate.conf import render
 from supervisor_fastapi.spec import HostDefaults, parse_spec
+from supervisor_fastapi.spec.model import Hosting
 
 BASE = ('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\nworkers=2\n{server}'
         '[supervisord]\nrun_dir="{run_dir}"\n{memory}')
@@ -10,6 +11,10 @@ BASE = ('[app]\nname="web"\nasgi="m:app"\n[server]\nbind="tcp://127.0.0.1:8000"\
 def spec(server="", memory="", run_dir="/tmp/r"):
     return parse_spec(BASE.format(server=server, memory=memory, run_dir=run_dir), "/x/s.toml", "/x",
                       HostDefaults(python="/py", cpu_count=2))
+
+
+# `render --fragment` of this spec (its supervisord is its own): no plugins unless asked.
+FRAGMENT = Hosting(shared=False, fragment=True, plugins=False)
 
 
 def test_standalone_conf_loads_both_plugins_with_the_controllers_settings():
@@ -27,9 +32,9 @@ def test_standalone_conf_loads_both_plugins_with_the_controllers_settings():
 
 
 def test_fragment_leaves_plugins_out_unless_asked():
-    assert "rpcinterface:fastapi" not in render(spec(), "x", fragment=True)
-    assert "ctlplugin:fastapi" not in render(spec(), "x", fragment=True)
-    text = render(spec(), "x", fragment=True, with_plugins=True)
+    assert "rpcinterface:fastapi" not in render(spec(), "x", FRAGMENT)
+    assert "ctlplugin:fastapi" not in render(spec(), "x", FRAGMENT)
+    text = render(spec(), "x", spec().supervisord.hosting(fragment=True, with_plugins=True))
     # supervisorctl never reads [include]d files: the ctlplugin goes in the main conf by hand.
     assert "[rpcinterface:fastapi_web]" in text and "[ctlplugin:fastapi]" not in text
     assert "[supervisord]" not in text
@@ -40,7 +45,7 @@ def test_watchdog_only_when_a_limit_is_set():
     text = render(spec(memory='[memory]\nlimit="512MB"\ncheck_interval=2\n'), "x")
     assert ("command=/py -m supervisor_fastapi.runtime.watchdog --group web --workers 2 --state-dir /tmp/r/workers "
             "--memo /tmp/r/watchdog-state.json --memory-limit 536870912 --check-interval 2 --limit-checks 2\n") in text
-    text = render(spec(server="heartbeat_timeout=15\n"), "x", fragment=True)
+    text = render(spec(server="heartbeat_timeout=15\n"), "x", FRAGMENT)
     assert "[program:web_watchdog]" in text and "--heartbeat-timeout 15\n" in text
 
 

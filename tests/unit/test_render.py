@@ -161,7 +161,8 @@ def test_programs_and_migrate(run_dir):
     # The controller in supervisord holds the workers until the migration exits 0 ...
     assert sections["fcgi-program:web"]["autostart"] == "true"
     # ... and without the plugin the listener starts them then.
-    assert raw_sections(render_mod.render(spec, "x", fragment=True))["fcgi-program:web"]["autostart"] == "false"
+    fragment = render_mod.render(spec, "x", spec.supervisord.hosting(fragment=True))
+    assert raw_sections(fragment)["fcgi-program:web"]["autostart"] == "false"
     groups = program_configs(load(text))
     assert [n for n, _ in groups["web_jobs"]] == ["web_jobs_00", "web_jobs_01", "web_jobs_02"]
     assert groups["web_jobs"][0][1].autostart is False and groups["web_jobs"][0][1].directory == "/srv/jobs"

@@ -350,12 +350,34 @@ def test_spec_records_the_keys_the_file_sets():
 
 def test_supervisord_serverurl_makes_a_fragment_deployment_with_its_defaults():
     s = spec_of(data(supervisord={"serverurl": "unix:///var/run/supervisor.sock"}))
-    assert s.supervisord.shared and s.supervisord.serverurl == "unix:///var/run/supervisor.sock"
+    assert s.supervisord.hosting().shared and s.supervisord.serverurl == "unix:///var/run/supervisor.sock"
     assert s.supervisord.fragment == "/etc/supervisor/conf.d/web.conf" and s.supervisord.plugins is False
     s = spec_of(data(supervisord={"serverurl": "http://127.0.0.1:9001", "fragment": "conf.d/web.ini",
                                   "plugins": True}))
     assert s.supervisord.fragment == "/srv/app/conf.d/web.ini" and s.supervisord.plugins
-    assert not spec_of(data()).supervisord.shared
+    assert not spec_of(data()).supervisord.hosting().shared
+
+
+SHARED = {"serverurl": "unix:///var/run/supervisor.sock"}
+
+
+@pytest.mark.parametrize("supervisord, flags, expected", [
+    # (shared, fragment, plugins): the supervisord `up` starts reads a whole conf, plugins on.
+    ({}, {}, (False, False, True)),
+    ({}, {"with_plugins": True}, (False, False, True)),
+    # `render --fragment` of that spec, installed by hand in someone else's supervisord.
+    ({}, {"fragment": True}, (False, True, False)),
+    ({}, {"fragment": True, "with_plugins": True}, (False, True, True)),
+    # supervisord.serverurl: always a fragment; plugins as supervisord.plugins says, or --with-plugins.
+    (SHARED, {}, (True, True, False)),
+    ({**SHARED, "plugins": True}, {}, (True, True, True)),
+    (SHARED, {"fragment": True}, (True, True, False)),
+    (SHARED, {"with_plugins": True}, (True, True, True)),
+])
+def test_own_or_shared_is_chosen_once_from_the_spec_and_the_render_flags(supervisord, flags, expected):
+    h = spec_of(data(supervisord=supervisord)).supervisord.hosting(**flags)
+    assert (h.shared, h.fragment, h.plugins) == expected
+    assert h.own == (not h.shared and not h.fragment)
 
 
 @pytest.mark.parametrize("table, match", [
