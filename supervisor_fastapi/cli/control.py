@@ -14,14 +14,8 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from ..contracts import (
-    FAILED_STATES,
-    GATE_HELD_PREFIX,
-    pid_alive,
-    read_worker_states,
-    run_log_tail,
-    scrubbing_transport,
-)
+from ..contracts.files import pid_alive, read_worker_states
+from ..contracts.rpc import FAILED_STATES, GATE_HELD_PREFIX, run_log_tail, scrubbing_transport
 from ..errors import DeployError, UserError
 from ..layout import Layout, Names
 from ..spec import Spec

@@ -21,7 +21,9 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import FAILED_STATES, announce_restart, control_state, format_size, is_ready, read_json, read_rss
+from ..contracts.files import read_json, read_rss
+from ..contracts.rpc import FAILED_STATES, announce_restart, control_state, is_ready
+from ..contracts.sizes import format_size
 from ..layout import Layout, Names
 
 ProcessInfo = Dict[str, Any]
@@ -113,7 +115,7 @@ class SupervisorEdges(Edges):
 def send_alert(proxy: Any, app: str, kind: str, process: str, summary: str,
                details: Optional[Dict[str, Any]] = None) -> None:
     """Alert through supervisord to the app's event listener; never raises (an alert must not break an operation)."""
-    from ..contracts import notify
+    from ..contracts.rpc import notify
 
     try:
         notify(proxy, app, kind, process, summary, details)

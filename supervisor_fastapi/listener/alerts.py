@@ -20,7 +20,8 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
-from ..contracts import LogRef, read_small_file
+from ..contracts.files import read_small_file
+from ..contracts.rpc import LogRef
 from ..layout import Layout
 from ..spec.model import Alert as AlertSpec
 

@@ -19,7 +19,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail, scrubbing_transport
+from ..contracts.files import is_enospc
+from ..contracts.rpc import LogRef, run_log_tail, scrubbing_transport
+from ..contracts.settings import LISTENER_ENV, ListenerConfig
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
 from .protocol import OK, READY, Parser, decode
@@ -205,7 +207,7 @@ class Listener:
             self.last_alert = saved["last_alert"]
         self.alert_counts = restore_counts(saved.get("alert_counts") if saved else None)
         # Incidents outlive the supervisord run (reload, down/up, a restart by systemd): one OPEN,
-        # one RESOLVED each. The file is root's (run_dir), read through contracts' reader.
+        # one RESOLVED each. The file is root's (run_dir), read through contracts.files' reader.
         self.relay.incidents = restore_incidents(saved.get("incidents") if saved else None)
         self.serving.served = bool(saved.get("served") is True) if saved else False
         self._dirty = True

@@ -5,7 +5,7 @@ watchdog) and holds no state of its own: each scrape asks supervisord over XML-R
 (``getAllProcessInfo``, and the controller's ``fastapi_<app>.getState``: gate, holds,
 restarts by cause) and reads, for the process names supervisord reports only, the
 workers' ready files and request counters (``<state_dir>/<name>.metrics``, written by each
-worker on its heartbeat; contracts reads them defensively: no symlinks, size caps), RSS
+worker on its heartbeat; contracts.files reads them defensively: no symlinks, size caps), RSS
 from /proc and the listener's state file (alert results by channel).
 
 ``collect(Observed) -> [Family]`` is the whole mapping, pure; ``observe`` gathers the
@@ -26,7 +26,8 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import is_ready, read_json, read_rss, read_worker_metrics, read_worker_states
+from ..contracts.files import read_json, read_rss, read_worker_metrics, read_worker_states
+from ..contracts.rpc import is_ready
 from ..layout import Names
 from .exposition import CONTENT_TYPE, Family, render
 

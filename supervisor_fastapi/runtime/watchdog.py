@@ -32,15 +32,9 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..contracts import (
-    announce_restart,
-    format_size,
-    notify,
-    read_json,
-    read_rss,
-    read_worker_states,
-    write_json_atomic,
-)
+from ..contracts.files import read_json, read_rss, read_worker_states, write_json_atomic
+from ..contracts.rpc import announce_restart, notify
+from ..contracts.sizes import format_size
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
 # alerted) so that one stuck worker does not block every later recycle.

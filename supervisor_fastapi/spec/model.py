@@ -9,8 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
-from ..contracts import SIZE_UNITS as _SIZE_UNITS
-from ..contracts import Policy, format_size  # noqa: F401  (format_size: re-exported)
+from ..contracts.settings import Policy
+from ..contracts.sizes import SIZE_UNITS as _SIZE_UNITS
+from ..contracts.sizes import format_size  # noqa: F401  (format_size: re-exported)
 from ..layout import Releases
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
@@ -120,7 +121,7 @@ class Release:
 
 
 # The crash-loop settings are one record on both sides: the spec reads them into it and the
-# controller inside supervisord reads them back from the conf (contracts.Policy).
+# controller inside supervisord reads them back from the conf (contracts.settings.Policy).
 Backoff = Policy
 
 

@@ -13,7 +13,7 @@ def spec(server="", memory="", run_dir="/tmp/r"):
 
 
 def test_standalone_conf_loads_both_plugins_with_the_controllers_settings():
-    from supervisor_fastapi.contracts import ControlConfig
+    from supervisor_fastapi.contracts.settings import ControlConfig
     from supervisor_fastapi.generate.conf import control_config
 
     text = render(spec(), "x")
