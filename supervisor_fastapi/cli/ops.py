@@ -19,14 +19,24 @@ supervisorctl plugin (XML-RPC only) and the unit tests (fakes) share one core.
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..contracts.files import read_json, read_rss
-from ..contracts.rpc import FAILED_STATES, announce_restart, control_state, is_ready
+from ..contracts.files import WorkerState, read_json, read_rss
+from ..contracts.rpc import (
+    FAILED_STATES,
+    ControlState,
+    Gate,
+    Hold,
+    Incident,
+    ProcessControl,
+    ProcessInfo,
+    announce_restart,
+    control_state,
+    is_ready,
+)
 from ..contracts.sizes import format_size
 from ..layout import Layout, Names
 
-ProcessInfo = Dict[str, Any]
 Progress = Callable[[str], None]
 
 HOUR = 3600.0
@@ -47,14 +57,14 @@ class Edges:
     def infos(self) -> List[ProcessInfo]:
         raise NotImplementedError
 
-    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def worker_states(self, names: Sequence[str]) -> Dict[str, WorkerState]:
         """The ready files of the processes ``names`` (supervisord's names): never a listing."""
         raise NotImplementedError
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         raise NotImplementedError
 
-    def control_state(self) -> Optional[Dict[str, Any]]:
+    def control_state(self) -> Optional[ControlState]:
         """The controller's state (gate, holds, incidents, spawns), None without the plugin."""
         raise NotImplementedError
 
@@ -75,7 +85,7 @@ class Edges:
 class SupervisorEdges(Edges):
     """Edges over an XML-RPC proxy; state files come from ``read_states``/``read_listener``."""
 
-    def __init__(self, proxy: Any, app: str, read_states: Callable[[Sequence[str]], Dict[str, Dict[str, Any]]],
+    def __init__(self, proxy: Any, app: str, read_states: Callable[[Sequence[str]], Dict[str, WorkerState]],
                  read_listener: Callable[[], Optional[Dict[str, Any]]],
                  read_rss: Callable[[Sequence[int]], Dict[int, int]]) -> None:
         self.proxy, self.app = proxy, app
@@ -84,13 +94,13 @@ class SupervisorEdges(Edges):
     def infos(self) -> List[ProcessInfo]:
         return list(self.proxy.supervisor.getAllProcessInfo())
 
-    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def worker_states(self, names: Sequence[str]) -> Dict[str, WorkerState]:
         return self._states(names)
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         return self._listener()
 
-    def control_state(self) -> Optional[Dict[str, Any]]:
+    def control_state(self) -> Optional[ControlState]:
         return control_state(self.proxy, self.app)
 
     def rss(self, pids: Sequence[int]) -> Dict[int, int]:
@@ -135,26 +145,26 @@ def full_name(info: ProcessInfo) -> str:
     return f"{info['group']}:{info['name']}"
 
 
-def control_entry(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Dict[str, Any]:
+def control_entry(control: Optional[ControlState], info: ProcessInfo) -> ProcessControl:
     entry = ((control or {}).get("processes") or {}).get(full_name(info))
     return entry if isinstance(entry, dict) else {}
 
 
-def open_incident(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+def open_incident(control: Optional[ControlState], info: ProcessInfo) -> Optional[Incident]:
     """The crash-loop incident of a process, else its kill incident, else None."""
     entry = control_entry(control, info)
-    for key in ("incident", "kill_incident"):
-        if isinstance(entry.get(key), dict):
-            return entry[key]
+    for incident in (entry.get("incident"), entry.get("kill_incident")):
+        if isinstance(incident, dict):
+            return incident
     return None
 
 
-def hold_of(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+def hold_of(control: Optional[ControlState], info: ProcessInfo) -> Optional[Hold]:
     held = control_entry(control, info).get("held")
     return held if isinstance(held, dict) else None
 
 
-def gate_refusal(control: Optional[Dict[str, Any]]) -> Optional[str]:
+def gate_refusal(control: Optional[ControlState]) -> Optional[str]:
     """Why no worker may start now (the migration gate is shut), or None."""
     gate = (control or {}).get("gate")
     if isinstance(gate, dict) and gate.get("state") not in (None, "open"):
@@ -311,7 +321,7 @@ class Row:
     ready: Optional[bool] = None
     beat_age: Optional[float] = None
     incident: Optional[Dict[str, Any]] = None
-    held: Optional[Dict[str, Any]] = None
+    held: Optional[Hold] = None
     problem: str = ""
     release: Optional[str] = None  # release mode: the release this worker was started from
 
@@ -319,7 +329,7 @@ class Row:
 @dataclass
 class Status:
     rows: List[Row]
-    gate: Optional[Dict[str, Any]]
+    gate: Optional[Gate]
     last_alert: Optional[Dict[str, Any]]
     listener_data: bool
     holds: Optional[List[Dict[str, Any]]] = None
@@ -341,7 +351,7 @@ class Status:
                 "controller": self.controller, "socket_holds": self.holds, "release": self.release}
 
 
-def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Optional[Dict[str, Any]],
+def _problem(info: ProcessInfo, incident: Optional[Incident], held: Optional[Hold],
              migrate: bool) -> str:
     state = info["statename"]
     if migrate:
@@ -359,7 +369,7 @@ def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Option
     return ""
 
 
-def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[str, Any]] = None) -> List[str]:
+def app_groups(app: str, programs: Sequence[str] = (), control: Optional[ControlState] = None) -> List[str]:
     """Exactly the supervisor groups of ``app``: never another app's, whatever its name."""
     names = Names(app)
     groups = {names.web, names.migrate, names.listener, names.watchdog, names.metrics} | {names.program(p)
@@ -369,15 +379,15 @@ def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[st
     return sorted(groups)
 
 
-def _restarts(entry: Dict[str, Any], now: float) -> int:
+def _restarts(entry: ProcessControl, now: float) -> int:
     """Restarts in the last hour: the controller keeps the last hour of spawns; its first spawn is the start."""
     recent = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float)) and t > now - HOUR]
     first = entry.get("first_spawn")
     return max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
 
 
-def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss: Dict[int, int], now: float,
-         control: Optional[Dict[str, Any]]) -> Row:
+def _row(info: ProcessInfo, names: Names, states: Mapping[str, Mapping[str, Any]], rss: Dict[int, int], now: float,
+         control: Optional[ControlState]) -> Row:
     web = info["group"] == names.web
     running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
     incident = open_incident(control, info)
@@ -396,9 +406,9 @@ def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss
         release=control_entry(control, info).get("release") if running and control is not None else None)
 
 
-def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
+def collect_status(infos: Sequence[ProcessInfo], states: Mapping[str, Mapping[str, Any]],
                    listener: Optional[Dict[str, Any]], rss: Dict[int, int], now: float, app: str,
-                   holds: Optional[List[Dict[str, Any]]] = None, control: Optional[Dict[str, Any]] = None,
+                   holds: Optional[List[Dict[str, Any]]] = None, control: Optional[ControlState] = None,
                    groups: Optional[Sequence[str]] = None) -> Status:
     """Rows for every process of deployment ``app`` (exactly its ``groups``); pure."""
     names = Names(app)

@@ -16,7 +16,7 @@ import errno
 import json
 import os
 import stat
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, TypedDict
 
 # A worker state file is ~50 bytes; the listener's state a few kB. Anything larger is not ours.
 MAX_STATE_BYTES = 4096
@@ -131,6 +131,14 @@ def is_enospc(exc: BaseException) -> bool:
 # --- worker state files (run_dir/workers/<process name>) -----------------------------------
 
 
+class WorkerState(TypedDict):
+    """What ``read_worker_state`` makes of a worker's file (also the plugin's getWorkerStates values)."""
+
+    pid: int  # the incarnation that is listening
+    ready: float  # when it started listening
+    beat: float  # the file's mtime: the worker's last heartbeat
+
+
 def worker_state_path(state_dir: str, process_name: str) -> str:
     return os.path.join(state_dir, process_name)
 
@@ -157,7 +165,7 @@ def write_worker_state(path: str, pid: int, ready: float) -> None:
             os.close(fd)
 
 
-def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
+def read_worker_state(path: str) -> Optional[WorkerState]:
     """One worker's state ``{"pid", "ready", "beat"}`` (beat = mtime), None when unusable."""
     found = _read_regular(path, MAX_STATE_BYTES)
     if found is None:
@@ -165,16 +173,17 @@ def read_worker_state(path: str) -> Optional[Dict[str, Any]]:
     data, st = parse_json_object(found[0]), found[1]
     if data is None or not isinstance(data.get("pid"), int) or isinstance(data.get("pid"), bool):
         return None
-    return {"pid": data["pid"], "ready": data.get("ready") if isinstance(data.get("ready"), (int, float)) else 0.0,
-            "beat": st.st_mtime}
+    state: WorkerState = {"pid": data["pid"], "beat": st.st_mtime,
+                          "ready": data["ready"] if isinstance(data.get("ready"), (int, float)) else 0.0}
+    return state
 
 
-def read_worker_states(state_dir: str, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+def read_worker_states(state_dir: str, names: Iterable[str]) -> Dict[str, WorkerState]:
     """The state of each worker in ``names`` (the process names supervisord reports), by name.
 
     The folder is never listed: the app user writes it, and a listing can be made as long (or
     as slow) as it likes, or bury the real files past any cap on entries."""
-    out: Dict[str, Dict[str, Any]] = {}
+    out: Dict[str, WorkerState] = {}
     for name in names:
         if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
             continue

@@ -1,6 +1,10 @@
-"""What passes over supervisord's XML-RPC between our processes: the controller's calls
+"""What passes over supervisord's XML-RPC between our processes: the records supervisord
+and the controller's ``getState`` answer (as TypedDicts), the controller's calls
 (``control_state``, ``announce_restart``), alerts raised through the listener (``notify``,
 ``remote_alert_body``), log tails of one run, and app output made printable for XML.
+
+Every record here comes from another process and may be malformed: the types say what a
+well-behaved peer sends, and readers still check each value before they use it.
 
 Standard library only, xmlrpc.client and supervisor imported inside the functions that call
 out: the listener imports this module at rest and loads them on its first alert.
@@ -11,7 +15,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypedDict, cast
 
 from .files import READ_FLAGS
 
@@ -25,8 +29,92 @@ GATE_HELD_PREFIX = HELD_PREFIX + ":"
 FAILED_STATES = ("FATAL", "BACKOFF", "UNKNOWN")
 
 
-def is_ready(info: Mapping[str, Any], states: Mapping[str, Mapping[str, Any]]) -> bool:
-    """RUNNING in supervisord and its own state file names that pid (uvicorn is listening)."""
+# --- records over XML-RPC ----------------------------------------------------------------
+
+
+class ProcessInfo(TypedDict, total=False):
+    """One record of supervisord's ``getAllProcessInfo`` / ``getProcessInfo``. supervisord sends
+    every key; total=False because tests and fakes build partial records."""
+
+    name: str
+    group: str
+    description: str  # supervisorctl's text: uptime, or for BACKOFF the spawnerr
+    start: int  # unix time of the last start, 0 if never
+    stop: int
+    now: int
+    state: int
+    statename: str  # STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN
+    spawnerr: str  # while the controller holds the process: HELD_PREFIX ...
+    exitstatus: int
+    logfile: str  # the same as stdout_logfile (supervisord keeps it for old clients)
+    stdout_logfile: str
+    stderr_logfile: str
+    pid: int
+
+
+class Incident(TypedDict, total=False):
+    """An open incident of one process (plugins/crashloop.py ``Incident.to_json``)."""
+
+    kind: str  # crash_loop, killed
+    opened: float
+    summary: str
+    delay: float  # the current backoff delay
+    next_retry: Optional[float]  # None: no retry planned (given up, or a kill incident)
+    retries: int
+    last_alert: float
+    gave_up: bool
+
+
+class Hold(TypedDict, total=False):
+    """Why the controller keeps a process in BACKOFF: ``kind`` crash or gate; no ``until`` is forever."""
+
+    until: Optional[float]
+    kind: str
+    reason: str
+
+
+class ProcessControl(TypedDict, total=False):
+    """The controller's entry for one process (``group:name``) of the app.
+
+    Keys beyond ``state`` only for what applies: the crash-loop ones (incident, spawns, restarts
+    by cause, ...) for processes under crash-loop control, ``release`` for a live one in
+    release mode, ``held`` while it is held."""
+
+    state: str
+    incident: Optional[Incident]
+    kill_incident: Optional[Incident]
+    failures: List[float]
+    kills: List[float]
+    spawns: List[float]  # the last hour's
+    first_spawn: Optional[float]
+    restarts: Dict[str, int]  # by cause: killed, crashed, start_failed, memory, hung, rolled
+    release: str
+    held: Hold
+
+
+class Gate(TypedDict, total=False):
+    """The migration gate: ``state`` open, or why workers may not start yet."""
+
+    state: str
+    detail: str
+
+
+class ControlState(TypedDict, total=False):
+    """What ``fastapi_<app>.getState`` answers (plugins/controller.py ``AppControl.snapshot``).
+    XML-RPC carries no None: a key whose value is None is left out."""
+
+    app: str
+    since: float
+    now: float
+    settings: Dict[str, str]  # ControlConfig.to_options: what supervisord loaded
+    gate: Optional[Gate]  # only with a migration
+    release: Optional[str]  # release mode: what `current` points at
+    processes: Dict[str, ProcessControl]  # by group:name
+
+
+def is_ready(info: ProcessInfo, states: Mapping[str, Mapping[str, Any]]) -> bool:
+    """RUNNING in supervisord and its own state file names that pid (uvicorn is listening).
+    ``states``: read_worker_states, or the plugin's getWorkerStates answer."""
     pid = info.get("pid")
     return info.get("statename") == "RUNNING" and bool(pid) and states.get(str(info.get("name")), {}).get("pid") == pid
 
@@ -43,7 +131,7 @@ def remote_alert_body(app: str, kind: str, process: str, summary: str,
                        "log_of": log_of}, default=str)
 
 
-def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
+def control_state(proxy: Any, app: str) -> Optional[ControlState]:
     """The controller's state of ``app`` (plugins/rpc getState), None when supervisord runs
     without the plugin for it. Used by the CLI and by supervisorctl's plugin alike, so it needs
     nothing beyond supervisor and the standard library (no uvicorn, click or tomli-w)."""
@@ -52,7 +140,8 @@ def control_state(proxy: Any, app: str) -> Optional[Dict[str, Any]]:
     from ..layout import Names
 
     try:
-        return dict(getattr(proxy, Names(app).rpc_namespace).getState())
+        # Typed as a well-behaved controller answers; its readers check each value all the same.
+        return cast(ControlState, dict(getattr(proxy, Names(app).rpc_namespace).getState()))
     except (xmlrpc.client.Fault, OSError, xmlrpc.client.ProtocolError):
         return None
 

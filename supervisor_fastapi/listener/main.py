@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..contracts.files import is_enospc
-from ..contracts.rpc import LogRef, run_log_tail, scrubbing_transport
+from ..contracts.rpc import LogRef, ProcessInfo, run_log_tail, scrubbing_transport
 from ..contracts.settings import LISTENER_ENV, ListenerConfig
 from . import statefile
 from .alerts import Dispatcher, Journal, Message, channels_from_alerts, make_message
@@ -117,7 +117,7 @@ def make_enricher(make_proxy: ProxyFactory, app: str = "") -> Callable[[Message,
         local.proxy = proxy
         details = dict(msg.get("details") or {})
         try:
-            info = proxy.supervisor.getProcessInfo(log_of.namespec)
+            info: ProcessInfo = proxy.supervisor.getProcessInfo(log_of.namespec)
             details.setdefault("exitstatus", info.get("exitstatus"))
             details["state"] = info.get("statename")
             # From the start of the run the alert is about: never an earlier run's lines.
@@ -275,7 +275,7 @@ class Listener:
             if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
                 # The payload has no exit status; one quick RPC per migration run tells it.
                 try:
-                    info = self.proxy.supervisor.getProcessInfo(event.namespec)
+                    info: ProcessInfo = self.proxy.supervisor.getProcessInfo(event.namespec)
                     event = dataclasses.replace(event, exitstatus=info.get("exitstatus"))
                 except Exception as exc:
                     log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)

@@ -21,7 +21,7 @@ import os
 from typing import Any, Dict, List
 
 from ..contracts.files import read_json, read_rss, read_worker_states
-from ..contracts.rpc import printable, read_log_window
+from ..contracts.rpc import ControlState, printable, read_log_window
 from ..contracts.settings import ControlConfig
 from ..layout import LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
@@ -46,7 +46,7 @@ class FastAPINamespaceRPCInterface:
         """Version of this plugin's API."""
         return API_VERSION
 
-    def getState(self) -> Dict[str, Any]:
+    def getState(self) -> ControlState:
         """The controller's view: gate, holds, incidents and recent spawns of every process of the app."""
         return xmlrpc_safe(self.control.snapshot())
 

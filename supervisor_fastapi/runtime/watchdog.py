@@ -30,10 +30,10 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..contracts.files import read_json, read_rss, read_worker_states, write_json_atomic
-from ..contracts.rpc import announce_restart, notify
+from ..contracts.rpc import ProcessInfo, announce_restart, notify
 from ..contracts.sizes import format_size
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
@@ -228,7 +228,7 @@ class Watchdog:
 # --- edges ------------------------------------------------------------------------------
 
 
-def read_workers(infos: Sequence[Dict[str, Any]], states: Dict[str, Dict[str, Any]], group: str,
+def read_workers(infos: Sequence[ProcessInfo], states: Mapping[str, Mapping[str, Any]], group: str,
                  rss: Callable[[int], Optional[int]]) -> List[Worker]:
     """The group's workers from getAllProcessInfo records and state files."""
     out = []
