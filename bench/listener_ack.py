@@ -34,7 +34,8 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from supervisor_fastapi.contracts import LISTENER_ENV, remote_alert_body  # noqa: E402
+from supervisor_fastapi.contracts.rpc import remote_alert_body  # noqa: E402
+from supervisor_fastapi.contracts.settings import LISTENER_ENV  # noqa: E402
 from supervisor_fastapi.generate.conf import listener_config  # noqa: E402
 from supervisor_fastapi.spec import load_spec  # noqa: E402
 from tests.wire import encode_event, process_state_payload  # noqa: E402

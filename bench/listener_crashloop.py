@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 import tomli_w  # noqa: E402
 
 from supervisor_fastapi.cli import control, deploy  # noqa: E402
-from supervisor_fastapi.contracts import Policy  # noqa: E402
+from supervisor_fastapi.contracts.settings import Policy  # noqa: E402
 from supervisor_fastapi.layout import Layout  # noqa: E402
 from supervisor_fastapi.spec import load_spec  # noqa: E402
 from tests.helpers_alerts import WebhookReceiver, closed_port  # noqa: E402

@@ -12,22 +12,20 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from ..contracts import (
+from ..contracts.files import WorkerState, pid_alive, read_worker_states
+from ..contracts.rpc import (
     FAILED_STATES,
     GATE_HELD_PREFIX,
-    pid_alive,
-    read_worker_states,
+    ControlState,
+    ProcessInfo,
     run_log_tail,
     scrubbing_transport,
 )
 from ..errors import DeployError, UserError
 from ..layout import Layout, Names
 from ..spec import Spec
-
-ProcessInfo = Dict[str, Any]
-
 
 # Seconds a call may wait for supervisord's answer. supervisord answers at once unless it is
 # stopped (SIGSTOP), swapping or wedged; without a limit every command would hang with it.
@@ -120,7 +118,7 @@ def is_running(layout: Layout) -> bool:
     return os.path.exists(layout.socket) and answer_problem(rpc(layout, PROBE_TIMEOUT)) is None
 
 
-def worker_states(layout: Layout, names: Iterable[str]) -> Dict[str, Dict[str, Any]]:
+def worker_states(layout: Layout, names: Iterable[str]) -> Dict[str, WorkerState]:
     """Ready/heartbeat files of the processes ``names`` (as supervisord reports them), by name:
     ``{"pid", "ready", "beat"}``. Never a listing of the folder: the app user writes it."""
     return read_worker_states(layout.state_dir, names)
@@ -157,8 +155,8 @@ def _migration_readiness(info: ProcessInfo, r: Readiness) -> None:
         r.reasons[name] = reason
 
 
-def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
-              control: Optional[Dict[str, Any]] = None) -> Readiness:
+def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Mapping[str, Mapping[str, Any]],
+              control: Optional[ControlState] = None) -> Readiness:
     """Which web workers accept connections, which are still coming, which failed.
 
     A worker is ready when supervisord has it RUNNING and its own state file names the

@@ -9,7 +9,8 @@ import time
 import xmlrpc.client
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from ..contracts import control_state, printable, read_small_file, read_worker_states
+from ..contracts.files import read_small_file, read_worker_states
+from ..contracts.rpc import control_state, printable
 from ..errors import DeployError, UserError
 from ..generate.conf import render
 from ..layout import Layout, Names

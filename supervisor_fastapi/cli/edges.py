@@ -10,10 +10,9 @@ supervisorctl plugin (XML-RPC only, ``rpc_edges``) and the unit tests (fakes) dr
 import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..contracts import announce_restart, control_state, read_json, read_rss
+from ..contracts.files import WorkerState, read_json, read_rss
+from ..contracts.rpc import ControlState, Hold, ProcessControl, ProcessInfo, announce_restart, control_state
 from ..layout import Layout, Names
-
-ProcessInfo = Dict[str, Any]
 
 
 def start_process(proxy: Any, namespec: str) -> None:
@@ -31,14 +30,14 @@ class Edges:
     def infos(self) -> List[ProcessInfo]:
         raise NotImplementedError
 
-    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def worker_states(self, names: Sequence[str]) -> Dict[str, WorkerState]:
         """The ready files of the processes ``names`` (supervisord's names): never a listing."""
         raise NotImplementedError
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         raise NotImplementedError
 
-    def control_state(self) -> Optional[Dict[str, Any]]:
+    def control_state(self) -> Optional[ControlState]:
         """The controller's state (gate, holds, incidents, spawns), None without the plugin."""
         raise NotImplementedError
 
@@ -59,7 +58,7 @@ class Edges:
 class SupervisorEdges(Edges):
     """Edges over an XML-RPC proxy; state files come from ``read_states``/``read_listener``."""
 
-    def __init__(self, proxy: Any, app: str, read_states: Callable[[Sequence[str]], Dict[str, Dict[str, Any]]],
+    def __init__(self, proxy: Any, app: str, read_states: Callable[[Sequence[str]], Dict[str, WorkerState]],
                  read_listener: Callable[[], Optional[Dict[str, Any]]],
                  read_rss: Callable[[Sequence[int]], Dict[int, int]]) -> None:
         self.proxy, self.app = proxy, app
@@ -68,13 +67,13 @@ class SupervisorEdges(Edges):
     def infos(self) -> List[ProcessInfo]:
         return list(self.proxy.supervisor.getAllProcessInfo())
 
-    def worker_states(self, names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    def worker_states(self, names: Sequence[str]) -> Dict[str, WorkerState]:
         return self._states(names)
 
     def listener_state(self) -> Optional[Dict[str, Any]]:
         return self._listener()
 
-    def control_state(self) -> Optional[Dict[str, Any]]:
+    def control_state(self) -> Optional[ControlState]:
         return control_state(self.proxy, self.app)
 
     def rss(self, pids: Sequence[int]) -> Dict[int, int]:
@@ -99,7 +98,7 @@ class SupervisorEdges(Edges):
 def send_alert(proxy: Any, app: str, kind: str, process: str, summary: str,
                details: Optional[Dict[str, Any]] = None) -> None:
     """Alert through supervisord to the app's event listener; never raises (an alert must not break an operation)."""
-    from ..contracts import notify
+    from ..contracts.rpc import notify
 
     try:
         notify(proxy, app, kind, process, summary, details)
@@ -119,12 +118,12 @@ def full_name(info: ProcessInfo) -> str:
     return f"{info['group']}:{info['name']}"
 
 
-def control_entry(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Dict[str, Any]:
+def control_entry(control: Optional[ControlState], info: ProcessInfo) -> ProcessControl:
     entry = ((control or {}).get("processes") or {}).get(full_name(info))
     return entry if isinstance(entry, dict) else {}
 
 
-def hold_of(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+def hold_of(control: Optional[ControlState], info: ProcessInfo) -> Optional[Hold]:
     held = control_entry(control, info).get("held")
     return held if isinstance(held, dict) else None
 

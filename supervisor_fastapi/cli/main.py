@@ -418,7 +418,7 @@ def status_cmd(config: Optional[str], as_json: bool, watch: bool, interval: floa
 
 
 def _watch_status(spec: Spec, edges: Any, interval: float, count: int) -> int:
-    from ..contracts import read_worker_metrics
+    from ..contracts.files import read_worker_metrics
     from ..runtime.reqcount import parse_counts
     from . import statusview, watch
 

@@ -26,16 +26,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..contracts import (
+from ..contracts.files import (
     MIGRATION_FAILED,
     MIGRATION_OK,
-    control_state,
     migration_succeeded,
-    notify,
     read_release_record,
     valid_release_id,
     write_json_atomic,
 )
+from ..contracts.rpc import control_state, notify
 from ..errors import DeployError, UserError
 from ..layout import Layout, Names, Releases
 from ..spec import Spec

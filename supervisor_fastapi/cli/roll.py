@@ -15,15 +15,15 @@ Run by `supervisor-fastapi restart` and `deploy`, and by ``rolling_restart`` in 
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from ..contracts import is_ready
-from .edges import Edges, ProcessInfo, hold_of, namespec
+from ..contracts.rpc import ControlState, ProcessInfo, is_ready
+from .edges import Edges, hold_of, namespec
 
 Progress = Callable[[str], None]
 
 
-def gate_refusal(control: Optional[Dict[str, Any]]) -> Optional[str]:
+def gate_refusal(control: Optional[ControlState]) -> Optional[str]:
     """Why no worker may start now (the migration gate is shut), or None."""
     gate = (control or {}).get("gate")
     if isinstance(gate, dict) and gate.get("state") not in (None, "open"):

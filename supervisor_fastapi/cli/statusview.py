@@ -10,21 +10,22 @@ own groups (``app_groups``), never a prefix match.
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..contracts import FAILED_STATES, format_size, is_ready
+from ..contracts.rpc import FAILED_STATES, ControlState, Gate, Hold, Incident, ProcessControl, ProcessInfo, is_ready
+from ..contracts.sizes import format_size
 from ..layout import Names
-from .edges import Edges, ProcessInfo, control_entry, hold_of, namespec
+from .edges import Edges, control_entry, hold_of, namespec
 
 HOUR = 3600.0
 
 
-def open_incident(control: Optional[Dict[str, Any]], info: ProcessInfo) -> Optional[Dict[str, Any]]:
+def open_incident(control: Optional[ControlState], info: ProcessInfo) -> Optional[Incident]:
     """The crash-loop incident of a process, else its kill incident, else None."""
     entry = control_entry(control, info)
-    for key in ("incident", "kill_incident"):
-        if isinstance(entry.get(key), dict):
-            return entry[key]
+    for incident in (entry.get("incident"), entry.get("kill_incident")):
+        if isinstance(incident, dict):
+            return incident
     return None
 
 
@@ -40,7 +41,7 @@ class Row:
     ready: Optional[bool] = None
     beat_age: Optional[float] = None
     incident: Optional[Dict[str, Any]] = None
-    held: Optional[Dict[str, Any]] = None
+    held: Optional[Hold] = None
     problem: str = ""
     release: Optional[str] = None  # release mode: the release this worker was started from
 
@@ -48,7 +49,7 @@ class Row:
 @dataclass
 class Status:
     rows: List[Row]
-    gate: Optional[Dict[str, Any]]
+    gate: Optional[Gate]
     last_alert: Optional[Dict[str, Any]]
     listener_data: bool
     holds: Optional[List[Dict[str, Any]]] = None
@@ -70,7 +71,7 @@ class Status:
                 "controller": self.controller, "socket_holds": self.holds, "release": self.release}
 
 
-def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Optional[Dict[str, Any]],
+def _problem(info: ProcessInfo, incident: Optional[Incident], held: Optional[Hold],
              migrate: bool) -> str:
     state = info["statename"]
     if migrate:
@@ -88,7 +89,7 @@ def _problem(info: ProcessInfo, incident: Optional[Dict[str, Any]], held: Option
     return ""
 
 
-def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[str, Any]] = None) -> List[str]:
+def app_groups(app: str, programs: Sequence[str] = (), control: Optional[ControlState] = None) -> List[str]:
     """Exactly the supervisor groups of ``app``: never another app's, whatever its name."""
     names = Names(app)
     groups = {names.web, names.migrate, names.listener, names.watchdog, names.metrics} | {names.program(p)
@@ -98,15 +99,15 @@ def app_groups(app: str, programs: Sequence[str] = (), control: Optional[Dict[st
     return sorted(groups)
 
 
-def _restarts(entry: Dict[str, Any], now: float) -> int:
+def _restarts(entry: ProcessControl, now: float) -> int:
     """Restarts in the last hour: the controller keeps the last hour of spawns; its first spawn is the start."""
     recent = [t for t in entry.get("spawns") or [] if isinstance(t, (int, float)) and t > now - HOUR]
     first = entry.get("first_spawn")
     return max(0, len(recent) - (1 if isinstance(first, (int, float)) and first > now - HOUR else 0))
 
 
-def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss: Dict[int, int], now: float,
-         control: Optional[Dict[str, Any]]) -> Row:
+def _row(info: ProcessInfo, names: Names, states: Mapping[str, Mapping[str, Any]], rss: Dict[int, int], now: float,
+         control: Optional[ControlState]) -> Row:
     web = info["group"] == names.web
     running = info["statename"] in ("RUNNING", "STARTING", "STOPPING") and info["pid"]
     incident = open_incident(control, info)
@@ -125,9 +126,9 @@ def _row(info: ProcessInfo, names: Names, states: Dict[str, Dict[str, Any]], rss
         release=control_entry(control, info).get("release") if running and control is not None else None)
 
 
-def collect_status(infos: Sequence[ProcessInfo], states: Dict[str, Dict[str, Any]],
+def collect_status(infos: Sequence[ProcessInfo], states: Mapping[str, Mapping[str, Any]],
                    listener: Optional[Dict[str, Any]], rss: Dict[int, int], now: float, app: str,
-                   holds: Optional[List[Dict[str, Any]]] = None, control: Optional[Dict[str, Any]] = None,
+                   holds: Optional[List[Dict[str, Any]]] = None, control: Optional[ControlState] = None,
                    groups: Optional[Sequence[str]] = None) -> Status:
     """Rows for every process of deployment ``app`` (exactly its ``groups``); pure."""
     names = Names(app)

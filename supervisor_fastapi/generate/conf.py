@@ -11,7 +11,7 @@ import shlex
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
-from ..contracts import LISTENER_ENV, ControlConfig, ListenerConfig
+from ..contracts.settings import LISTENER_ENV, ControlConfig, ListenerConfig
 from ..layout import Layout, Names, Releases
 from ..spec import Program, Spec
 from ..spec.model import Hosting

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import tomli_w
 
-from ..contracts import Policy
+from ..contracts.settings import Policy
 from ..errors import UserError
 from ..spec import PYPROJECT_TABLE, SPEC_FILENAME, HostDefaults, build_spec, pyproject_with_table
 from ..spec.load import tomllib

@@ -17,7 +17,7 @@ import sys
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..contracts import read_small_file
+from ..contracts.files import read_small_file
 from ..layout import Layout
 from ..spec.model import AlertChannel
 from .logfile import append_line

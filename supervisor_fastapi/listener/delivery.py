@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
-from ..contracts import LogRef
+from ..contracts.rpc import LogRef
 from .channels import Channel
 from .logfile import append_line
 from .message import Message, make_message

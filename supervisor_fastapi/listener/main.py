@@ -19,7 +19,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..contracts import LISTENER_ENV, ListenerConfig, LogRef, is_enospc, run_log_tail, scrubbing_transport
+from ..contracts.files import is_enospc
+from ..contracts.rpc import LogRef, ProcessInfo, run_log_tail, scrubbing_transport
+from ..contracts.settings import LISTENER_ENV, ListenerConfig
 from . import statefile
 from .channels import channels_from_alerts
 from .delivery import Dispatcher, Journal
@@ -117,7 +119,7 @@ def make_enricher(make_proxy: ProxyFactory, app: str = "") -> Callable[[Message,
         local.proxy = proxy
         details = dict(msg.get("details") or {})
         try:
-            info = proxy.supervisor.getProcessInfo(log_of.namespec)
+            info: ProcessInfo = proxy.supervisor.getProcessInfo(log_of.namespec)
             details.setdefault("exitstatus", info.get("exitstatus"))
             details["state"] = info.get("statename")
             # From the start of the run the alert is about: never an earlier run's lines.
@@ -207,7 +209,7 @@ class Listener:
             self.last_alert = saved["last_alert"]
         self.alert_counts = restore_counts(saved.get("alert_counts") if saved else None)
         # Incidents outlive the supervisord run (reload, down/up, a restart by systemd): one OPEN,
-        # one RESOLVED each. The file is root's (run_dir), read through contracts' reader.
+        # one RESOLVED each. The file is root's (run_dir), read through contracts.files' reader.
         self.relay.incidents = restore_incidents(saved.get("incidents") if saved else None)
         self.serving.served = bool(saved.get("served") is True) if saved else False
         self._dirty = True
@@ -275,7 +277,7 @@ class Listener:
             if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
                 # The payload has no exit status; one quick RPC per migration run tells it.
                 try:
-                    info = self.proxy.supervisor.getProcessInfo(event.namespec)
+                    info: ProcessInfo = self.proxy.supervisor.getProcessInfo(event.namespec)
                     event = dataclasses.replace(event, exitstatus=info.get("exitstatus"))
                 except Exception as exc:
                     log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)

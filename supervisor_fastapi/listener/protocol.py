@@ -9,7 +9,7 @@ import codecs
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..contracts import REMOTE_TYPE, LogRef
+from ..contracts.rpc import REMOTE_TYPE, LogRef
 from .state import Event, ProcessState, RemoteEvent
 
 READY = "READY\n"

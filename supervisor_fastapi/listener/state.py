@@ -15,7 +15,8 @@ REMOTE_COMMUNICATION events). What is left here:
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..contracts import ListenerConfig, LogRef
+from ..contracts.rpc import LogRef
+from ..contracts.settings import ListenerConfig
 
 EVENT_DEDUPE = 60.0
 # Seconds with no web worker RUNNING before "no_worker_serving" opens: longer than a

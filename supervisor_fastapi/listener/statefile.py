@@ -2,7 +2,7 @@
 
 from typing import Any, Dict, Mapping, Optional
 
-from ..contracts import read_json, write_json_atomic
+from ..contracts.files import read_json, write_json_atomic
 
 
 def load(path: str) -> Optional[Dict[str, Any]]:
@@ -12,5 +12,5 @@ def load(path: str) -> Optional[Dict[str, Any]]:
 
 
 def save(path: str, state: Mapping[str, Any]) -> None:
-    """Write atomically (contracts.write_json_atomic), so a reader never sees half a file."""
+    """Write atomically (contracts.files.write_json_atomic), so a reader never sees half a file."""
     write_json_atomic(path, state)

@@ -38,7 +38,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ..contracts import HELD_PREFIX, REMOTE_TYPE, ControlConfig, read_small_file, read_worker_state
+from ..contracts.files import read_small_file, read_worker_state
+from ..contracts.rpc import HELD_PREFIX, REMOTE_TYPE
+from ..contracts.settings import ControlConfig
 from .crashloop import GiveUp, Hold, IncidentAlert, ProcessLoop, Restart, classify
 from .gate import Gate, GateWatch, Migration, gate_of
 

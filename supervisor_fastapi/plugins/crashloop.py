@@ -25,7 +25,7 @@ The policy, capacity first:
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
-from ..contracts import Policy
+from ..contracts.settings import Policy
 
 Cause = Literal["killed", "crash", "start_failure", "clean_exit", "stopped"]
 CAUSES: Tuple[Cause, ...] = ("killed", "crash", "start_failure", "clean_exit", "stopped")

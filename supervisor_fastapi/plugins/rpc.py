@@ -1,7 +1,7 @@
 """``[rpcinterface:fastapi_<app>]``: supervisor-fastapi inside supervisord.
 
 One section per app (so several apps' conf.d fragments on one supervisord each bring
-their own); its options are the app's controller settings (contracts.ControlConfig),
+their own); its options are the app's controller settings (contracts.settings.ControlConfig),
 rendered by the generator and handed to the factory by supervisord as loaded. The
 factory:
 
@@ -20,7 +20,9 @@ imported: this runs in supervisord's Python.
 import os
 from typing import Any, Dict, List
 
-from ..contracts import ControlConfig, printable, read_json, read_log_window, read_rss, read_worker_states
+from ..contracts.files import read_json, read_rss, read_worker_states
+from ..contracts.rpc import ControlState, printable, read_log_window
+from ..contracts.settings import ControlConfig
 from ..layout import LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
 from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, share_tcp_ports, subscribe
@@ -44,7 +46,7 @@ class FastAPINamespaceRPCInterface:
         """Version of this plugin's API."""
         return API_VERSION
 
-    def getState(self) -> Dict[str, Any]:
+    def getState(self) -> ControlState:
         """The controller's view: gate, holds, incidents and recent spawns of every process of the app."""
         return xmlrpc_safe(self.control.snapshot())
 
@@ -131,7 +133,7 @@ def xmlrpc_safe(value: Any) -> Any:
 def make_rpcinterface(supervisord: Any, **options: str) -> FastAPINamespaceRPCInterface:
     """The ``supervisor.rpcinterface_factory`` of ``[rpcinterface:fastapi_<app>]``.
 
-    Options: contracts.ControlConfig's (``app``, ``web``, ``state_dir``, ``migrate``, ...),
+    Options: contracts.settings.ControlConfig's (``app``, ``web``, ``state_dir``, ``migrate``, ...),
     ``run_dir`` (the listener's state file) and ``release_after`` (seconds an unused socket
     stays held, default 10). A bad option stops supervisord with the reason.
     """

@@ -5,7 +5,7 @@ watchdog) and holds no state of its own: each scrape asks supervisord over XML-R
 (``getAllProcessInfo``, and the controller's ``fastapi_<app>.getState``: gate, holds,
 restarts by cause) and reads, for the process names supervisord reports only, the
 workers' ready files and request counters (``<state_dir>/<name>.metrics``, written by each
-worker on its heartbeat; contracts reads them defensively: no symlinks, size caps), RSS
+worker on its heartbeat; contracts.files reads them defensively: no symlinks, size caps), RSS
 from /proc and the listener's state file (alert results by channel).
 
 ``collect(Observed) -> [Family]`` is the whole mapping, pure; ``observe`` gathers the
@@ -24,10 +24,10 @@ import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..contracts import is_ready, read_json, read_rss, read_worker_metrics, read_worker_states
-from ..layout import Names
+from ..contracts.files import WorkerState, read_json, read_rss, read_worker_metrics, read_worker_states
+from ..contracts.rpc import ControlState, Hold, ProcessControl, ProcessInfo, control_state, is_ready
 from .exposition import CONTENT_TYPE, Family, render
 
 PREFIX = "supervisor_fastapi_"
@@ -44,9 +44,9 @@ class Observed:
     web: str
     migrate: str = ""
     up: bool = False  # supervisord answered
-    infos: List[Dict[str, Any]] = field(default_factory=list)
-    control: Optional[Dict[str, Any]] = None  # getState, None without the plugin
-    states: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # ready files by process name
+    infos: List[ProcessInfo] = field(default_factory=list)
+    control: Optional[ControlState] = None  # getState, None without the plugin
+    states: Dict[str, WorkerState] = field(default_factory=dict)  # ready files by process name
     rss: Dict[int, int] = field(default_factory=dict)  # bytes by pid
     requests: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # metrics files by process name
     listener: Optional[Dict[str, Any]] = None
@@ -114,11 +114,12 @@ def collect(seen: Observed) -> List[Family]:
         causes: Dict[str, Any] = entry["restarts"] if isinstance(entry.get("restarts"), dict) else {}
         for cause in RESTART_CAUSES:
             restarts.add(_number(causes.get(cause)), dict(labels, cause=cause))
-        hold: Dict[str, Any] = entry["held"] if isinstance(entry.get("held"), dict) else {}
+        hold: Hold = entry["held"] if isinstance(entry.get("held"), dict) else {}
         crash_hold = hold.get("kind") == "crash"
         held.add(1 if crash_hold else 0, labels)
-        if crash_hold and isinstance(hold.get("until"), (int, float)):
-            held_until.add(float(hold["until"]), labels)
+        until = hold.get("until")
+        if crash_hold and isinstance(until, (int, float)):
+            held_until.add(float(until), labels)
     families += [restarts, held, held_until]
     families += _migration(seen)
     families.append(_alerts(seen))
@@ -126,7 +127,7 @@ def collect(seen: Observed) -> List[Family]:
     return families
 
 
-def _releases(seen: Observed, processes: Dict[str, Any]) -> List[Family]:
+def _releases(seen: Observed, processes: Mapping[str, ProcessControl]) -> List[Family]:
     """Release mode ([release]): the release ``current`` points at, and the one each web worker
     was spawned from (they differ during a deploy's rolling restart)."""
     if not seen.release:
@@ -204,10 +205,7 @@ def observe(settings: Settings, proxy: Any) -> Observed:
     except (xmlrpc.client.Fault, xmlrpc.client.ProtocolError, OSError):
         return seen
     seen.up = True
-    try:
-        seen.control = dict(getattr(proxy, Names(settings.app).rpc_namespace).getState())
-    except (xmlrpc.client.Fault, xmlrpc.client.ProtocolError, OSError):
-        seen.control = None
+    seen.control = control_state(proxy, settings.app)
     release = (seen.control or {}).get("release")
     seen.release = release if isinstance(release, str) and release else None
     names = [str(i.get("name")) for i in seen.infos if i.get("group") == settings.web]

@@ -7,7 +7,7 @@ supervisord starts it at every start, `reload` and `update` that re-adds it, fro
 record. When the record says it succeeded for this release, this exits 0 at once (the gate
 opens, the workers start); otherwise it runs the command (exec, as supervisord would).
 
-Standard library only (plus contracts): it runs in app.python as app.user.
+Standard library only (plus contracts.files): it runs in app.python as app.user.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ..contracts import migration_succeeded, read_release_record
+from ..contracts.files import migration_succeeded, read_release_record
 
 
 def release_of(cwd: str, releases_dir: str) -> Optional[str]:

@@ -3,7 +3,7 @@
 The wrapper counts every HTTP request by method and status class and its duration in a
 fixed-bucket histogram, in this process's memory: a dict lookup, a bisect and a few
 additions per request, no lock (one event loop), no I/O. The counts reach the exporter
-through ``<state_dir>/<process name>.metrics`` (contracts.metrics_path), written on the
+through ``<state_dir>/<process name>.metrics`` (contracts.files.metrics_path), written on the
 worker's heartbeat (every ``heartbeat_interval``, 1 s by default) and when it stops, never
 per request.
 
@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
-from ..contracts import MAX_METRICS_BYTES, read_json, write_json_atomic
+from ..contracts.files import MAX_METRICS_BYTES, read_json, write_json_atomic
 from .exposition import DEFAULT_BUCKETS
 
 Scope = Dict[str, Any]

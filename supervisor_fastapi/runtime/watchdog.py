@@ -30,17 +30,11 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..contracts import (
-    announce_restart,
-    format_size,
-    notify,
-    read_json,
-    read_rss,
-    read_worker_states,
-    write_json_atomic,
-)
+from ..contracts.files import read_json, read_rss, read_worker_states, write_json_atomic
+from ..contracts.rpc import ProcessInfo, announce_restart, notify
+from ..contracts.sizes import format_size
 
 # A recycle that has not produced a listening worker in this long is abandoned (and
 # alerted) so that one stuck worker does not block every later recycle.
@@ -101,7 +95,7 @@ class Kill:
 
 @dataclass(frozen=True)
 class Notify:
-    """Raise a one-off alert through the app's listener (``contracts.notify``: an event sent
+    """Raise a one-off alert through the app's listener (``contracts.rpc.notify``: an event sent
     through supervisord; the listener de-duplicates and delivers it)."""
 
     kind: str
@@ -237,7 +231,7 @@ class Watchdog:
 # --- edges ------------------------------------------------------------------------------
 
 
-def read_workers(infos: Sequence[Dict[str, Any]], states: Dict[str, Dict[str, Any]], group: str,
+def read_workers(infos: Sequence[ProcessInfo], states: Mapping[str, Mapping[str, Any]], group: str,
                  rss: Callable[[int], Optional[int]]) -> List[Worker]:
     """The group's workers from getAllProcessInfo records and state files."""
     out = []

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from ..contracts import pid_alive, read_worker_state, write_worker_state
+from ..contracts.files import pid_alive, read_worker_state, write_worker_state
 from ..uvicorn_settings import UVICORN_SETTINGS
 
 
@@ -200,7 +200,7 @@ def build_server(args: argparse.Namespace) -> Any:
     succession = Succession(os.path.join(args.state_dir, name) if args.state_dir else None)
     state: Any = StateFile(args.state_dir, name, succession)
     if args.metrics and args.state_dir:
-        from ..contracts import metrics_path
+        from ..contracts.files import metrics_path
         from .reqcount import Counts, MeteredState, MetricsFile, metered_config
 
         counts = Counts()

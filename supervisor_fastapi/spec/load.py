@@ -13,7 +13,7 @@ import sys
 import urllib.parse
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
-from ..contracts import Policy
+from ..contracts.settings import Policy
 from ..errors import SpecError, UserError, did_you_mean
 from ..generate import ini
 from ..layout import RESERVED_PROGRAMS, Layout, Names

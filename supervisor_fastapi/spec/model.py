@@ -9,8 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, FrozenSet, Literal, Optional, Tuple, get_args
 
-from ..contracts import SIZE_UNITS as _SIZE_UNITS
-from ..contracts import Policy, format_size  # noqa: F401  (format_size: re-exported)
+from ..contracts.settings import Policy
+from ..contracts.sizes import SIZE_UNITS as _SIZE_UNITS
+from ..contracts.sizes import format_size  # noqa: F401  (format_size: re-exported)
 from ..layout import Releases
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*\Z", re.IGNORECASE)
@@ -155,7 +156,7 @@ class Release:
 @dataclass(frozen=True)
 class CrashLoop:
     # The crash-loop settings are one record on both sides: the spec reads them into
-    # contracts.Policy and the controller inside supervisord reads the same record back from the conf.
+    # contracts.settings.Policy and the controller inside supervisord reads the same record back from the conf.
     default: Policy = Policy()
     overrides: Tuple[Tuple[str, Policy], ...] = ()
 

@@ -7,7 +7,7 @@ import signal
 import sys
 import time
 
-from supervisor_fastapi.contracts import write_worker_state
+from supervisor_fastapi.contracts.files import write_worker_state
 
 if os.environ.get("SUPERVISOR_ENABLED"):
     state_dir = sys.argv[sys.argv.index("--state-dir") + 1]

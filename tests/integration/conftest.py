@@ -25,7 +25,7 @@ import tomli_w
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.cli import deploy as deploy_mod
-from supervisor_fastapi.contracts import read_json, read_worker_states
+from supervisor_fastapi.contracts.files import read_json, read_worker_states
 from supervisor_fastapi.layout import Layout, Names
 from supervisor_fastapi.spec import Spec, load_spec
 

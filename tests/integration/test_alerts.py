@@ -5,7 +5,7 @@ import re
 import time
 from datetime import datetime
 
-from supervisor_fastapi.contracts import notify
+from supervisor_fastapi.contracts.rpc import notify
 from supervisor_fastapi.listener.redaction import redact_url
 
 from ..helpers_alerts import SmtpReceiver, WebhookReceiver, closed_port, self_signed_cert

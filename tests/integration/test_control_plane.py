@@ -307,7 +307,7 @@ def test_up_at_once_after_a_failed_up_opens_the_gate(deploy, tmp_path):
 def test_supervisord_killed_with_9_down_stops_the_orphans_and_up_replaces_them(deploy):
     # up alone also recovers (test_recovery.py); it names the old workers it replaces.
     d = deploy()
-    from supervisor_fastapi.contracts import pid_alive as _alive
+    from supervisor_fastapi.contracts.files import pid_alive as _alive
 
     workers = [i["pid"] for i in d.infos() if i["group"] == "web"]
     supervisord = int(open(d.layout.pidfile).read())

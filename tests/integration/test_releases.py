@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Tuple
 
 import tomli_w
 
-from supervisor_fastapi.contracts import is_ready, read_json, read_worker_states
+from supervisor_fastapi.contracts.files import read_json, read_worker_states
+from supervisor_fastapi.contracts.rpc import is_ready
 
 from ..helpers_alerts import WebhookReceiver
 from ..loadgen import Load

@@ -21,7 +21,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from supervisor_fastapi.contracts import notify
+from supervisor_fastapi.contracts.rpc import notify
 
 from .conftest import wait_until
 

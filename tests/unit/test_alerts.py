@@ -212,7 +212,7 @@ def test_channels_default_to_a_log_file_in_run_dir(tmp_path):
 
 
 def test_the_listener_settings_carry_every_channel_through_the_conf(tmp_path):
-    from supervisor_fastapi.contracts import ListenerConfig
+    from supervisor_fastapi.contracts.settings import ListenerConfig
 
     text = ('[app]\nname = "web"\nasgi = "m:app"\n[[alerts]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/h"\n'
             'headers = { X-Token = "t" }\n[[alerts]]\ntype = "email"\nhost = "127.0.0.1"\nfrom = "a@b.c"\n'

@@ -283,7 +283,7 @@ def test_run_dir_that_cannot_be_created_is_a_user_error(folder):
 
 
 def test_init_writes_the_loaders_own_crash_loop_defaults(folder):
-    from supervisor_fastapi.contracts import Policy
+    from supervisor_fastapi.contracts.settings import Policy
 
     assert run("init", "--name", "shop").exit_code == 0
     assert load_spec(cwd=str(folder)).crash_loop.default == Policy()

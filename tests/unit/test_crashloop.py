@@ -2,7 +2,7 @@
 
 import pytest
 
-from supervisor_fastapi.contracts import Policy
+from supervisor_fastapi.contracts.settings import Policy
 from supervisor_fastapi.plugins.crashloop import GiveUp, Hold, ProcessLoop, Restart, classify
 
 P = Policy(restarts=3, window=60, backoff_initial=2, backoff_max=16, backoff_reset=30, jitter=0.0)

@@ -16,7 +16,7 @@ from typing import List
 
 import pytest
 
-from supervisor_fastapi import contracts
+from supervisor_fastapi.contracts import rpc
 
 # Modules none of the resident processes may load (a prefix matches its submodules).
 WEB_STACK = ["uvicorn", "fastapi", "starlette", "pydantic", "anyio", "h11", "httptools", "uvloop", "websockets",
@@ -76,7 +76,29 @@ def test_listener_loads_its_network_clients_on_the_first_alert_only():
     assert heavy(modules_after_import("supervisor_fastapi.listener.main"), LISTENER_ON_FIRST_ALERT) == []
 
 
-# contracts imports xmlrpc.client inside the two functions that talk to the controller; both
+# The web worker (under app.python, which may not even have supervisor installed), its request
+# counters and the migration program only read and write files: the settings, XML-RPC and size
+# halves of contracts are not theirs to load, nor is XML-RPC itself.
+FILES_ONLY = ["supervisor_fastapi.runtime.worker", "supervisor_fastapi.runtime.reqcount",
+              "supervisor_fastapi.runtime.release_migrate"]
+NOT_FOR_FILES_ONLY = ["supervisor_fastapi.contracts.settings", "supervisor_fastapi.contracts.rpc",
+                      "supervisor_fastapi.contracts.sizes", "xmlrpc", "supervisor"]
+
+
+@pytest.mark.parametrize("module", FILES_ONLY)
+def test_file_only_processes_load_no_settings_or_xmlrpc(module):
+    modules = modules_after_import(module)
+    assert "supervisor_fastapi.contracts.files" in modules  # else this test checks nothing
+    assert heavy(modules, NOT_FOR_FILES_ONLY) == []
+
+
+def test_the_contracts_package_loads_no_submodule():
+    """A re-export in contracts/__init__ would load every submodule into every process."""
+    assert [m for m in modules_after_import("supervisor_fastapi.contracts")
+            if m.startswith("supervisor_fastapi.contracts.")] == []
+
+
+# contracts.rpc imports xmlrpc.client inside the two functions that talk to the controller; both
 # must still take a Fault or a refused connection as "nobody listens".
 class _Refusing:
     def __init__(self, exc):
@@ -91,8 +113,8 @@ class _Refusing:
 
 @pytest.mark.parametrize("exc", [xmlrpc.client.Fault(1, "UNKNOWN_METHOD"), ConnectionRefusedError()])
 def test_calls_to_the_controller_without_it_are_quiet(exc):
-    assert contracts.control_state(_Refusing(exc), "shop") is None
-    contracts.announce_restart(_Refusing(exc), "shop", "shop:shop_00", "memory")
+    assert rpc.control_state(_Refusing(exc), "shop") is None
+    rpc.announce_restart(_Refusing(exc), "shop", "shop:shop_00", "memory")
 
 
 def test_the_supervisorctl_plugin_loads_only_the_roll_and_the_status_view_of_the_cli():

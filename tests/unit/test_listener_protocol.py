@@ -5,7 +5,8 @@ import os
 import threading
 from typing import Any, Dict, List, Optional
 
-from supervisor_fastapi.contracts import ListenerConfig, notify, remote_alert_body
+from supervisor_fastapi.contracts.rpc import notify, remote_alert_body
+from supervisor_fastapi.contracts.settings import ListenerConfig
 from supervisor_fastapi.listener import statefile
 from supervisor_fastapi.listener.channels import Channel
 from supervisor_fastapi.listener.delivery import Dispatcher, Journal

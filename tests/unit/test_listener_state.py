@@ -1,6 +1,7 @@
 """The listener's pure decisions: the alert relay (dedupe) and the no-plugin fallback."""
 
-from supervisor_fastapi.contracts import ListenerConfig, LogRef
+from supervisor_fastapi.contracts.rpc import LogRef
+from supervisor_fastapi.contracts.settings import ListenerConfig
 from supervisor_fastapi.listener.state import Fallback, ProcessState, Relay, RemoteEvent, SendAlert, Start
 
 

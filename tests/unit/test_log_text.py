@@ -5,8 +5,7 @@ import xmlrpc.client
 
 import pytest
 
-from supervisor_fastapi import contracts
-from supervisor_fastapi.contracts import ScrubbingParser, printable, read_log_window
+from supervisor_fastapi.contracts.rpc import ScrubbingParser, printable, read_log_window
 from supervisor_fastapi.plugins.rpc import xmlrpc_safe
 
 RAW = "\x1b[31mERROR\x1b[0m \x01soh\x07 a\r\nb\rc \x1b]0;title\x07d \x7f \x85 \ud800 \ufffe \u00e9\t."
@@ -67,4 +66,4 @@ def test_read_log_window_never_follows_a_link_nor_reads_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     assert read_log_window(str(tmp_path / "link"), 0, 100) == ""
     assert read_log_window(str(tmp_path / "fifo"), 0, 100) == ""
-    assert contracts.read_log_window(str(tmp_path / "missing"), 0, 100) == ""
+    assert read_log_window(str(tmp_path / "missing"), 0, 100) == ""

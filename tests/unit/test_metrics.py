@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from supervisor.states import ProcessStates
 
-from supervisor_fastapi.contracts import ControlConfig, metrics_path, read_worker_metrics, read_worker_states
+from supervisor_fastapi.contracts.files import metrics_path, read_worker_metrics, read_worker_states
+from supervisor_fastapi.contracts.settings import ControlConfig
 from supervisor_fastapi.errors import SpecError
 from supervisor_fastapi.generate.conf import render
 from supervisor_fastapi.plugins.controller import AppControl

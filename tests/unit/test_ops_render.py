@@ -18,7 +18,7 @@ FRAGMENT = Hosting(shared=False, fragment=True, plugins=False)
 
 
 def test_standalone_conf_loads_both_plugins_with_the_controllers_settings():
-    from supervisor_fastapi.contracts import ControlConfig
+    from supervisor_fastapi.contracts.settings import ControlConfig
     from supervisor_fastapi.generate.conf import control_config
 
     text = render(spec(), "x")

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from supervisor_fastapi.cli import releases
-from supervisor_fastapi.contracts import migration_succeeded, read_release_record
+from supervisor_fastapi.contracts.files import migration_succeeded, read_release_record
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate.conf import render
 from supervisor_fastapi.layout import Releases

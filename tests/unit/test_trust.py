@@ -16,8 +16,8 @@ from typing import Any, List
 
 import pytest
 
-from supervisor_fastapi import contracts
 from supervisor_fastapi.cli import checks, deploy
+from supervisor_fastapi.contracts import files
 from supervisor_fastapi.errors import SpecError, UserError
 from supervisor_fastapi.generate import ini
 from supervisor_fastapi.generate.conf import alert_records, render
@@ -60,13 +60,13 @@ def msg() -> Message:
     return make_message("open", "crash_loop", "shop:shop_00", "down", {}, "shop", 1000.0, host="h")
 
 
-# --- contracts: what root reads from app-writable places ---------------------------------
+# --- contracts.files: what root reads from app-writable places ---------------------------
 
 
 def test_readers_refuse_fifo_symlink_device_huge_and_deep_without_blocking(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    (tmp_path / "big").write_bytes(b"{" + b" " * (contracts.MAX_JSON_BYTES + 10) + b"}")
+    (tmp_path / "big").write_bytes(b"{" + b" " * (files.MAX_JSON_BYTES + 10) + b"}")
     (tmp_path / "deep").write_bytes(b"[" * 100_000)
     (tmp_path / "longint").write_bytes(b'{"pid": ' + b"9" * 100_000 + b"}")
     (tmp_path / "good").write_text('{"pid": 42, "ready": 1.5}')
@@ -74,13 +74,13 @@ def test_readers_refuse_fifo_symlink_device_huge_and_deep_without_blocking(tmp_p
     os.symlink("/dev/zero", tmp_path / "zero")
     started = time.monotonic()
     for name in ("fifo", "big", "deep", "longint", "link", "zero", "missing"):
-        assert contracts.read_json(str(tmp_path / name)) is None, name
-        assert contracts.read_worker_state(str(tmp_path / name)) is None, name
-    assert contracts.read_small_file("/dev/zero") is None
+        assert files.read_json(str(tmp_path / name)) is None, name
+        assert files.read_worker_state(str(tmp_path / name)) is None, name
+    assert files.read_small_file("/dev/zero") is None
     assert time.monotonic() - started < 2.0
-    assert contracts.read_worker_state(str(tmp_path / "good"))["pid"] == 42
+    assert files.read_worker_state(str(tmp_path / "good"))["pid"] == 42
     # Expected names only: the others are not even opened.
-    assert set(contracts.read_worker_states(str(tmp_path), ["good", "fifo", "../etc/passwd", ""])) == {"good"}
+    assert set(files.read_worker_states(str(tmp_path), ["good", "fifo", "../etc/passwd", ""])) == {"good"}
 
 
 def test_worker_states_open_only_the_names_asked_for(tmp_path):
@@ -88,7 +88,7 @@ def test_worker_states_open_only_the_names_asked_for(tmp_path):
     for i in range(3000):
         (tmp_path / f"w{i:05d}").write_text('{"pid": 1}')
     (tmp_path / "web_00").write_text('{"pid": 42, "ready": 1}')
-    assert contracts.read_worker_states(str(tmp_path), ["web_00", "web_01"]) == {
+    assert files.read_worker_states(str(tmp_path), ["web_00", "web_01"]) == {
         "web_00": {"pid": 42, "ready": 1, "beat": os.stat(tmp_path / "web_00").st_mtime}}
 
 
@@ -97,7 +97,7 @@ def test_atomic_write_never_writes_through_a_planted_link(tmp_path):
     victim.write_text("keep")
     target = tmp_path / "state.json"
     os.symlink(victim, f"{target}.{os.getpid()}.tmp")
-    contracts.write_json_atomic(str(target), {"a": 1})
+    files.write_json_atomic(str(target), {"a": 1})
     assert victim.read_text() == "keep"
     assert json.loads(target.read_text()) == {"a": 1}
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600

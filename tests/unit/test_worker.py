@@ -195,7 +195,7 @@ def test_choices_are_uvicorns_own():
 
 
 def test_an_orphan_drains_only_once_a_live_successor_of_its_name_is_ready(tmp_path):
-    from supervisor_fastapi.contracts import write_worker_state
+    from supervisor_fastapi.contracts.files import write_worker_state
     from supervisor_fastapi.runtime.worker import StateFile, Succession
 
     path = str(tmp_path / "web_00")
