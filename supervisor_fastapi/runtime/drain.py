@@ -60,14 +60,17 @@ class CloseWhileDraining:
         self.app = app
         self.server = server
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The hot path: no closure per request unless draining (it cost ~6% CPU per request).
-        # A request already running when the drain starts answers without the header; its
-        # connection stays open, and the next request on it gets a response that says close
-        # (or the connection is closed once idle).
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # The hot path: a plain function that hands back the app's own coroutine, so serving
+        # costs no closure and no coroutine of ours per request unless draining (the closure
+        # cost ~6% CPU per request, the extra coroutine ~0.2 us). A request already running when
+        # the drain starts answers without the header; its connection stays open, and the next
+        # request on it gets a response that says close (or the connection is closed once idle).
         if not self.server.draining or scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return self.app(scope, receive, send)
+        return self._closing(scope, receive, send)
 
+    async def _closing(self, scope: Scope, receive: Receive, send: Send) -> None:
         body_in = False
         # A client that waits for "100 Continue" sends no body unless asked: nothing to read.
         expects = any(k.lower() == b"expect" for k, _ in scope.get("headers", []))

@@ -121,7 +121,9 @@ class RequestCounter:
         start = clock()
         status = 0
 
-        def send_counted(message: Message) -> Awaitable[None]:
+        # No annotations here: they would be evaluated each time this function is made, once
+        # per request (``Awaitable[None]`` alone cost 0.25 us, a fifth of the wrapper).
+        def send_counted(message):
             # A plain function returning send's awaitable: no extra coroutine per message.
             nonlocal status
             if message["type"] == "http.response.start":
