@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from tests.ports import free_port
+
 
 class WebhookReceiver:
     """Records every POSTed JSON body with its arrival time; can answer slowly or with an error."""
@@ -108,7 +110,7 @@ class SmtpReceiver:
 
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
-        port = _free_port()
+        port = free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context,
                                      require_starttls=True, authenticator=authenticator, auth_require_tls=True)
         self.port = port
@@ -121,14 +123,6 @@ class SmtpReceiver:
         self.controller.stop()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def closed_port() -> int:
     """A loopback port nothing listens on (connections are refused at once)."""
-    return _free_port()
+    return free_port()

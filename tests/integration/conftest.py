@@ -28,18 +28,11 @@ from supervisor_fastapi.cli import deploy as deploy_mod
 from supervisor_fastapi.contracts.files import read_json, read_worker_states
 from supervisor_fastapi.layout import Layout, Names
 from supervisor_fastapi.spec import Spec, load_spec
+from tests.ports import free_port
 
 APPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps")
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:

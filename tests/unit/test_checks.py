@@ -7,6 +7,7 @@ import pytest
 
 from supervisor_fastapi.cli import checks
 from supervisor_fastapi.spec import Bind, Budget, Memory
+from tests.ports import free_port
 
 from ._core_helpers import conf_of, data, make_dirs, spec_of
 
@@ -50,9 +51,7 @@ def test_busy_port_is_reported():
 
 
 def test_free_port_is_fine():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     assert checks.bind_problem(Bind("tcp", "127.0.0.1", port)) is None
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from supervisor_fastapi import __version__
 from supervisor_fastapi.cli.main import main
 from supervisor_fastapi.spec import load_spec
+from tests.ports import free_port
 
 from ._core_helpers import load, raw_sections
 
@@ -22,12 +23,6 @@ python = "{python}"
 bind = "tcp://127.0.0.1:{port}"
 workers = 2
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
