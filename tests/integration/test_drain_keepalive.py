@@ -9,6 +9,7 @@ connection it finds closed by the peer before reusing it counts as ``stale``, a 
 meets a closed socket counts as failed.
 """
 
+import contextlib
 import http.client
 import json
 import socket
@@ -88,6 +89,23 @@ def test_two_rolling_restarts_lose_no_keepalive_request(deploy, stack):
         assert r.ok > 20, f"{name}: {r.summary()}"
 
 
+@contextlib.contextmanager
+def restart_draining(d):
+    """`supervisor-fastapi restart` in the background, entered once the old worker drains; it
+    must end with exit status 0 (it is killed if the test fails first)."""
+    restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
+        yield
+        out, _ = restart.communicate(timeout=120)
+        assert restart.returncode == 0, out
+    finally:
+        if restart.poll() is None:
+            restart.kill()
+            restart.wait(10)
+
+
 def _response(sock):
     """Read one response from ``sock``: (status, body, whether it said the connection ends)."""
     resp = http.client.HTTPResponse(sock)
@@ -106,7 +124,6 @@ def test_a_drain_cuts_neither_an_arriving_request_nor_a_connection_whose_respons
     old = ready_pids(d)
     streaming = socket.create_connection(("127.0.0.1", d.port), timeout=15)
     arriving = socket.create_connection(("127.0.0.1", d.port), timeout=15)
-    restart = None
     after_stream = []
 
     def finish_stream_then_ask_again():
@@ -128,29 +145,22 @@ def test_a_drain_cuts_neither_an_arriving_request_nor_a_connection_whose_respons
         # A request whose first bytes arrived before the drain and the rest after its window.
         arriving.sendall(b"GET /?a=1 HTTP/1.1\r\nHost: t\r\n")
         assert d.get("/")[0] == 200  # the worker has accepted both connections by now
-        restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
-        assert time.monotonic() - began < 3.5, "the drain began after the stream ended: nothing was tested"
-        reader = threading.Thread(target=finish_stream_then_ask_again)
-        reader.start()
-        # Past the drain window (1 s), where a drain that counted this connection as idle closed it.
-        time.sleep(1.5)
-        arriving.sendall(b"X-Late: 1\r\n\r\n")
-        status, body, closes = _response(arriving)
-        assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
-        # The response begun before the drain could not say close: the connection stays open
-        # after it, and the next request on it is answered with close.
-        reader.join(30)
-        assert after_stream and after_stream[0][:3] == (b"x" * 10, False, 200) and after_stream[0][4], after_stream
-        out, _ = restart.communicate(timeout=120)
-        assert restart.returncode == 0, out
+        with restart_draining(d):
+            assert time.monotonic() - began < 3.5, "the drain began after the stream ended: nothing was tested"
+            reader = threading.Thread(target=finish_stream_then_ask_again)
+            reader.start()
+            # Past the drain window (1 s), where a drain that counted this connection as idle closed it.
+            time.sleep(1.5)
+            arriving.sendall(b"X-Late: 1\r\n\r\n")
+            status, body, closes = _response(arriving)
+            assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
+            # The response begun before the drain could not say close: the connection stays open
+            # after it, and the next request on it is answered with close.
+            reader.join(30)
+            assert after_stream and after_stream[0][:3] == (b"x" * 10, False, 200) and after_stream[0][4], after_stream
     finally:
         streaming.close()
         arriving.close()
-        if restart is not None and restart.poll() is None:
-            restart.kill()
-            restart.wait(10)
 
 
 @pytest.mark.parametrize("stack", sorted(STACKS))
@@ -168,7 +178,6 @@ def test_a_draining_worker_closes_no_connection_before_the_request_body_is_in(de
     size, first = 4 * 1024 * 1024, 4096
     client = socket.create_connection(("127.0.0.1", d.port), timeout=15)
     held = socket.create_connection(("127.0.0.1", d.port), timeout=15)
-    restart = None
     try:
         held.sendall(b"GET /sleep?s=5 HTTP/1.1\r\nHost: t\r\n\r\n")  # keeps the worker draining
         # A keep-alive request under way when the drain starts: the POST follows its response at
@@ -176,31 +185,24 @@ def test_a_draining_worker_closes_no_connection_before_the_request_body_is_in(de
         # uvicorn's loop a moment after supervisord says STOPPING; this does not race it).
         client.sendall(b"GET /sleep?s=2 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert d.get("/")[0] == 200  # the worker has accepted both connections by now
-        restart = subprocess.Popen([sys.executable, "-m", "supervisor_fastapi", "restart", "-c", d.spec_path],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_until(lambda: d.state_of("web_00") == "STOPPING", 20, "the old worker to drain")
-        assert _response(client)[0] == 200
-        client.sendall(b"POST /upload?unread=1 HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
-                       b"Content-Length: %d\r\n\r\n" % size + b"x" * first)
-        time.sleep(0.3)  # the app has answered by now, its body unread
-        sent, error = first, None
-        try:
-            for _ in range((size - first) // 65536 + 1):
-                chunk = min(65536, size - sent)
-                if chunk <= 0:
-                    break
-                client.sendall(b"x" * chunk)
-                sent += chunk
-            status, body, closes = _response(client)
-        except OSError as exc:
-            error = exc
-        assert error is None, f"the connection was reset after {sent} of {size} body bytes: {error!r}"
-        assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
-        out, _ = restart.communicate(timeout=120)
-        assert restart.returncode == 0, out
+        with restart_draining(d):
+            assert _response(client)[0] == 200
+            client.sendall(b"POST /upload?unread=1 HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+                           b"Content-Length: %d\r\n\r\n" % size + b"x" * first)
+            time.sleep(0.3)  # the app has answered by now, its body unread
+            sent, error = first, None
+            try:
+                for _ in range((size - first) // 65536 + 1):
+                    chunk = min(65536, size - sent)
+                    if chunk <= 0:
+                        break
+                    client.sendall(b"x" * chunk)
+                    sent += chunk
+                status, body, closes = _response(client)
+            except OSError as exc:
+                error = exc
+            assert error is None, f"the connection was reset after {sent} of {size} body bytes: {error!r}"
+            assert status == 200 and json.loads(body)["pid"] in old and closes, (status, body, closes)
     finally:
         client.close()
         held.close()
-        if restart is not None and restart.poll() is None:
-            restart.kill()
-            restart.wait(10)
