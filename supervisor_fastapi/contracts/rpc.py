@@ -177,7 +177,7 @@ class LogRef:
     """Which log an alert attaches: a process's, from byte ``since`` (the start of the run
     the alert is about; the controller measures it at spawn) on."""
 
-    namespec: str
+    full_name: str  # group:name
     since: int = 0
 
 

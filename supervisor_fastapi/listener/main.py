@@ -94,18 +94,18 @@ class RpcWorker:
                 run_rpc(proxy, action)
             except xmlrpc.client.Fault as exc:
                 # ALREADY_STARTED is the normal outcome of a race with supervisord.
-                log.info("start %s: %s", action.namespec, exc.faultString)
+                log.info("start %s: %s", action.full_name, exc.faultString)
             except Exception as exc:
-                log.warning("start %s failed: %s", action.namespec, exc)
+                log.warning("start %s failed: %s", action.full_name, exc)
                 proxy = None
 
 
 def run_rpc(proxy: Any, action: Start) -> None:
-    group, _, name = action.namespec.partition(":")
+    group, _, name = action.full_name.partition(":")
     if name == "*":
         proxy.supervisor.startProcessGroup(group, False)
     else:
-        proxy.supervisor.startProcess(action.namespec, False)
+        proxy.supervisor.startProcess(action.full_name, False)
 
 
 def make_enricher(make_proxy: ProxyFactory, app: str = "") -> Callable[[Message, Optional[LogRef]], Message]:
@@ -119,11 +119,11 @@ def make_enricher(make_proxy: ProxyFactory, app: str = "") -> Callable[[Message,
         local.proxy = proxy
         details = dict(msg.get("details") or {})
         try:
-            info: ProcessInfo = proxy.supervisor.getProcessInfo(log_of.namespec)
+            info: ProcessInfo = proxy.supervisor.getProcessInfo(log_of.full_name)
             details.setdefault("exitstatus", info.get("exitstatus"))
             details["state"] = info.get("statename")
             # From the start of the run the alert is about: never an earlier run's lines.
-            text = run_log_tail(proxy, log_of.namespec, log_of.since, TAIL_CHARS, app)
+            text = run_log_tail(proxy, log_of.full_name, log_of.since, TAIL_CHARS, app)
             details["log_tail"] = "\n".join(text.splitlines()[-TAIL_LINES:])
         except Exception as exc:
             local.proxy = None
@@ -277,10 +277,10 @@ class Listener:
             if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
                 # The payload has no exit status; one quick RPC per migration run tells it.
                 try:
-                    info: ProcessInfo = self.proxy.supervisor.getProcessInfo(event.namespec)
+                    info: ProcessInfo = self.proxy.supervisor.getProcessInfo(event.full_name)
                     event = dataclasses.replace(event, exitstatus=info.get("exitstatus"))
                 except Exception as exc:
-                    log.warning("getProcessInfo(%s) failed: %s", event.namespec, exc)
+                    log.warning("getProcessInfo(%s) failed: %s", event.full_name, exc)
             actions = self.fallback.observe(event, now)
         self._apply(actions)
 
@@ -294,7 +294,7 @@ class Listener:
                 log.warning("alert: %s", msg["text"])
                 self.dispatcher.submit(msg, action.log_of)
             else:
-                log.info("start %s", action.namespec)
+                log.info("start %s", action.full_name)
                 self.rpc.submit(action)
 
     def _drain_results(self) -> None:

@@ -44,7 +44,7 @@ class ProcessState:
     exitstatus: Optional[int] = None
 
     @property
-    def namespec(self) -> str:
+    def full_name(self) -> str:
         return f"{self.group}:{self.name}"
 
 
@@ -69,7 +69,7 @@ Event = Union[ProcessState, RemoteEvent]
 
 @dataclass(frozen=True)
 class Start:
-    namespec: str
+    full_name: str
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class Fallback:
             self.fatal[ev.name] = True
             return [SendAlert("open", "fatal", ev.name, f"{ev.name} could not be started (FATAL); supervisord will "
                               "not retry it (no supervisor-fastapi plugin: no crash-loop backoff)", {},
-                              log_of=LogRef(ev.namespec))]
+                              log_of=LogRef(ev.full_name))]
         if ev.state == "RUNNING" and self.fatal.pop(ev.name, False):
             return [SendAlert("resolve", "fatal", ev.name, f"{ev.name} is RUNNING again", {})]
         return []

@@ -67,7 +67,9 @@ def _statename(process: Any) -> str:
     return str(getProcessStateDescription(process.get_state()))
 
 
-def namespec(process: Any) -> str:
+def full_name(process: Any) -> str:
+    """``group:name`` always: the controller's keys (supervisor's own namespec drops the group
+    when it equals the name; cli/edges.py has both, by these two names)."""
     group = process.group.config.name if getattr(process, "group", None) is not None else process.config.name
     return f"{group}:{process.config.name}"
 
@@ -166,11 +168,11 @@ class AppControl:
         self.loops: Dict[str, ProcessLoop] = {}
         self.holds: Dict[str, Held] = {}
         self.timed_out: Dict[float, bool] = {}  # migration laststart -> stopped by us for its timeout
-        self.log_starts: Dict[str, int] = {}  # namespec -> its log's size when its current run was spawned
-        self.restarts: Dict[str, Dict[str, int]] = {}  # namespec -> cause -> count, this supervisord run
-        self.announced: Dict[str, Tuple[int, str]] = {}  # namespec -> (pid, cause) of an exit on purpose
+        self.log_starts: Dict[str, int] = {}  # full name -> its log's size when its current run was spawned
+        self.restarts: Dict[str, Dict[str, int]] = {}  # full name -> cause -> count, this supervisord run
+        self.announced: Dict[str, Tuple[int, str]] = {}  # full name -> (pid, cause) of an exit on purpose
         self.releases: Dict[str, str] = {}  # release mode: namespec -> the release it was spawned from
-        self.listening: Dict[str, int] = {}  # namespec -> the pid seen listening on the shared socket
+        self.listening: Dict[str, int] = {}  # full name -> the pid seen listening on the shared socket
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -195,7 +197,7 @@ class AppControl:
         return group == self.config.web or group in self.config.groups
 
     def loop(self, process: Any) -> ProcessLoop:
-        ns = namespec(process)
+        ns = full_name(process)
         found = self.loops.get(ns)
         if found is None:
             group = ns.split(":", 1)[0]
@@ -218,10 +220,10 @@ class AppControl:
 
     def spawned(self, process: Any, log_start: int = 0) -> None:
         self._unhold(process)
-        self.log_starts[namespec(process)] = log_start
+        self.log_starts[full_name(process)] = log_start
         if self.config.current:
             # supervisord chdir'd the child through `current` just now: this is the release it runs.
-            self.releases[namespec(process)] = self.current_release()
+            self.releases[full_name(process)] = self.current_release()
         if self.controlled(process):
             self.loop(process).started(self.clock())
 
@@ -238,16 +240,16 @@ class AppControl:
         set. A worker that writes its own pid into its ready file and SIGKILLs itself before
         it listens is then a start failure (backoff), not a kill after serving."""
         pid = process.pid
-        if not pid or self.listening.get(namespec(process)) == pid \
+        if not pid or self.listening.get(full_name(process)) == pid \
                 or process.group.config.name != self.config.web:
             return
         inode = _socket_inode(process)
         if inode is not None and watches_socket(pid, inode):
-            self.listening[namespec(process)] = pid
+            self.listening[full_name(process)] = pid
 
     def listened(self, process: Any, pid: int) -> bool:
         """Whether ``pid`` (being reaped) was seen listening; forgets it either way."""
-        return self.listening.pop(namespec(process), None) == pid
+        return self.listening.pop(full_name(process), None) == pid
 
     def finished(self, process: Any, was: str, stopping: bool, sig: Optional[int], ready: bool,
                  pid: int = 0) -> None:
@@ -258,7 +260,7 @@ class AppControl:
         expected = process.exitstatus in getattr(process.config, "exitcodes", (0,))
         served = ready if process.group.config.name == self.config.web else was in ("RUNNING", "STOPPING")
         cause = classify(stopping=stopping, served=served, expected=expected, signal=sig)
-        announced = self.announced.pop(namespec(process), None)
+        announced = self.announced.pop(full_name(process), None)
         if announced is not None and announced[0] == pid:
             self._count(process, announced[1])
         elif cause in _CLASSIFIED:
@@ -271,11 +273,11 @@ class AppControl:
         instead of how it ended (a hung worker's SIGKILL is not an operator's kill)."""
         if cause not in ANNOUNCED_CAUSES or not self.controlled(process) or not process.pid:
             return False
-        self.announced[namespec(process)] = (int(process.pid), cause)
+        self.announced[full_name(process)] = (int(process.pid), cause)
         return True
 
     def _count(self, process: Any, cause: str) -> None:
-        counts = self.restarts.setdefault(namespec(process), {})
+        counts = self.restarts.setdefault(full_name(process), {})
         counts[cause] = counts.get(cause, 0) + 1
 
     def _decide(self, process: Any, cause: Any, sig: Optional[int], detail: str = "") -> None:
@@ -316,14 +318,14 @@ class AppControl:
         when = "" if until == FOREVER else " until " + time.strftime("%H:%M:%S", time.localtime(until))
         process.spawnerr = f"{HELD_PREFIX}{when}: {reason}"
         mono = FOREVER if until == FOREVER else time.monotonic() + max(0.0, until - self.clock())
-        self.holds[namespec(process)] = Held(kind, reason, until, mono)
+        self.holds[full_name(process)] = Held(kind, reason, until, mono)
         # sockets.fcgi_urls: a worker the gate holds is not about to serve, so the shared
         # socket is let go (clients refused, not queued behind a failed migration).
         process.supervisor_fastapi_gated = kind == "gate"
 
     def holding(self, process: Any) -> bool:
         """Called before each ``transition`` of ``process``: True to skip it (it stays held)."""
-        held = self.holds.get(namespec(process))
+        held = self.holds.get(full_name(process))
         if held is None:
             return False
         if process.get_state() != _states().BACKOFF:
@@ -336,7 +338,7 @@ class AppControl:
 
     def _unhold(self, process: Any) -> Optional[Held]:
         process.supervisor_fastapi_gated = False
-        return self.holds.pop(namespec(process), None)
+        return self.holds.pop(full_name(process), None)
 
     def release(self, process: Any) -> None:
         """Let supervisord spawn a held process on its next transition."""
@@ -354,7 +356,7 @@ class AppControl:
             self._gate_changed()
         S = _states()
         for process in self._processes():
-            ns = namespec(process)
+            ns = full_name(process)
             state = process.get_state()
             if not self.controlled(process):
                 continue
@@ -405,7 +407,7 @@ class AppControl:
         web = [p for p in self._processes() if p.group.config.name == self.config.web]
         S = _states()
         running = sum(1 for p in web if p.get_state() in (S.STARTING, S.RUNNING))
-        held = [p for p in web if getattr(self.holds.get(namespec(p)), "kind", "") == "gate"]
+        held = [p for p in web if getattr(self.holds.get(full_name(p)), "kind", "") == "gate"]
         for a in self.gate_watch.observe(self.gate, self.config.migrate, running, len(held)):
             self._emit(a.event, a.kind, self.config.migrate, a.summary, a.details,
                        log_of=f"{self.config.migrate}:{self.config.migrate}" if a.event == "open" else None)
@@ -444,17 +446,17 @@ class AppControl:
             if not self.controlled(process):
                 continue
             self._alert(self.loop(process).resume(now))
-            held = self.holds.get(namespec(process))
+            held = self.holds.get(full_name(process))
             if held is not None and held.kind == "crash":
                 self.release(process)
-                released.append(namespec(process))
+                released.append(full_name(process))
         return released
 
     def snapshot(self) -> Dict[str, Any]:
         now, gate = self.clock(), self._gate()
         procs: Dict[str, Any] = {}
         for process in self._processes():
-            ns = namespec(process)
+            ns = full_name(process)
             entry: Dict[str, Any] = {"state": _statename(process)}
             if self.controlled(process):
                 entry.update(self.loop(process).snapshot(now))

@@ -110,9 +110,9 @@ def _signame(sig: Optional[int]) -> str:
 class ProcessLoop:
     """Decisions for one supervised process."""
 
-    def __init__(self, name: str, namespec: str, policy: Policy, reminder_interval: float = 3600.0,
+    def __init__(self, name: str, full_name: str, policy: Policy, reminder_interval: float = 3600.0,
                  rand: Optional[Callable[[], float]] = None) -> None:
-        self.name, self.namespec, self.policy = name, namespec, policy
+        self.name, self.full_name, self.policy = name, full_name, policy
         self.reminder_interval = reminder_interval
         self.rand = rand or (lambda: 0.5)
         self.failures: List[float] = []
@@ -167,7 +167,7 @@ class ProcessLoop:
             alerts.append(IncidentAlert("open", "crash_loop", self.name, self.incident.summary,
                                         {"failures": len(self.failures), "window": p.window, "cause": cause,
                                          "signal": signal, "exitstatus": exitstatus,
-                                         "next_retry_in": round(self.incident.delay, 1)}, log_of=self.namespec))
+                                         "next_retry_in": round(self.incident.delay, 1)}, log_of=self.full_name))
             return decision, alerts
         return self._backoff(now), alerts
 

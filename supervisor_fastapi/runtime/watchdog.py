@@ -67,7 +67,7 @@ class Config:
 class Worker:
     """One web worker as seen now: supervisord's view plus its state file and RSS."""
 
-    name: str  # namespec, group:name
+    name: str  # the full name, group:name
     state: str
     pid: int
     ready: bool  # RUNNING and its state file names this pid
