@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import did_you_mean
 from ..layout import Layout
-from ..spec import App, Bind, Memory, Spec, format_size
+from ..spec import App, Bind, Memory, Spec, format_size, parse_bind
 from ..spec.model import Hosting
 
 # Importing the app may open connections or read big files; long enough for that, short enough
@@ -88,8 +88,9 @@ def total_ram(meminfo: str = "/proc/meminfo") -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def bind_problem(bind: Bind) -> Optional[str]:
-    """Why supervisord could not bind ``bind`` now (it would exit at start), or None."""
+def bind_problem(bind: Bind, key: str = "server.bind") -> Optional[str]:
+    """Why ``bind`` could not be bound now (supervisord, or the program behind ``key``, would
+    exit at start), or None."""
     if bind.kind == "unix":
         if not os.path.exists(bind.path):
             parent = os.path.dirname(bind.path)
@@ -109,7 +110,7 @@ def bind_problem(bind: Bind) -> Optional[str]:
         return None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            return f"{bind.host}:{bind.port} is already in use; stop what listens there or change server.bind"
+            return f"{bind.host}:{bind.port} is already in use; stop what listens there or change {key}"
         if exc.errno == errno.EACCES:
             return f"no permission to bind port {bind.port}; ports below 1024 need root"
         return f"cannot bind {bind.host}:{bind.port}: {exc.strerror}"
@@ -615,6 +616,9 @@ def run_checks(spec: Spec, running: bool, ram: int, conf_text: Optional[str] = N
     else:
         problem = bind_problem(spec.server.bind)
         results.append(Result(problem is None, f"bind {spec.server.bind.url} is free", problem or ""))
+        if spec.metrics is not None:  # the exporter exits at start on a bind it cannot take
+            problem = bind_problem(parse_bind(spec.metrics.bind, spec.base_dir), "[metrics] bind")
+            results.append(Result(problem is None, f"metrics bind {spec.metrics.bind} is free", problem or ""))
     problem = capacity_problem(spec.server.workers, spec.memory, ram)
     if spec.memory.per_worker is None:
         detail = "memory.per_worker not set: capacity not checked"

@@ -191,6 +191,34 @@ def readiness(spec: Spec, infos: Sequence[ProcessInfo], states: Mapping[str, Map
     return r
 
 
+def wait_running(proxy: Any, name: str, what: str, fix: str, since: Optional[Dict[str, int]] = None,
+                 timeout: float = 30.0) -> None:
+    """Wait until the one-process program ``name`` is RUNNING; one that fails to start (a port in
+    use, a file it cannot read) raises DeployError with its log's tail and ``fix``. ``what``
+    says what it is ("Caddy", "the metrics exporter"). The workers serve meanwhile: this is
+    about the program beside them, which `up` would otherwise report as up."""
+    full = f"{name}:{name}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = proxy.supervisor.getProcessInfo(full)
+        except xmlrpc.client.Fault as exc:
+            raise DeployError(f"{full}: supervisord does not run it ({exc.faultString})") from None
+        state = info["statename"]
+        if state == "RUNNING":
+            return
+        # BACKOFF right after a spawn is a first start failing; the controller restarts it (a
+        # passing cause may clear) or holds it: wait, up to ``timeout``, unless it could not even spawn.
+        failed = state in ("FATAL", "EXITED") or (state == "BACKOFF" and info.get("spawnerr"))
+        if failed or time.monotonic() > deadline:
+            tail = log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0))
+            why = f"{state}" + (f" ({info['spawnerr']})" if info.get("spawnerr") else "")
+            raise DeployError(f"{full} is not serving ({what}): {why}\n--- last lines of its log ---\n"
+                              f"{tail.rstrip()}\n--- {fix}, then run `supervisor-fastapi up` again (the workers "
+                              "are serving; `supervisor-fastapi down` stops everything)")
+        time.sleep(0.1)
+
+
 def log_tail(proxy: Any, name: str, since: int = 0, length: int = 3000, app: str = "") -> str:
     """The last part of a process's log from byte ``since`` on (this run), printable, or a note
     why there is none (never an exception: the failure it illustrates is the message)."""

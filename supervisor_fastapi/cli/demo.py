@@ -87,6 +87,10 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
                 except OSError:
                     pass
     finally:
+        # A second Ctrl-C (people press it twice) must not cut the teardown short: it left
+        # supervisord and the workers running, and the folder behind. `down` is bounded on its own.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         if spec is not None:
             say(progress, "stopping the demo")
             deploy.down(spec)

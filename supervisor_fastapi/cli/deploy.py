@@ -186,6 +186,23 @@ def render_to(spec: Spec, conf_path: str, command: str, hosting: Optional[Hostin
     return text
 
 
+# How long `up` waits for the metrics exporter: it serves within a second of its start, and a
+# bind it cannot take (a port in use) fails it at once, which the controller then retries.
+EXPORTER_TIMEOUT = 15.0
+
+
+def wait_exporter(spec: Spec, proxy: Any, progress: Progress, since: Optional[Dict[str, int]] = None) -> None:
+    """[metrics]: after the workers, wait until the exporter runs; one that cannot serve fails `up`
+    (exit 1) with its log's tail instead of `up` saying all is well while /metrics is down."""
+    if spec.metrics is None:
+        return
+    name = Names(spec.app.name).metrics
+    control.wait_running(proxy, name, "the metrics exporter", f"fix what its log says ([metrics] bind "
+                         f"{spec.metrics.bind}; `supervisor-fastapi check` tests that it is free)", since,
+                         EXPORTER_TIMEOUT)
+    progress(f"{name}: /metrics on {spec.metrics.bind}")
+
+
 def up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: float = 60.0,
        over_capacity: bool = False) -> List[str]:
     """Render, start (or update) supervisord, wait until every worker accepts; ready names.
@@ -238,6 +255,7 @@ def _up(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: f
     from . import https
 
     https.wait_proxy(spec, proxy, progress, since)  # [https]: Caddy serving too, or why not
+    wait_exporter(spec, proxy, progress, since)
     return ready
 
 

@@ -199,7 +199,9 @@ def up(spec: Spec, command: str, progress: Progress, timeout: float) -> List[str
     deploy.resume(proxy, spec, progress)
     if spec.migrate:
         timeout += spec.migrate.timeout
-    return deploy.wait_ready(spec, proxy, layout, progress, timeout, since)
+    ready = deploy.wait_ready(spec, proxy, layout, progress, timeout, since)
+    deploy.wait_exporter(spec, proxy, progress, since)
+    return ready
 
 
 def down(spec: Spec, progress: Progress) -> bool:

@@ -9,11 +9,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-import xmlrpc.client
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import DeployError, UserError
+from ..errors import UserError
 from ..generate import caddy, nginx
 from ..generate.conf import program_environment
 from ..layout import Layout, Names
@@ -216,24 +214,6 @@ def wait_proxy(spec: Spec, proxy: Any, progress: Echo, since: Optional[Dict[str,
     if not caddy.supervised(spec):
         return
     name = Names(spec.app.name).proxy
-    full = f"{name}:{name}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            info = proxy.supervisor.getProcessInfo(full)
-        except xmlrpc.client.Fault as exc:
-            raise DeployError(f"{full}: supervisord does not run it ({exc.faultString})") from None
-        state = info["statename"]
-        if state == "RUNNING":
-            progress(f"{name}: Caddy serving {site_url(spec)}")
-            return
-        # BACKOFF right after a spawn is its first start failing; the controller restarts or holds it.
-        failed = state in ("FATAL", "EXITED") or (state == "BACKOFF" and info.get("spawnerr"))
-        if failed or time.monotonic() > deadline:
-            tail = control.log_tail(proxy, full, (since or {}).get(str(info.get("stdout_logfile")), 0))
-            why = f"{state}" + (f" ({info['spawnerr']})" if info.get("spawnerr") else "")
-            raise DeployError(f"{full} is not serving: {why}\n--- last lines of its log ---\n{tail.rstrip()}\n"
-                              "--- fix the problem (`supervisor-fastapi check` runs caddy validate), then run "
-                              "`supervisor-fastapi up` again (the workers are serving; `supervisor-fastapi down` "
-                              "stops everything)")
-        time.sleep(0.1)
+    control.wait_running(proxy, name, "Caddy", "fix the problem (`supervisor-fastapi check` runs caddy validate)",
+                         since, timeout)
+    progress(f"{name}: Caddy serving {site_url(spec)}")

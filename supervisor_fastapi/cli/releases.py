@@ -320,7 +320,7 @@ def roll(spec: Spec, conf_path: str, command: str, progress: Progress, timeout: 
         _wait_gate_open(spec, proxy, progress)
     if web in replaced:
         ready = deploy.wait_ready(spec, proxy, layout, progress, timeout)
-        return f"{len(ready)} workers started"
+        return f"started: {len(ready)} workers"
     result = roll.rolling_restart(edges.local_edges(layout, spec.app.name, None, control.rpc_timeout(spec)), web,
                                   progress, timeout)
     if not result.ok:

@@ -368,6 +368,10 @@ def metrics_argv(spec: Spec) -> Optional[List[str]]:
             "--state-dir", layout.state_dir, "--listener-state", layout.listener_state, "--bind", spec.metrics.bind]
     if spec.memory.limit is not None:
         argv += ["--memory-limit", str(spec.memory.limit)]
+    if spec.release and spec.migrate:
+        # Release mode: `deploy` runs each release's migration and records it there; the
+        # supervisord program only re-checks that record at each start.
+        argv += ["--release-record", layout.release_record]
     return argv + (["--migrate", names.migrate] if spec.migrate else [])
 
 

@@ -67,6 +67,14 @@ def _statename(process: Any) -> str:
     return str(getProcessStateDescription(process.get_state()))
 
 
+def runs_in(directory: Optional[str], current: str) -> bool:
+    """Whether a program whose conf says ``directory`` starts in the ``current`` link or below it."""
+    if not directory:
+        return False
+    current = current.rstrip("/")
+    return directory.rstrip("/") == current or directory.startswith(current + "/")
+
+
 def full_name(process: Any) -> str:
     """``group:name`` always: the controller's keys (supervisor's own namespec drops the group
     when it equals the name; cli/edges.py has both, by these two names)."""
@@ -221,8 +229,9 @@ class AppControl:
     def spawned(self, process: Any, log_start: int = 0) -> None:
         self._unhold(process)
         self.log_starts[full_name(process)] = log_start
-        if self.config.current:
-            # supervisord chdir'd the child through `current` just now: this is the release it runs.
+        if self.config.current and runs_in(getattr(process.config, "directory", None), self.config.current):
+            # supervisord chdir'd the child through `current` just now: this is the release it
+            # runs. Programs started elsewhere (the exporter, the watchdog) run no release.
             self.releases[full_name(process)] = self.current_release()
         if self.controlled(process):
             self.loop(process).started(self.clock())

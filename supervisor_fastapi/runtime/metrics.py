@@ -24,9 +24,18 @@ import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..contracts.files import WorkerState, read_json, read_rss, read_worker_metrics, read_worker_states
+from ..contracts.files import (
+    MIGRATION_FAILED,
+    MIGRATION_OK,
+    WorkerState,
+    read_json,
+    read_release_record,
+    read_rss,
+    read_worker_metrics,
+    read_worker_states,
+)
 from ..contracts.rpc import ControlState, Hold, ProcessControl, ProcessInfo, control_state, is_ready
 from .exposition import CONTENT_TYPE, Family, render
 
@@ -52,6 +61,8 @@ class Observed:
     listener: Optional[Dict[str, Any]] = None
     release: Optional[str] = None  # release mode: the release `current` points at (getState)
     memory_limit: Optional[int] = None  # memory.limit, bytes
+    # release mode: the last migration deploy ran (release, succeeded, seconds, ended at)
+    last_migration: Optional[Tuple[str, bool, Optional[float], float]] = None
 
 
 def _family(name: str, kind: str, help_text: str) -> Family:
@@ -146,6 +157,23 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
+def last_release_migration(record: Mapping[str, Any]) -> Optional[Tuple[str, bool, Optional[float], float]]:
+    """Release mode: the last migration `deploy` (or `rollback --migrate`) ran, from its record:
+    (release, succeeded, seconds it took or None, when it ended), or None before the first."""
+    runs: List[Tuple[float, str, bool, Optional[float]]] = []
+    for rid, entry in (record.get("releases") or {}).items():
+        at, seconds = entry.get("migrated_at"), entry.get("migration_seconds")
+        if isinstance(at, (int, float)) and entry.get("migration") in (MIGRATION_OK, MIGRATION_FAILED):
+            runs.append((float(at), rid, entry["migration"] == MIGRATION_OK,
+                         float(seconds) if isinstance(seconds, (int, float)) else None))
+        if isinstance(entry.get("rerun_at"), (int, float)):  # a failed rerun, beside the success it kept
+            runs.append((float(entry["rerun_at"]), rid, False, None))
+    if not runs:
+        return None
+    at, rid, ok, seconds = max(runs)
+    return rid, ok, seconds, at
+
+
 def _migration(seen: Observed) -> List[Family]:
     if not seen.migrate:
         return []
@@ -156,6 +184,19 @@ def _migration(seen: Observed) -> List[Family]:
         g = _family("migration_gate_open", "gauge", "1 while the migration gate lets web workers start")
         g.add(1 if gate.get("state") == "open" else 0, labels)
         out.append(g)
+    if seen.last_migration is not None:  # release mode: deploy's runs, not the program's re-checks
+        rid, succeeded, seconds, at = seen.last_migration
+        labels = dict(labels, release=rid)
+        ok = _family("migration_last_success", "gauge", "1 when the last migration run exited 0")
+        ok.add(1 if succeeded else 0, labels)
+        ended = _family("migration_last_end_time_seconds", "gauge", "when the last migration run ended (unix time)")
+        ended.add(at, labels)
+        out += [ok, ended]
+        if seconds is not None:
+            took = _family("migration_last_duration_seconds", "gauge", "how long the last migration run took")
+            took.add(seconds, labels)
+            out.append(took)
+        return out
     info = next((i for i in seen.infos if i.get("group") == seen.migrate), None)
     if info is not None and info.get("statename") in ("EXITED", "STOPPED", "FATAL", "BACKOFF") and info.get("stop") \
             and info.get("start") and float(info["stop"]) >= float(info["start"]):
@@ -195,6 +236,7 @@ class Settings:
     listener_state: str
     bind: str
     memory_limit: Optional[int] = None
+    release_record: str = ""  # release mode: run/releases.json, where `deploy` records migrations
 
 
 def observe(settings: Settings, proxy: Any) -> Observed:
@@ -217,6 +259,8 @@ def observe(settings: Settings, proxy: Any) -> Observed:
             if found is not None:
                 seen.rss[int(info["pid"])] = found
     seen.listener = read_json(settings.listener_state) if settings.listener_state else None
+    if settings.release_record:
+        seen.last_migration = last_release_migration(read_release_record(settings.release_record))
     return seen
 
 
@@ -296,8 +340,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Settings:
     p.add_argument("--listener-state", default="")
     p.add_argument("--bind", required=True, help="tcp://HOST:PORT or unix:///path")
     p.add_argument("--memory-limit", type=int, default=None, help="memory.limit in bytes, exported as a gauge")
+    p.add_argument("--release-record", default="", help="release mode: the releases record deploy writes")
     a = p.parse_args(argv)
-    return Settings(a.app, a.web, a.migrate, a.state_dir, a.listener_state, a.bind, a.memory_limit)
+    return Settings(a.app, a.web, a.migrate, a.state_dir, a.listener_state, a.bind, a.memory_limit,
+                    a.release_record)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

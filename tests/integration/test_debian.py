@@ -26,8 +26,9 @@ import tomli_w
 
 from supervisor_fastapi.cli import control
 from supervisor_fastapi.layout import Layout
+from tests.ports import free_port
 
-from .conftest import APPS, daemon_pid, free_port, reap, wait_until, worker_files
+from .conftest import APPS, daemon_pid, reap, wait_until, worker_files
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,10 @@ import pytest
 from supervisor_fastapi.generate import nginx
 from supervisor_fastapi.layout import Layout
 from tests.loadgen import Load
+from tests.ports import free_port
 
 from ..helpers_alerts import self_signed_cert
-from .conftest import free_port, merge, wait_until
+from .conftest import merge, wait_until
 from .test_alerts import read_lines
 from .test_control_plane import ready_pids
 

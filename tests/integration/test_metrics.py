@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,7 +28,9 @@ from typing import Dict, Tuple
 
 import pytest
 
-from .conftest import free_port, wait_until
+from tests.ports import free_port
+
+from .conftest import wait_until
 from .test_restart_socket import ready_pids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -280,3 +283,27 @@ def test_a_crash_loop_shows_as_held_with_its_retry_time_and_crashes_counted(depl
     back = parse(scrape(port))
     assert value(back, "supervisor_fastapi_held", process="web_00") == 0
     assert ("supervisor_fastapi_held_until_seconds", (("app", "web"), ("process", "web_00"))) not in back
+
+
+def test_a_metrics_port_in_use_fails_check_and_up_instead_of_a_silent_crash_loop(deploy):
+    """Found by a new user: with 127.0.0.1:9150 taken, `check` said nothing and `up` exited 0
+    while the exporter crash-looped (status then showed it DOWN)."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", free_port()))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        d = deploy({"metrics": {"bind": f"127.0.0.1:{port}"}}, start=False)
+        r = d.cli("check")
+        assert r.returncode == 1, r.stdout + r.stderr
+        line = next(x for x in r.stdout.splitlines() if "metrics bind" in x)
+        assert line.startswith("FAIL") and f"127.0.0.1:{port} is already in use" in line \
+            and "change [metrics] bind" in line, line
+        r = d.cli("up", timeout=180)
+        # The workers serve; `up` says the exporter does not, with its log's own reason.
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "web_metrics:web_metrics is not serving (the metrics exporter)" in r.stderr, r.stderr
+        assert "Address already in use" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert d.get("/")[0] == 200
+    finally:
+        busy.close()

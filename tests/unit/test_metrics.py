@@ -414,3 +414,44 @@ def test_the_watchdog_announces_memory_and_hung_before_it_acts_and_goes_on_witho
     acts = dog.observe([Worker("web:web_00", "RUNNING", 11, True, beat=0.0), Worker("web:web_01", "RUNNING", 12, True,
                                                                                        beat=99.0)], 100.0)
     assert [a.cause for a in acts if isinstance(a, Kill)] == ["hung"]
+
+
+def test_release_mode_labels_only_processes_that_start_in_the_current_release(tmp_path):
+    (tmp_path / "releases" / "r2").mkdir(parents=True)
+    os.symlink(tmp_path / "releases" / "r2", tmp_path / "current")
+    current = str(tmp_path / "current")
+    group = SimpleNamespace(config=SimpleNamespace(name="web"), processes={})
+    sup = SimpleNamespace(process_groups={"web": group})
+    control = AppControl(ControlConfig(app="web", web="web", state_dir="/nonexistent", groups=("web",),
+                                       current=current), sup,
+                         emit=lambda body: None, poke=lambda: None, log=lambda m: None, clock=lambda: 100.0)
+    worker, exporter = Proc("web_00", 10), Proc("web_metrics", 20)
+    worker.config.directory, exporter.config.directory = current, str(tmp_path)  # the exporter runs no release
+    for p in (worker, exporter):
+        control.spawned(p)
+    assert control.releases == {"web:web_00": "r2"}
+
+
+def test_release_mode_takes_the_last_migration_from_deploys_record_not_the_programs_rechecks():
+    from supervisor_fastapi.runtime.metrics import last_release_migration
+
+    record = {"releases": {
+        "r1": {"migration": "ok", "migrated_at": 1000.0, "migration_seconds": 0.4},
+        "r2": {"migration": "ok", "migrated_at": 2000.0, "migration_seconds": 1.5},
+        "r3": {"migration": "failed", "migrated_at": 3000.0, "migration_seconds": 0.2, "exitstatus": 3}}}
+    assert last_release_migration({"releases": {}}) is None
+    assert last_release_migration(record) == ("r3", False, 0.2, 3000.0)
+    # rollback --migrate to r2 whose rerun failed: r2 keeps its success, the rerun is the last run
+    record["releases"]["r2"].update(rerun="failed", rerun_at=4000.0)
+    assert last_release_migration(record) == ("r2", False, None, 4000.0)
+    # The program's no-op re-check of r2 at a later supervisord start says nothing of a migration.
+    seen = Observed("web", "web", "web_migrate", up=True, release="r2",
+                    infos=[_info("web_migrate", 0, "EXITED", group="web_migrate", start=5000.0, stop=5001.0,
+                                 exitstatus=0)],
+                    control={"release": "r2", "gate": {"state": "open"}, "processes": {}},
+                    last_migration=("r3", False, 0.2, 3000.0))
+    lines = expose(collect(seen)).splitlines()
+    for line in ['supervisor_fastapi_migration_last_success{app="web",release="r3"} 0',
+                 'supervisor_fastapi_migration_last_duration_seconds{app="web",release="r3"} 0.2',
+                 'supervisor_fastapi_migration_last_end_time_seconds{app="web",release="r3"} 3000']:
+        assert line in lines, (line, [x for x in lines if "migration_last" in x])
