@@ -33,6 +33,15 @@ STACKS = {
 }
 
 
+def stack_for(stack):
+    """STACKS[stack], or a skip where uvloop and httptools are not installed."""
+    settings, impl, loop = STACKS[stack]
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+        pytest.importorskip("httptools")
+    return settings, impl, loop
+
+
 def stack_of(port):
     """What one worker runs: (its uvicorn HTTP implementation modules, its event loop's module)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -46,10 +55,7 @@ def stack_of(port):
 
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_two_rolling_restarts_lose_no_keepalive_request(deploy, stack):
-    settings, impl, loop = STACKS[stack]
-    if loop == "uvloop":
-        pytest.importorskip("uvloop")
-        pytest.importorskip("httptools")
+    settings, impl, loop = stack_for(stack)
     d = deploy({"server": {"workers": 2, "uvicorn": settings}})
     assert stack_of(d.port) == (impl, loop)
     port = d.port
@@ -115,10 +121,7 @@ def _response(sock):
 
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_a_drain_cuts_neither_an_arriving_request_nor_a_connection_whose_response_began_before(deploy, stack):
-    settings, impl, loop = STACKS[stack]
-    if loop == "uvloop":
-        pytest.importorskip("uvloop")
-        pytest.importorskip("httptools")
+    settings, impl, loop = stack_for(stack)
     # graceful_timeout bounds the drain: 10 s leaves room for the 4 s stream under a slow CI.
     d = deploy({"server": {"workers": 1, "graceful_timeout": 10, "uvicorn": settings}})
     old = ready_pids(d)
@@ -168,10 +171,7 @@ def test_a_draining_worker_closes_no_connection_before_the_request_body_is_in(de
     """A proxy's POST on a draining worker: the app answers before the body is in, the client
     still writes it. The response says close; the connection must not end (a reset, which the
     proxy reports as "broken pipe" and answers 502) until the body it is writing is in."""
-    settings, impl, loop = STACKS[stack]
-    if loop == "uvloop":
-        pytest.importorskip("uvloop")
-        pytest.importorskip("httptools")
+    settings, impl, loop = stack_for(stack)
     d = deploy({"server": {"workers": 1, "graceful_timeout": 10, "uvicorn": settings}})
     old = ready_pids(d)
     # Big enough that the rest cannot wait in the socket buffers when the worker closes.
