@@ -166,7 +166,9 @@ class Deployment:
             return ""
 
     def stop(self) -> None:
-        if not self.started:
+        # Whoever started supervisord (the fixture, or the test's own `up` or `deploy`): a live
+        # pidfile means there is one to stop, so a test that forgets to say so leaks nothing.
+        if not self.started and not control._read_pid(self.layout.pidfile):
             return
         pids = []
         try:
