@@ -87,11 +87,17 @@ def collect(seen: Observed) -> List[Family]:
     duration = _family("http_request_duration_seconds", "histogram", "HTTP request duration, from the ASGI call "
                        "to its end")
     web = sorted((i for i in seen.infos if i.get("group") == seen.web), key=lambda i: str(i.get("name")))
+    processes = (seen.control or {}).get("processes") or {}
     for info in web:
         name = str(info.get("name"))
         labels = {"app": app, "process": name}
         pid = int(info.get("pid") or 0) if info.get("statename") in ("STARTING", "RUNNING", "STOPPING") else 0
-        worker_up.add(1 if is_ready(info, seen.states) else 0, labels)
+        # The controller's state is read after supervisord's process list: a worker that died
+        # in between shows as RUNNING there and as held here. Held is the newer word, and a
+        # held worker is not serving.
+        entry = processes.get(f"{seen.web}:{name}")
+        held_now = isinstance(entry, dict) and isinstance(entry.get("held"), dict)
+        worker_up.add(1 if is_ready(info, seen.states) and not held_now else 0, labels)
         if pid and pid in seen.rss:
             rss.add(seen.rss[pid], labels)
         if pid and info.get("start"):
@@ -116,7 +122,6 @@ def collect(seen: Observed) -> List[Family]:
                        "kill), rolled (rolling restart)")
     held = _family("held", "gauge", "1 while the crash-loop guard holds the process in BACKOFF")
     held_until = _family("held_until_seconds", "gauge", "when a held process is retried next (unix time)")
-    processes = (seen.control or {}).get("processes") or {}
     for ns in sorted(processes):
         entry = processes[ns]
         if not isinstance(entry, dict) or "restarts" not in entry:

@@ -455,3 +455,16 @@ def test_release_mode_takes_the_last_migration_from_deploys_record_not_the_progr
                  'supervisor_fastapi_migration_last_duration_seconds{app="web",release="r3"} 0.2',
                  'supervisor_fastapi_migration_last_end_time_seconds{app="web",release="r3"} 3000']:
         assert line in lines, (line, [x for x in lines if "migration_last" in x])
+
+
+def test_a_worker_held_by_the_controller_is_not_up_whatever_the_older_process_list_says():
+    # observe() reads getAllProcessInfo, then getState: a worker that crashed in between is
+    # RUNNING with its ready file in the first and held in the second (seen in CI under load).
+    seen = Observed("web", "web", up=True, infos=[_info("web_00", 11), _info("web_01", 12)],
+                    states={"web_00": {"pid": 11}, "web_01": {"pid": 12}},
+                    control={"processes": {"web:web_00": {"restarts": {}, "held": {"kind": "crash", "until": 2e9}},
+                                           "web:web_01": {"restarts": {}}}})
+    lines = expose(collect(seen)).splitlines()
+    assert 'supervisor_fastapi_worker_up{app="web",process="web_00"} 0' in lines
+    assert 'supervisor_fastapi_worker_up{app="web",process="web_01"} 1' in lines
+    assert 'supervisor_fastapi_held{app="web",process="web_00"} 1' in lines
