@@ -189,31 +189,27 @@ def _migration(seen: Observed) -> List[Family]:
         g = _family("migration_gate_open", "gauge", "1 while the migration gate lets web workers start")
         g.add(1 if gate.get("state") == "open" else 0, labels)
         out.append(g)
-    if seen.last_migration is not None:  # release mode: deploy's runs, not the program's re-checks
-        rid, succeeded, seconds, at = seen.last_migration
-        labels = dict(labels, release=rid)
+    last = seen.last_migration  # release mode: deploy's runs, not the program's re-checks
+    info = next((i for i in seen.infos if i.get("group") == seen.migrate), None)
+    if last is None and info is not None and info.get("statename") in ("EXITED", "STOPPED", "FATAL", "BACKOFF") \
+            and info.get("stop") and info.get("start") and float(info["stop"]) >= float(info["start"]):
+        # The program's own last run; in release mode it ran for the release `current` points at.
+        last = (seen.release or "", info.get("statename") == "EXITED" and info.get("exitstatus") == 0,
+                float(info["stop"]) - float(info["start"]), float(info["stop"]))
+    if last is not None:
+        release, succeeded, seconds, ended_at = last
+        if release:
+            labels = dict(labels, release=release)
         ok = _family("migration_last_success", "gauge", "1 when the last migration run exited 0")
         ok.add(1 if succeeded else 0, labels)
-        ended = _family("migration_last_end_time_seconds", "gauge", "when the last migration run ended (unix time)")
-        ended.add(at, labels)
-        out += [ok, ended]
+        out.append(ok)
         if seconds is not None:
             took = _family("migration_last_duration_seconds", "gauge", "how long the last migration run took")
             took.add(seconds, labels)
             out.append(took)
-        return out
-    info = next((i for i in seen.infos if i.get("group") == seen.migrate), None)
-    if info is not None and info.get("statename") in ("EXITED", "STOPPED", "FATAL", "BACKOFF") and info.get("stop") \
-            and info.get("start") and float(info["stop"]) >= float(info["start"]):
-        if seen.release:  # release mode: the migration runs for the release `current` points at
-            labels = dict(labels, release=seen.release)
-        ok = _family("migration_last_success", "gauge", "1 when the last migration run exited 0")
-        ok.add(1 if info.get("statename") == "EXITED" and info.get("exitstatus") == 0 else 0, labels)
-        took = _family("migration_last_duration_seconds", "gauge", "how long the last migration run took")
-        took.add(float(info["stop"]) - float(info["start"]), labels)
         ended = _family("migration_last_end_time_seconds", "gauge", "when the last migration run ended (unix time)")
-        ended.add(float(info["stop"]), labels)
-        out += [ok, took, ended]
+        ended.add(ended_at, labels)
+        out.append(ended)
     return out
 
 
