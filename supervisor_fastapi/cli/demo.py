@@ -38,6 +38,10 @@ def say(progress: Callable[[str], None], message: str) -> None:
         pass
 
 
+# Ctrl-C, a TERM and a closed terminal: each stops the demo (and none may cut its teardown).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None:
     """Start the demo, show which workers answer, and keep serving until Ctrl-C (or exit in smoke mode)."""
     if workers < 1:  # before the temp folder exists: nothing to leak, no spec file the user never saw
@@ -49,7 +53,7 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
     # Ctrl-C, a TERM and a closed terminal (HUP) all tear the demo down, whenever they come:
     # each raises KeyboardInterrupt where the main thread is, and the finally below cleans up.
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps an inherited ignore.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.default_int_handler)
     folder = tempfile.mkdtemp(prefix="supervisor-fastapi-demo-")
     spec = None
@@ -89,7 +93,7 @@ def run_demo(workers: int, smoke: bool, progress: Callable[[str], None]) -> None
     finally:
         # A second Ctrl-C (people press it twice) must not cut the teardown short: it left
         # supervisord and the workers running, and the folder behind. `down` is bounded on its own.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         if spec is not None:
             say(progress, "stopping the demo")
