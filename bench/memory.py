@@ -6,8 +6,10 @@
 Each round starts every contender in turn on a fresh deployment (alone on the machine, as it
 would be deployed; the order rotates from round to round), waits until each worker answers,
 sends ``--requests`` requests on new connections (so every worker has imported and served
-the app), lets it rest, then sums over its whole process tree (the manager, the workers, and
-for supervisor-fastapi supervisord's event listener and any watchdog):
+the app), lets it rest (10 s: supervisor-fastapi's event listener exits 5 s after its last event
+and is started again by the plugin for the next one that needs it), then sums over its whole
+process tree (the manager, the workers, and for supervisor-fastapi the event listener if it
+runs and any watchdog):
 
 - **PSS**: each shared page split among the processes that map it (the deployment's share
   of the machine's memory; shared libraries mapped by unrelated processes lower it a little).
@@ -73,6 +75,9 @@ def measure(c: Contender, requests: int, rest: float, samples: int) -> Dict[str,
     try:
         ready_s = c.wait_ready(90)
         answered = sum(1 for _ in range(requests) if get_pid(c.port, timeout=5.0))
+        # supervisor-fastapi's listener while it runs (the warm-up's events keep it up): read
+        # before it exits at rest, so its own size is reported too.
+        running_listener = [p for p in sample(c)["processes"] if p["role"] == "listener"]
         time.sleep(rest)
         readings = []
         for i in range(samples):
@@ -81,7 +86,7 @@ def measure(c: Contender, requests: int, rest: float, samples: int) -> Dict[str,
             readings.append(sample(c))
         readings.sort(key=lambda r: r["pss"])
         out = readings[len(readings) // 2]
-        out.update(ready_s=ready_s, answered=answered)
+        out.update(ready_s=ready_s, answered=answered, running_listener=running_listener)
         return out
     finally:
         c.stop()
@@ -104,6 +109,9 @@ def summarize(runs: List[Dict[str, Any]], keys: List[str]) -> Dict[str, Dict[str
             s[f"{rl}.count"] = med([sum(1 for p in r["processes"] if p["role"] == rl) for r in mine])
         s["roles"] = roles
         s["rounds"] = len(mine)
+        running = [p for r in mine for p in r.get("running_listener") or []]
+        for k2 in ("rss", "pss", "uss"):
+            s[f"running_listener.{k2}"] = med([p[k2] for p in running])
         out[k] = s
     return out
 
@@ -130,6 +138,10 @@ def report(summary: Dict[str, Dict[str, Any]], keys: List[str], workers: int) ->
             n = s.get(f"{rl}.count") or 0
             lines.append(f"| {CONTENDERS[k].key} | {rl}" + (f" (each of {n:g})" if n > 1 else "")
                          + f" | {f_mb(s[f'{rl}.rss'])} | {f_mb(s[f'{rl}.pss'])} | {f_mb(s[f'{rl}.uss'])} |")
+        if s.get("running_listener.rss") is not None and "listener" not in s["roles"]:
+            lines.append(f"| {CONTENDERS[k].key} | listener while it runs (not at rest) | "
+                         f"{f_mb(s['running_listener.rss'])} | {f_mb(s['running_listener.pss'])} | "
+                         f"{f_mb(s['running_listener.uss'])} |")
     return lines
 
 
@@ -147,7 +159,9 @@ def main(argv: Any = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=200, help="requests sent to each deployment before reading")
-    p.add_argument("--rest", type=float, default=2.0, help="idle seconds before reading")
+    # Longer than supervisor-fastapi's listener takes to exit when idle (5 s after its last
+    # event, generate/conf.py LISTENER_IDLE_EXIT): at rest, a deployment runs no listener.
+    p.add_argument("--rest", type=float, default=10.0, help="idle seconds before reading")
     p.add_argument("--samples", type=int, default=3, help="readings per deployment (the median one is kept)")
     p.add_argument("--stack", choices=("auto", "asyncio-h11"), default="auto")
     p.add_argument("--json", default=None, help="write the raw readings and the summary here")

@@ -44,6 +44,7 @@ class Row:
     held: Optional[Hold] = None
     problem: str = ""
     release: Optional[str] = None  # release mode: the release this worker was started from
+    idle: bool = False  # the event listener, exited until an event needs it (not a problem)
 
 
 @dataclass
@@ -89,6 +90,12 @@ def _problem(info: ProcessInfo, incident: Optional[Incident], held: Optional[Hol
     return ""
 
 
+def idle_listener(info: ProcessInfo, names: Names) -> bool:
+    """The event listener after its idle exit (status 0): the plugin starts it for the next
+    event that needs it (plugins/ondemand.py), so this is its state at rest, not a failure."""
+    return info["group"] == names.listener and info["statename"] == "EXITED" and info.get("exitstatus") == 0
+
+
 def app_groups(app: str, programs: Sequence[str] = (), control: Optional[ControlState] = None) -> List[str]:
     """Exactly the supervisor groups of ``app``: never another app's, whatever its name."""
     names = Names(app)
@@ -122,7 +129,8 @@ def _row(info: ProcessInfo, names: Names, states: Mapping[str, Mapping[str, Any]
         ready=ready, beat_age=round(max(0.0, now - beat), 1) if beat else None,
         incident={k: incident.get(k) for k in ("kind", "summary", "opened", "next_retry", "delay", "gave_up")}
         if incident else None, held=held,
-        problem=_problem(info, incident, held, info["group"] == names.migrate),
+        problem="" if idle_listener(info, names) else _problem(info, incident, held, info["group"] == names.migrate),
+        idle=idle_listener(info, names),
         release=control_entry(control, info).get("release") if running and control is not None else None)
 
 
@@ -177,6 +185,8 @@ def _notes(r: Row, now: float) -> str:
                  else "; given up: start it by hand once fixed" if r.incident.get("gave_up")
                  else "; retry under way" if r.state in ("STARTING", "RUNNING") else "; waiting for supervisord")
         notes.append(f"{r.incident.get('kind')}: {r.incident.get('summary')}{after}")
+    if r.idle:
+        notes.append("idle: started for the next event that needs it")
     if r.held and r.held.get("kind") == "gate":
         notes.append(f"held: {r.held.get('reason')}")
     elif r.problem and not r.incident:

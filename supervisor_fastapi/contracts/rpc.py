@@ -15,7 +15,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, TypedDict, cast
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict, cast
 
 from .files import READ_FLAGS
 
@@ -129,6 +129,17 @@ def remote_alert_body(app: str, kind: str, process: str, summary: str,
     return json.dumps({"app": app, "event": event, "kind": kind, "process": process or "",
                        "summary": " ".join(str(summary).split()), "details": dict(details or {}),
                        "log_of": log_of}, default=str)
+
+
+# The controller's snapshot for a listener it starts on demand (plugins/controller.py): which web
+# workers are RUNNING now. It follows every event buffered while the listener was down, so it
+# is the newest word on them; the listener (state.ServingWatch) takes it as its own picture.
+SERVING_EVENT = "serving"
+
+
+def serving_snapshot_body(app: str, running: Sequence[str]) -> str:
+    """The JSON body of a ``serving`` snapshot (read by listener/protocol)."""
+    return json.dumps({"app": app, "event": SERVING_EVENT, "running": sorted(running)})
 
 
 def control_state(proxy: Any, app: str) -> Optional[ControlState]:

@@ -128,6 +128,10 @@ class ListenerConfig:
     run_dir: str = ""
     alerts: Tuple[Dict[str, Any], ...] = ()  # {"type", "name", "options": {...}} per [[alerts]]
     send_retries: int = 3
+    # > 0: the plugin starts the listener when an event needs it (plugins/controller.py), so it
+    # exits after this many seconds with nothing to do; 0 (no plugin, or a conf rendered before
+    # this setting): it stays, as supervisord would restart it at once.
+    idle_exit: float = 0.0
 
     def to_env(self) -> str:
         import base64

@@ -27,6 +27,9 @@ PRIORITY_MIGRATE = 50
 PRIORITY_WEB = 100
 PRIORITY_PROGRAMS = 200
 LISTENER_BUFFER = 1024
+# With the plugin, the listener exits after this long with nothing to do and the plugin starts
+# it again when an event needs it: a deployment at rest runs no fourth process.
+LISTENER_IDLE_EXIT = 5.0
 # Extra seconds beyond graceful_timeout before supervisord sends SIGKILL: the drain window
 # (1 s) plus lifespan shutdown.
 STOP_MARGIN = 10
@@ -103,7 +106,8 @@ def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
                           controller=controller, groups=control_config(spec).groups,
                           state_path=layout.listener_state, journal_path=layout.alert_journal,
                           base_dir=spec.base_dir, run_dir=spec.run_dir, alerts=alert_records(spec),
-                          send_retries=spec.listener.send_retries)
+                          send_retries=spec.listener.send_retries,
+                          idle_exit=LISTENER_IDLE_EXIT if controller else 0.0)
 
 
 def listener_only_env(spec: Spec) -> List[str]:
@@ -250,7 +254,9 @@ def listener_section(spec: Spec, controller: bool = True) -> ini.Section:
         ("buffer_size", str(LISTENER_BUFFER)),
         ("priority", str(PRIORITY_LISTENER)),
         ("autostart", "true"),
-        ("autorestart", "true"),
+        # With the plugin, exit 0 is the listener's idle exit and the plugin starts it again
+        # when an event needs it; a crash is restarted by supervisord either way.
+        ("autorestart", "unexpected" if controller else "true"),
         ("startsecs", "1"),
         ("stopwaitsecs", "10"),
         ("directory", ini.escape(spec.base_dir)),

@@ -2,7 +2,11 @@
 
 The loop is: wait for an event (``select`` on stdin, waking at least once a second to pick
 up alert results and save state), hand it to the machines, queue the actions,
-acknowledge. Acknowledging never waits on RPC or a channel: RPC calls run in a worker
+acknowledge. With the plugin (``idle_exit`` > 0) the loop also ends, exit status 0, once
+nothing is left to do: no alert on its way, the state saved, no ``no_worker_serving`` to time,
+no event for ``idle_exit`` seconds. supervisord keeps the events that come meanwhile and the
+plugin starts the listener again for the first that needs it (plugins/controller.py), so a
+deployment at rest runs no listener process. Acknowledging never waits on RPC or a channel: RPC calls run in a worker
 thread with ``wait=False``, alerts in the sender threads. stdout is the protocol channel;
 every log line goes to stderr. Signal handlers only set a flag: the loop finishes the
 protocol write it is in and then stops.
@@ -35,6 +39,7 @@ from .state import (
     Relay,
     RemoteEvent,
     SendAlert,
+    Serving,
     ServingWatch,
     Start,
     incident_key,
@@ -182,6 +187,11 @@ class Listener:
         self._last_save = 0.0
         self._dirty = False
         self._save_failing = False
+        # Idle exit (plugin only): alerts handed to the dispatcher whose results are not in yet,
+        # and when stdin last brought anything.
+        self.idle_exit = config.idle_exit if config.controller else 0.0
+        self._outstanding = 0
+        self._last_input = clock()
         dispatcher.on_result = self._on_result
 
     # -- sender-thread side --
@@ -211,6 +221,7 @@ class Listener:
         # Incidents outlive the supervisord run (reload, down/up, a restart by systemd): one OPEN,
         # one RESOLVED each. The file is root's (run_dir), read through contracts.files' reader.
         self.relay.incidents = restore_incidents(saved.get("incidents") if saved else None)
+        self.relay.remember(saved.get("dedupe") if saved else None)
         self.serving.served = bool(saved.get("served") is True) if saved else False
         self._dirty = True
         self._save(force=True)
@@ -234,6 +245,7 @@ class Listener:
                 if not data:
                     log.info("stdin closed: supervisord is going away")
                     return 0
+                self._last_input = self.clock()
                 for headers, payload in self.parser.feed(data):
                     self.handle(headers, payload)
                     self._write(OK)
@@ -241,8 +253,17 @@ class Listener:
             if self.config.controller:
                 self._apply(self.serving.tick(self.clock(), self.relay))
             self._save()
+            if self.idle(self.clock()):
+                log.info("nothing to do for %.0f s: exiting; the plugin starts the listener again for the next event "
+                         "that needs it", self.idle_exit)
+                return 0
         log.info("stopping on a signal")
         return 0
+
+    def idle(self, now: float) -> bool:
+        """Whether the listener may exit until the plugin needs it again (see the module doc)."""
+        return (self.idle_exit > 0 and self._outstanding == 0 and not self._dirty and not self._save_failing
+                and not self.serving.watching() and now - self._last_input >= self.idle_exit)
 
     def handle(self, headers: Dict[str, str], payload: str) -> None:
         """One event: decode, decide, queue the actions. Never raises: the event is acked anyway."""
@@ -257,6 +278,10 @@ class Listener:
     def _observe(self, event: Event) -> None:
         now = self.clock()
         actions: List[Action] = []
+        if isinstance(event, Serving):
+            if event.app == self.config.app:
+                self.serving.take(event, now)
+            return
         if isinstance(event, ProcessState):
             served = self.serving.served
             self.serving.observe(event, now)
@@ -272,7 +297,7 @@ class Listener:
                                                                event="resolve", app=self.config.app), now))
         if isinstance(event, RemoteEvent):
             actions = self.relay.observe(event, now)
-            self._dirty = self._dirty or event.event in ("open", "resolve")
+            self._dirty = True  # incidents and the de-duplication memory are saved
         elif isinstance(event, ProcessState) and self.fallback is not None:
             if event.name == self.config.migrate and event.state == "EXITED" and self.proxy is not None:
                 # The payload has no exit status; one quick RPC per migration run tells it.
@@ -292,6 +317,7 @@ class Listener:
                 msg = make_message(action.event, action.kind, action.process, action.summary, action.details,
                                    self.config.app, self.clock())
                 log.warning("alert: %s", msg["text"])
+                self._outstanding += 1
                 self.dispatcher.submit(msg, action.log_of)
             else:
                 log.info("start %s", action.full_name)
@@ -303,6 +329,7 @@ class Listener:
                 msg, results = self._results.get_nowait()
             except queue.Empty:
                 return
+            self._outstanding = max(0, self._outstanding - 1)
             self.last_alert = {"at": msg["at"], "kind": msg["kind"], "event": msg["event"],
                                "summary": msg["summary"], "results": results}
             tally(self.alert_counts, results)
@@ -314,7 +341,7 @@ class Listener:
             return
         state = {"version": 1, "updated": now, "app": self.config.app, "last_alert": self.last_alert,
                  "pid": os.getpid(), "alert_counts": self.alert_counts, "incidents": self.relay.incidents,
-                 "served": self.serving.served}
+                 "served": self.serving.served, "dedupe": self.relay.memory(now)}
         self._last_save = now
         try:
             statefile.save(self.config.state_path, state)

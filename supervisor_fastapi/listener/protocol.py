@@ -9,8 +9,8 @@ import codecs
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..contracts.rpc import REMOTE_TYPE, LogRef
-from .state import Event, ProcessState, RemoteEvent
+from ..contracts.rpc import REMOTE_TYPE, SERVING_EVENT, LogRef
+from .state import MAX_INCIDENTS, Event, ProcessState, RemoteEvent, Serving
 
 READY = "READY\n"
 OK = "RESULT 2\nOK"
@@ -78,14 +78,19 @@ def decode(headers: Headers, payload: str) -> Optional[Event]:
     return None
 
 
-def remote_event(data: str) -> RemoteEvent:
-    """The JSON body ``notify()`` sends; anything unparsable still becomes an alert."""
+def remote_event(data: str) -> Event:
+    """The JSON body ``notify()`` sends (or the controller's ``serving`` snapshot); anything
+    unparsable still becomes an alert."""
     try:
         body = json.loads(data)
         if not isinstance(body, dict):
             raise ValueError("not an object")
     except ValueError:
         return RemoteEvent(kind="unparsable_event", summary=data[:200], details={"raw": data[:2000]})
+    if body.get("event") == SERVING_EVENT:
+        running = body.get("running")
+        return Serving(app=str(body.get("app") or ""),
+                       running=tuple(str(n) for n in running[:MAX_INCIDENTS]) if isinstance(running, list) else ())
     details = body.get("details")
     event = str(body.get("event") or "event")
     return RemoteEvent(kind=str(body.get("kind") or "event"), process=str(body.get("process") or ""),

@@ -61,7 +61,16 @@ class RemoteEvent:
     log_of: Optional[LogRef] = None
 
 
-Event = Union[ProcessState, RemoteEvent]
+@dataclass(frozen=True)
+class Serving:
+    """The controller's snapshot when it starts the listener on demand: the web workers RUNNING
+    now (the listener missed the events that got them there while it was not running)."""
+
+    app: str
+    running: Tuple[str, ...] = ()
+
+
+Event = Union[ProcessState, RemoteEvent, Serving]
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -117,6 +126,30 @@ class Relay:
         self.incidents: Dict[str, float] = dict(incidents or {})
         self.resolved: Dict[str, float] = {}
 
+    def memory(self, now: float) -> Dict[str, Any]:
+        """The de-duplication a later listener process must keep (saved in the state file): a
+        listener started on demand must not send again what this one sent a moment ago, nor
+        lose a count of the repeats it held back."""
+        recent = {k: t for k, t in self.sent.items() if now < t + EVENT_DEDUPE}
+        return {"sent": [[k, p, t] for (k, p), t in sorted(recent.items())],
+                "suppressed": [[k, p, n] for (k, p), n in sorted(self.suppressed.items())],
+                "resolved": {k: t for k, t in sorted(self.resolved.items()) if now < t + EVENT_DEDUPE}}
+
+    def remember(self, saved: Any) -> None:
+        """Take back what ``memory`` saved; odd data: nothing."""
+        if not isinstance(saved, dict):
+            return
+        for (kind, process), value in _triples(saved.get("sent")):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.sent[(kind, process)] = float(value)
+        for (kind, process), value in _triples(saved.get("suppressed")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                self.suppressed[(kind, process)] = value
+        resolved = saved.get("resolved")
+        if isinstance(resolved, dict):
+            self.resolved.update({str(k): float(v) for k, v in list(resolved.items())[:MAX_INCIDENTS]
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
     def observe(self, ev: RemoteEvent, now: float) -> List[Action]:
         if ev.app and ev.app != self.app:
             return []  # another app's listener on the same supervisord takes it
@@ -149,6 +182,14 @@ class Relay:
         return [SendAlert("event", ev.kind, ev.process, ev.summary or ev.kind, details, ev.log_of)]
 
 
+def _triples(value: Any) -> List[Tuple[Tuple[str, str], Any]]:
+    """[[kind, process, value], ...] as saved by ``Relay.memory``; anything else is skipped."""
+    if not isinstance(value, list):
+        return []
+    return [((item[0], item[1]), item[2]) for item in value[:MAX_INCIDENTS]
+            if isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and isinstance(item[1], str)]
+
+
 # --- does any web worker serve? ------------------------------------------------------------
 
 
@@ -175,6 +216,19 @@ class ServingWatch:
             self.running.pop(ev.name, None)
             if not self.running and self.zero_since is None:
                 self.zero_since = now
+
+    def take(self, snapshot: Serving, now: float) -> None:
+        """The controller's word on which workers run now replaces what events told before."""
+        self.running = {name: True for name in snapshot.running}
+        if self.running:
+            self.served, self.zero_since = True, None
+        elif self.zero_since is None:
+            self.zero_since = now
+
+    def watching(self) -> bool:
+        """Whether the listener must stay to time or resolve ``no_worker_serving``: once a worker
+        has served, for as long as none is RUNNING (the grace timer, then the open incident)."""
+        return self.served and not self.running
 
     def tick(self, now: float, relay: Relay) -> List[Action]:
         key = incident_key("no_worker_serving", self.web)

@@ -25,7 +25,9 @@ object:
 Holds, incidents and the gate live in this process's memory only: they belong to one
 supervisord run. A listener restart keeps them; a new supervisord, or `reload`, starts
 from nothing (every worker starts at once, the migration runs again and gates them).
-Alerts go out as REMOTE_COMMUNICATION events, which supervisord buffers for the listener.
+Alerts go out as REMOTE_COMMUNICATION events, which supervisord buffers for the listener;
+the listener runs only while it has work, and this plugin starts it for the events it needs
+(ondemand.py).
 
 Standard library and supervisor only: this runs in supervisord's Python.
 """
@@ -41,6 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from ..contracts.files import read_small_file, read_worker_state
 from ..contracts.rpc import HELD_PREFIX, REMOTE_TYPE
 from ..contracts.settings import ControlConfig
+from ..layout import Names
+from . import ondemand
 from .crashloop import GiveUp, Hold, IncidentAlert, ProcessLoop, Restart, classify
 from .gate import Gate, GateWatch, Migration, gate_of
 
@@ -378,6 +382,14 @@ class AppControl:
                 self._alert(loop.stopped_by_operator(now))
             self._alert(loop.tick(now))
 
+    def wake_listener(self) -> None:
+        """Start the listener if an event waits for it (ondemand.py)."""
+        S = _states()
+        group = getattr(self.supervisord, "process_groups", {}).get(self.config.web)
+        running = sorted(p.config.name for p in (group.processes.values() if group is not None else ())
+                         if p.get_state() == S.RUNNING)
+        ondemand.wake(self.supervisord, self.config, Names(self.config.app).listener, running, self.log)
+
     def _processes(self) -> List[Any]:
         out = []
         for group in list(getattr(self.supervisord, "process_groups", {}).values()):
@@ -511,6 +523,7 @@ class Registry:
         self.waker: Optional[Waker] = None
         self.log: Log = lambda message: None
         self._last_pass = 0.0
+        self._listener_due = False  # an event came: a listener may need starting (ondemand.py)
 
     def start_run(self, supervisord: Any, log: Log) -> None:
         """Called by every factory call; a new Supervisor object (start, reload) starts afresh."""
@@ -529,6 +542,10 @@ class Registry:
         events.subscribe(events.ProcessGroupAddedEvent, self._on_group_event)
         events.subscribe(events.ProcessGroupRemovedEvent, self._on_group_event)
         events.subscribe(events.SupervisorStoppingEvent, self._on_stopping)
+        # Subscribed after the listener pools (supervisord adds its groups first): by the time
+        # the next pass looks, the event is in their buffers.
+        events.subscribe(events.ProcessStateEvent, self._on_listener_event)
+        events.subscribe(events.RemoteCommunicationEvent, self._on_listener_event)
 
     def register(self, config: ControlConfig) -> AppControl:
         existing = self.apps.get(config.app)
@@ -562,7 +579,21 @@ class Registry:
         except Exception:
             pass
 
+    def _on_listener_event(self, event: Any) -> None:
+        if not self._listener_due:
+            self._listener_due = True
+            if self.waker is not None:
+                self.waker.poke()
+
     def on_pass(self) -> None:
+        if self._listener_due:
+            self._listener_due = False
+            for control in list(self.apps.values()):
+                try:
+                    control.wake_listener()
+                except Exception as exc:  # never break supervisord's loop; the next event tries again
+                    self._safe_log(f"supervisor-fastapi: could not start the listener of {control.config.app}: "
+                                   f"{exc!r}")
         now = time.monotonic()
         if now - self._last_pass < TICK_EVERY:
             return

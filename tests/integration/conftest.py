@@ -145,6 +145,21 @@ class Deployment:
     def state_of(self, name: str) -> str:
         return next(i["statename"] for i in self.infos() if i["name"] == name)
 
+    def running_listener(self) -> Dict[str, Any]:
+        """The event listener's process info, started first if it is at rest (its idle exit):
+        a test that kills it needs a pid, and pid 0 would be the test's own process group."""
+        name = Names(self.spec.app.name).listener
+        info = next(i for i in self.infos() if i["name"] == name)
+        if info["statename"] != "RUNNING":
+            try:
+                self.rpc.supervisor.startProcess(name, True)
+            except Exception:  # xmlrpc Fault ALREADY_STARTED: started for an event meanwhile
+                pass
+            info = wait_until(lambda: next((i for i in self.infos() if i["name"] == name
+                                            and i["statename"] == "RUNNING"), None), 15, "the listener running")
+        assert info["pid"] > 0
+        return info
+
     def listener_state(self) -> Dict[str, Any]:
         """The event listener's state file (the last alert), {} while it has written none."""
         return read_json(self.layout.listener_state) or {}

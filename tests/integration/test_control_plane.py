@@ -189,7 +189,7 @@ def test_a_listener_restart_keeps_the_hold_and_the_incident(deploy, tmp_path):
                 "crash_loop": {"restarts": 2, "backoff_initial": 120}}, wait=False)
     crash_looping(d)
     before = d.process_state("web_00")["incident"]
-    listener = next(i for i in d.infos() if i["name"] == "web_listener")
+    listener = d.running_listener()
     os.kill(listener["pid"], signal.SIGKILL)
     wait_until(lambda: next((i for i in d.infos() if i["name"] == "web_listener" and i["statename"] == "RUNNING"
                              and i["pid"] != listener["pid"]), None), 15, "the listener to come back")
@@ -352,7 +352,7 @@ def test_a_full_run_dir_loses_no_incident_and_the_state_is_saved_once_there_is_r
             for name in ("web_00", "web_01"):
                 os.kill(next(i["pid"] for i in d.infos() if i["name"] == name), signal.SIGKILL)
             wait_until(lambda: hook.alerts("crash_loop", "open"), 30, "the crash-loop alert, disk full")
-            listener = next(i for i in d.infos() if i["name"] == "web_listener")
+            listener = d.running_listener()
             os.kill(listener["pid"], signal.SIGKILL)
             wait_until(lambda: next((i for i in d.infos() if i["name"] == "web_listener" and
                                      i["statename"] == "RUNNING" and i["pid"] != listener["pid"]), None), 20,

@@ -23,6 +23,13 @@ def test_status_text_json_and_exit_code(deploy):
     assert web0["rss"] > 1024 * 1024 and web0["uptime"] >= 0 and web0["restarts_1h"] >= 0
     assert data["ok"] is True and data["socket_holds"][0]["url"] == f"tcp://127.0.0.1:{d.port}"
 
+    # At rest the listener has exited (the plugin starts it for the next event that needs it):
+    # that is not a problem, and status says what it is.
+    wait_until(lambda: d.state_of("web_listener") == "EXITED", 30, "the listener's idle exit")
+    out = d.cli("status")
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("ok"), out.stdout
+    assert "idle: started for the next event that needs it" in out.stdout, out.stdout
+
     d.ctl("stop", "web:web_01")
     out = d.cli("status")
     assert out.returncode == 1 and "DOWN: web:web_01" in out.stdout, out.stdout

@@ -192,3 +192,68 @@ def test_result_words():
 
     assert [result_word(r) for r in ("sent", "journaled: timeout", "LOST (journal not writable): x", "no result")] \
         == ["sent", "journaled", "failed", "failed"]
+
+
+def test_the_controllers_serving_snapshot_decodes_and_odd_ones_do_not_break_it():
+    from supervisor_fastapi.contracts.rpc import serving_snapshot_body
+    from supervisor_fastapi.listener.state import Serving
+
+    assert remote_event(serving_snapshot_body("web", ["web_01", "web_00"])) == Serving("web", ("web_00", "web_01"))
+    assert remote_event(json.dumps({"app": "web", "event": "serving", "running": "web_00"})) == Serving("web", ())
+
+
+def idle_listener(controller: bool = True, idle_exit: float = 5.0) -> Any:
+    config = ListenerConfig(app="web", web="web", controller=controller, idle_exit=idle_exit)
+    dispatcher = Dispatcher([Recorder()], Journal(os.devnull), 0)
+    return Listener(config, FakeRpc(), dispatcher, None, -1, -1, Clock(1000.0))  # type: ignore[arg-type]
+
+
+def test_with_the_plugin_the_listener_is_idle_only_with_nothing_left_to_do():
+    from supervisor_fastapi.listener.state import SendAlert, Serving
+
+    listener = idle_listener()
+    listener.serving.served = False
+    assert not listener.idle(1004.9) and listener.idle(1005.0)
+    listener._dirty = True  # the state is not saved yet
+    assert not listener.idle(1010)
+    listener._dirty = False
+    listener._apply([SendAlert("event", "k", "p", "s")])  # an alert on its way
+    listener._dirty = False
+    assert not listener.idle(1010)
+    listener._results.put(({"at": 1.0, "kind": "k", "event": "event", "summary": "s"}, {"rec": "sent"}))
+    listener._drain_results()
+    listener._dirty = False
+    assert listener.idle(1010)
+    listener.serving.served = True  # served once, and no worker RUNNING now: it times no_worker_serving
+    assert not listener.idle(1010)
+    listener._observe(Serving("web", ("web_00",)))
+    listener._dirty = False
+    assert listener.idle(1010)
+    listener._save_failing = True  # a full disk: the state is not saved
+    assert not listener.idle(1010)
+    # Without the plugin (nobody would start it again), or from a conf without the setting: never.
+    assert not idle_listener(controller=False).idle(2000)
+    assert not idle_listener(idle_exit=0).idle(2000)
+
+
+def test_the_loop_exits_with_status_0_once_idle(tmp_path):
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    clock = Clock(1000.0)
+    config = ListenerConfig(app="web", web="web", state_path=str(tmp_path / "state.json"), idle_exit=5.0)
+    dispatcher = Dispatcher([Recorder()], Journal(str(tmp_path / "j.jsonl")), 0).start()
+    listener = Listener(config, FakeRpc(), dispatcher, None, in_r, out_w, clock)  # type: ignore[arg-type]
+    result: Dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(rc=listener.run()))
+    t.start()
+    os.write(in_w, remote(1, event="event", kind="hello").encode())
+    t.join(1.5)
+    assert t.is_alive()  # not idle yet: its clock has not moved
+    clock.now += 6
+    t.join(5)
+    assert not t.is_alive() and result["rc"] == 0
+    listener.close()
+    assert os.read(out_r, 65536).decode() == "READY\nRESULT 2\nOKREADY\n"
+    assert statefile.load(str(tmp_path / "state.json"))["last_alert"]["kind"] == "hello"
+    for fd in (in_r, in_w, out_r, out_w):
+        os.close(fd)

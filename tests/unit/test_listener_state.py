@@ -96,3 +96,39 @@ def test_without_the_plugin_fatal_programs_alert_once_and_resolve_when_running_a
     assert [a.event for a in f.observe(ProcessState("web_worker", "web_worker", "RUNNING", "STARTING"), 2)] == [
         "resolve"]
     assert f.observe(ProcessState("other_x", "other", "FATAL", "BACKOFF"), 3) == []  # not this app's
+
+
+def test_a_listener_started_on_demand_takes_the_controllers_snapshot_of_running_workers():
+    from supervisor_fastapi.listener.state import Serving, ServingWatch
+
+    r = Relay("shop")
+    w = ServingWatch("shop", now=100.0, served=True, grace=10)
+    assert w.watching()  # a new listener knows of no worker RUNNING yet: it stays to time the grace
+    w.take(Serving("shop", ("shop_00", "shop_01")), 101)
+    assert not w.watching() and w.tick(200, r) == []  # both serve: nothing to time, no page
+    w.observe(ProcessState("shop_00", "shop", "EXITED"), 201)
+    assert not w.watching()
+    w.take(Serving("shop", ()), 202)  # then none: the grace runs from here
+    assert w.watching() and w.tick(211, r) == []
+    assert [a.event for a in w.tick(212, r)] == ["open"]
+    assert w.watching()  # the incident is open: it stays until a worker runs
+    w.take(Serving("shop", ("shop_01",)), 220)
+    assert [a.event for a in w.tick(220, r)] == ["resolve"] and not w.watching()
+
+
+def test_the_de_duplication_outlives_the_listener_process():
+    r = Relay("web")
+    r.observe(RemoteEvent("memory_recycle", "web_00", "big"), 0)
+    r.observe(RemoteEvent("memory_recycle", "web_00", "big"), 10)  # held back, counted
+    r.observe(RemoteEvent("old", "web_01", "x"), -100)  # outside the minute: not worth keeping
+    saved = r.memory(20)
+    assert saved["sent"] == [["memory_recycle", "web_00", 0]]
+    later = Relay("web")
+    later.remember(saved)
+    assert later.observe(RemoteEvent("memory_recycle", "web_00", "big"), 30) == []
+    [again] = later.observe(RemoteEvent("memory_recycle", "web_00", "big"), 61)
+    assert again.details["suppressed_since_last"] == 2
+    odd = Relay("web")
+    for junk in (None, [], {"sent": [["a"]], "suppressed": [["k", "p", -1], ["k", "p", True]], "resolved": {"x": "y"}}):
+        odd.remember(junk)
+    assert (odd.sent, odd.suppressed, odd.resolved) == ({}, {}, {})

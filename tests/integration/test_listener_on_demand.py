@@ -1,0 +1,88 @@
+"""The event listener runs only while it has work: at rest the deployment has no listener
+process, and every alert still arrives, the ones sent as it exits included."""
+
+import time
+
+from supervisor_fastapi.contracts.rpc import notify
+
+from ..helpers_alerts import WebhookReceiver
+from .conftest import wait_until
+
+IDLE_EXIT = 5.0  # generate/conf.py LISTENER_IDLE_EXIT
+
+
+def listener(d) -> dict:
+    return next(i for i in d.infos() if i["name"] == "web_listener")
+
+
+def at_rest(d, timeout: float = 30.0) -> None:
+    wait_until(lambda: listener(d)["statename"] == "EXITED", timeout, "the listener's idle exit")
+    assert listener(d)["exitstatus"] == 0
+
+
+def daemon_log(d) -> str:
+    with open(d.layout.logfile, errors="replace") as f:
+        return f.read()
+
+
+def kinds(hook: WebhookReceiver, event: str = "event") -> list:
+    return sorted(a["kind"] for _, a in hook.alerts(event=event))
+
+
+def test_the_listener_exits_at_rest_and_every_alert_still_arrives(deploy):
+    with WebhookReceiver() as hook:
+        d = deploy({"alerts": [{"type": "webhook", "name": "hook", "url": hook.url}]})
+        at_rest(d)
+        # A lone worker crash while its sibling serves needs no listener (the plugin decides
+        # crash loops); it is not started for it.
+        exits = daemon_log(d).count("exited: web_listener")
+        d.ctl("restart", "web:web_00")
+        time.sleep(1.5)
+        assert listener(d)["statename"] == "EXITED"
+
+        # An alert at rest: the plugin starts the listener, which delivers and exits again.
+        notify(d.rpc, "web", "rest_alert", "web_00", "sent at rest")
+        wait_until(lambda: kinds(hook) == ["rest_alert"], 10, "the alert sent at rest")
+        at_rest(d)
+
+        # Alerts sent as the listener exits: every 50 ms across its idle deadline. An event
+        # supervisord hands over just as it exits comes back to the buffer and starts the next one.
+        notify(d.rpc, "web", "race_0", "web_00", "starts the listener")
+        wait_until(lambda: "race_0" in kinds(hook), 10, "race_0")
+        start = time.time()
+        sent = ["race_0"]
+        for i in range(1, 25):
+            time.sleep(max(0.0, start + IDLE_EXIT - 0.6 + i * 0.05 - time.time()))
+            notify(d.rpc, "web", f"race_{i}", "web_00", "around the idle exit")
+            sent.append(f"race_{i}")
+        wait_until(lambda: sorted(sent) == sorted(k for k in kinds(hook) if k.startswith("race_")), 20,
+                   "every alert sent around the idle exit")
+        at_rest(d)
+        assert daemon_log(d).count("exited: web_listener") > exits
+
+        # De-duplication outlives the listener process: the same alert within a minute is
+        # held back and counted, not sent again by the next listener.
+        notify(d.rpc, "web", "rest_alert", "web_00", "again, within the minute")
+        wait_until(lambda: listener(d)["statename"] == "RUNNING", 10, "the listener started for the repeat")
+        at_rest(d)
+        assert kinds(hook).count("rest_alert") == 1
+        assert d.listener_state()["dedupe"]["suppressed"] == [["rest_alert", "web_00", 1]]
+        assert "overflowed" not in daemon_log(d)
+
+
+def test_with_every_worker_stopped_the_listener_stays_and_pages_then_resolves(deploy):
+    with WebhookReceiver() as hook:
+        d = deploy({"alerts": [{"type": "webhook", "name": "hook", "url": hook.url}]})
+        at_rest(d)
+        d.ctl("stop", "web:*")
+        opened = wait_until(lambda: hook.alerts(kind="no_worker_serving", event="open"), 25,
+                            "no_worker_serving after the grace")
+        assert listener(d)["statename"] == "RUNNING"  # it stays while no worker serves
+        d.ctl("start", "web:*")
+        wait_until(lambda: hook.alerts(kind="no_worker_serving", event="resolve"), 15, "the resolve")
+        assert len(opened) == 1
+        at_rest(d)
+        # At rest again with the workers up: a lone restart does not page.
+        d.ctl("restart", "web:web_01")
+        time.sleep(IDLE_EXIT + 1)
+        assert len(hook.alerts(kind="no_worker_serving")) == 2
