@@ -382,13 +382,25 @@ class AppControl:
                 self._alert(loop.stopped_by_operator(now))
             self._alert(loop.tick(now))
 
-    def wake_listener(self) -> None:
-        """Start the listener if an event waits for it (ondemand.py)."""
+    def web_running(self) -> List[str]:
         S = _states()
         group = getattr(self.supervisord, "process_groups", {}).get(self.config.web)
-        running = sorted(p.config.name for p in (group.processes.values() if group is not None else ())
-                         if p.get_state() == S.RUNNING)
-        ondemand.wake(self.supervisord, self.config, Names(self.config.app).listener, running, self.log)
+        return sorted(p.config.name for p in (group.processes.values() if group is not None else ())
+                      if p.get_state() == S.RUNNING)
+
+    def wake_listener(self) -> None:
+        """Start the listener if an event waits for it (ondemand.py)."""
+        ondemand.wake(self.supervisord, self.config, Names(self.config.app).listener, self.web_running(), self.log)
+
+    def listener_starting(self, event: Any) -> None:
+        """Whoever starts the listener: the snapshot of running workers goes behind its buffer."""
+        from supervisor import events
+
+        process = event.process
+        pool = getattr(process, "group", None)
+        if (isinstance(event, events.ProcessStateStartingEvent) and pool is not None
+                and pool.config.name == Names(self.config.app).listener and ondemand.listener_process(pool)):
+            ondemand.snapshot(pool, self.config, self.web_running())
 
     def _processes(self) -> List[Any]:
         out = []
@@ -580,6 +592,11 @@ class Registry:
             pass
 
     def _on_listener_event(self, event: Any) -> None:
+        for control in list(self.apps.values()):
+            try:
+                control.listener_starting(event)
+            except Exception as exc:  # never break supervisord's loop
+                self._safe_log(f"supervisor-fastapi: no serving snapshot for {control.config.app}: {exc!r}")
         if not self._listener_due:
             self._listener_due = True
             if self.waker is not None:

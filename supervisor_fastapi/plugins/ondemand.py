@@ -7,8 +7,7 @@ crash (``autorestart=unexpected``). supervisord keeps buffering the pool's event
 an event, looks at that buffer while the listener is EXITED:
 
 - an event the listener acts on (``wanted``) starts it (``spawn``, as `supervisorctl start`
-  does), after a ``serving`` snapshot appended behind the buffered events: which web workers
-  run now, the picture the listener would otherwise have built from events it never saw;
+  does);
 - every other event is dropped from the buffer, so a long rest cannot overflow it (supervisord
   logs each overflow as an error and drops the oldest event, which could be a wanted one).
 
@@ -17,6 +16,12 @@ or for no app, which are this app's); the migration's EXITED (it closes an incid
 by an earlier run); and a web worker's state change while no web worker is RUNNING (the
 ``no_worker_serving`` timer). A web worker's exit while another serves needs nothing from the
 listener: the crash-loop machine runs here and sends its alerts as events.
+
+Whoever starts the listener (this module, supervisord's autostart or its restart after a
+crash, `supervisorctl start`), ``snapshot`` appends a ``serving`` event behind the buffered
+ones as it goes STARTING: which web workers run now, the picture the listener would otherwise
+have to build from events it never saw (without it, a listener started while both workers
+serve would page "no worker serving" after its grace).
 
 A listener the operator stopped (STOPPED) is not started: its buffer is only kept tidy.
 An event sent to the listener just as it exits is given back to the buffer by supervisord
@@ -72,7 +77,6 @@ def wake(supervisord: Any, config: ControlConfig, pool_name: str, web_running: L
          log: Callable[[str], None]) -> bool:
     """Tidy the buffer of ``pool_name`` and start its listener if it has a wanted event.
     Returns whether it started it."""
-    from supervisor import events
     from supervisor.states import ProcessStates, SupervisorStates
 
     pool = supervisord.process_groups.get(pool_name)
@@ -87,7 +91,13 @@ def wake(supervisord: Any, config: ControlConfig, pool_name: str, web_running: L
         pool.event_buffer[:] = keep
     if not keep or state != ProcessStates.EXITED:
         return False
-    pool._acceptEvent(events.RemoteCommunicationEvent(REMOTE_TYPE, serving_snapshot_body(config.app, web_running)))
     log(f"supervisor-fastapi: starting {pool_name} for {len(keep)} event(s)")
     process.spawn()
     return True
+
+
+def snapshot(pool: Any, config: ControlConfig, web_running: List[str]) -> None:
+    """Append the ``serving`` snapshot to the buffer of the listener going STARTING now."""
+    from supervisor import events
+
+    pool._acceptEvent(events.RemoteCommunicationEvent(REMOTE_TYPE, serving_snapshot_body(config.app, web_running)))

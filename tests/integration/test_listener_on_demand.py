@@ -1,6 +1,8 @@
 """The event listener runs only while it has work: at rest the deployment has no listener
 process, and every alert still arrives, the ones sent as it exits included."""
 
+import os
+import signal
 import time
 
 from supervisor_fastapi.contracts.rpc import notify
@@ -86,3 +88,18 @@ def test_with_every_worker_stopped_the_listener_stays_and_pages_then_resolves(de
         d.ctl("restart", "web:web_01")
         time.sleep(IDLE_EXIT + 1)
         assert len(hook.alerts(kind="no_worker_serving")) == 2
+
+
+def test_a_listener_restarted_after_a_crash_knows_both_workers_serve(deploy):
+    """Whoever starts the listener, the plugin tells it which workers run: a listener that
+    supervisord restarts after kill -9 must not page "no worker serving" while both serve."""
+    with WebhookReceiver() as hook:
+        d = deploy({"alerts": [{"type": "webhook", "name": "hook", "url": hook.url}]})
+        at_rest(d)  # every start-up event taken: no RUNNING event is left to tell a new listener
+        old = d.running_listener()
+        os.kill(old["pid"], signal.SIGKILL)
+        wait_until(lambda: listener(d)["statename"] == "RUNNING" and listener(d)["pid"] != old["pid"], 15,
+                   "supervisord's restart of the listener")
+        time.sleep(12)  # past the 10 s grace of no_worker_serving
+        assert hook.alerts(kind="no_worker_serving") == []
+        at_rest(d)

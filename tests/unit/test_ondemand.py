@@ -10,7 +10,7 @@ from supervisor.states import ProcessStates, SupervisorStates
 
 from supervisor_fastapi.contracts.rpc import REMOTE_TYPE, remote_alert_body, serving_snapshot_body
 from supervisor_fastapi.contracts.settings import ControlConfig
-from supervisor_fastapi.plugins.ondemand import wake, wanted
+from supervisor_fastapi.plugins.ondemand import snapshot, wake, wanted
 
 CONFIG = ControlConfig(app="shop", web="shop", state_dir="/x", migrate="shop_migrate")
 
@@ -67,15 +67,22 @@ def supervisord(pool: Pool, mood: int = SupervisorStates.RUNNING) -> Any:
     return SimpleNamespace(process_groups={"shop_listener": pool}, options=SimpleNamespace(mood=mood))
 
 
-def test_an_exited_listener_is_started_behind_a_snapshot_and_the_rest_of_its_buffer_is_dropped():
+def test_an_exited_listener_is_started_and_the_rest_of_its_buffer_is_dropped():
     mine = remote(remote_alert_body("shop", "k", "p", "s"))
     other = state_event(events.ProcessStateExitedEvent, "shop_00", "shop")  # a sibling serves
     pool = Pool([other, mine, remote(remote_alert_body("other", "k", "p", "s"))], ProcessStates.EXITED)
     log: List[str] = []
     assert wake(supervisord(pool), CONFIG, "shop_listener", ["shop_01"], log.append)
-    assert pool.spawned == 1 and pool.event_buffer[0] is mine and len(pool.event_buffer) == 2
-    assert json.loads(pool.event_buffer[1].data) == {"app": "shop", "event": "serving", "running": ["shop_01"]}
+    assert pool.spawned == 1 and pool.event_buffer == [mine]
     assert log == ["supervisor-fastapi: starting shop_listener for 1 event(s)"]
+
+
+def test_the_snapshot_goes_behind_every_buffered_event():
+    mine = remote(remote_alert_body("shop", "k", "p", "s"))
+    pool = Pool([mine], ProcessStates.STARTING)
+    snapshot(pool, CONFIG, ["shop_00", "shop_01"])
+    assert pool.event_buffer[0] is mine
+    assert json.loads(pool.event_buffer[1].data) == {"app": "shop", "event": "serving", "running": ["shop_00", "shop_01"]}
 
 
 def test_the_listener_is_left_alone_when_it_runs_was_stopped_or_supervisord_stops():
