@@ -82,7 +82,8 @@ def test_the_snapshot_goes_behind_every_buffered_event():
     pool = Pool([mine], ProcessStates.STARTING)
     snapshot(pool, CONFIG, ["shop_00", "shop_01"])
     assert pool.event_buffer[0] is mine
-    assert json.loads(pool.event_buffer[1].data) == {"app": "shop", "event": "serving", "running": ["shop_00", "shop_01"]}
+    body = {"app": "shop", "event": "serving", "running": ["shop_00", "shop_01"]}
+    assert json.loads(pool.event_buffer[1].data) == body
 
 
 def test_the_listener_is_left_alone_when_it_runs_was_stopped_or_supervisord_stops():
