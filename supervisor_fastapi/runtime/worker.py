@@ -7,8 +7,14 @@ real family and protocol, and TCP_NODELAY is also set on the listener (accepted 
 inherit it on Linux), so asyncio and uvloop both answer at once.
 
 This module imports only the standard library and uvicorn: it runs under the app's own
-interpreter (``app.python``), which need not have click or supervisor installed.
+interpreter (``app.python``), which need not have click or supervisor installed. As the worker
+process, it loads uvicorn without its command line (lean_uvicorn.py).
 """
+
+if __name__ == "__main__":  # the worker process, before anything imports uvicorn; an import (tests) leaves it be
+    from supervisor_fastapi.runtime import lean_uvicorn
+
+    lean_uvicorn.install()
 
 import argparse
 import os

@@ -121,3 +121,52 @@ def test_the_supervisorctl_plugin_loads_only_the_roll_and_the_status_view_of_the
     # Not cli.control, cli.deploy or cli.main: those are the operator's, and bring more with them.
     cli = [m for m in modules_after_import("supervisor_fastapi.plugins.ctl") if m.startswith("supervisor_fastapi.cli.")]
     assert cli == ["supervisor_fastapi.cli.edges", "supervisor_fastapi.cli.roll", "supervisor_fastapi.cli.statusview"]
+
+
+def _run(code: str) -> List[str]:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+# What the worker process loads before it serves, as `python -m supervisor_fastapi.runtime.worker`
+# does (lean_uvicorn first, then the module, its server, the app and uvicorn's protocols).
+WORKER_READY = """
+import json, sys
+from supervisor_fastapi.runtime import lean_uvicorn
+lean_uvicorn.install()
+from supervisor_fastapi.runtime import worker
+server = worker.build_server(worker.parse_args(["supervisor_fastapi.runtime.demo_app:app", "--state-dir", ""]))
+server.config.load()
+assert server.config.loaded
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_the_worker_serves_without_uvicorns_command_line():
+    modules = _run(WORKER_READY)
+    assert "uvicorn.server" in modules and "uvicorn.lifespan.on" in modules  # else this test checks nothing
+    # uvicorn's CLI and process manager; click itself only where uvicorn.config does not load it
+    # too (older releases, 0.30 among them, style their log lines with click).
+    assert heavy(modules, ["uvicorn.main", "uvicorn.supervisors", "multiprocessing"]) == []
+
+
+def test_an_app_that_asks_for_more_of_uvicorn_gets_the_package_uvicorn_ships():
+    code = """
+import json, sys
+from supervisor_fastapi.runtime import lean_uvicorn
+lean_uvicorn.install()
+import uvicorn
+from uvicorn import Config, Server
+assert Config.__module__ == "uvicorn.config" and Server.__module__ == "uvicorn.server"
+assert "uvicorn.main" not in sys.modules
+assert callable(uvicorn.run) and uvicorn.__version__ and uvicorn.Config is Config
+assert sorted(uvicorn.__all__) == ["Config", "Server", "main", "run"]
+try:
+    uvicorn.no_such_name
+except AttributeError:
+    pass
+else:
+    raise SystemExit("no AttributeError")
+print(json.dumps(sorted(sys.modules)))
+"""
+    assert "uvicorn.main" in _run(code)
