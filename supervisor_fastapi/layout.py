@@ -18,6 +18,7 @@ LOG_DIR = "logs"
 STATE_DIR = "workers"  # the workers' ready/heartbeat files; the only folder the app user writes
 LISTENER_STATE = "listener-state.json"  # the listener: last alert and its results
 ALERT_JOURNAL = "alerts-undelivered.jsonl"  # the listener: alerts no channel took
+LISTENER_SPOOL = "listener-spool.jsonl"  # the plugin: events for a listener that is not running
 ALERTS_LOG = "alerts.log"  # the `log` alert channel's default file
 WATCHDOG_MEMO = "watchdog-state.json"  # the watchdog: consecutive over-limit counts
 # The releases' record (builds, migration results, which one was current): written by the
@@ -143,6 +144,10 @@ class Layout:
     @property
     def listener_state(self) -> str:
         return os.path.join(self.run_dir, LISTENER_STATE)
+
+    @property
+    def listener_spool(self) -> str:
+        return os.path.join(self.run_dir, LISTENER_SPOOL)
 
     @property
     def alert_journal(self) -> str:

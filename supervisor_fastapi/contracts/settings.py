@@ -132,6 +132,7 @@ class ListenerConfig:
     # exits after this many seconds with nothing to do; 0 (no plugin, or a conf rendered before
     # this setting): it stays, as supervisord would restart it at once.
     idle_exit: float = 0.0
+    spool_path: str = ""  # events the plugin kept for it while it was not running (plugins/ondemand.py)
 
     def to_env(self) -> str:
         import base64

@@ -107,7 +107,8 @@ def listener_config(spec: Spec, controller: bool = True) -> ListenerConfig:
                           state_path=layout.listener_state, journal_path=layout.alert_journal,
                           base_dir=spec.base_dir, run_dir=spec.run_dir, alerts=alert_records(spec),
                           send_retries=spec.listener.send_retries,
-                          idle_exit=LISTENER_IDLE_EXIT if controller else 0.0)
+                          idle_exit=LISTENER_IDLE_EXIT if controller else 0.0,
+                          spool_path=layout.listener_spool if controller else "")
 
 
 def listener_only_env(spec: Spec) -> List[str]:

@@ -5,14 +5,17 @@ up alert results and save state), hand it to the machines, queue the actions,
 acknowledge. With the plugin (``idle_exit`` > 0) the loop also ends, exit status 0, once
 nothing is left to do: no alert on its way, the state saved, no ``no_worker_serving`` to time,
 no event for ``idle_exit`` seconds. supervisord keeps the events that come meanwhile and the
-plugin starts the listener again for the first that needs it (plugins/controller.py), so a
-deployment at rest runs no listener process. Acknowledging never waits on RPC or a channel: RPC calls run in a worker
-thread with ``wait=False``, alerts in the sender threads. stdout is the protocol channel;
+plugin starts the listener again for the first that needs it (plugins/ondemand.py), so a
+deployment at rest runs no listener process. Alerts that came while it was not running wait in
+the plugin's spool file (``spool_path``), taken before each batch from stdin: they are older.
+Acknowledging never waits on RPC or a channel: RPC calls run in a worker thread with
+``wait=False``, alerts in the sender threads. stdout is the protocol channel;
 every log line goes to stderr. Signal handlers only set a flag: the loop finishes the
 protocol write it is in and then stops.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -23,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..contracts.files import is_enospc
+from ..contracts.files import is_enospc, read_small_file
 from ..contracts.rpc import LogRef, ProcessInfo, run_log_tail, scrubbing_transport
 from ..contracts.settings import LISTENER_ENV, ListenerConfig
 from . import statefile
@@ -50,6 +53,7 @@ log = logging.getLogger("supervisor_fastapi.listener")
 MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save state
 SAVE_EVERY = 0.25  # coalesce state-file writes to at most four a second
 TAIL_CHARS = 4000
+SPOOL_MAX = 64 * 1024 * 1024  # read at most this much of a spool (the plugin writes at most 16 MiB)
 TAIL_LINES = 30
 
 ProxyFactory = Callable[[], Any]
@@ -226,8 +230,47 @@ class Listener:
         self._dirty = True
         self._save(force=True)
 
+    def take_spool(self) -> None:
+        """Handle the alerts the plugin spooled while this listener was not running (oldest first).
+
+        Renamed before reading, so the plugin's next append starts a new file; a ``.taking``
+        file left by a listener that died while handling it is taken first."""
+        path = self.config.spool_path
+        if not path:
+            return
+        taking = path + ".taking"
+        try:
+            if not os.path.exists(taking):
+                os.rename(path, taking)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("cannot take the spool %s: %s", path, exc)
+            return
+        data = read_small_file(taking, SPOOL_MAX)
+        if data is None:
+            log.error("cannot read the spool %s (not a regular file, or over %d bytes): its alerts are lost",
+                      taking, SPOOL_MAX)
+        lines = (data or b"").decode("utf-8", "replace").splitlines()
+        for line in lines:
+            try:
+                item = json.loads(line)
+                headers, payload = {"eventname": str(item["eventname"])}, str(item["payload"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping a spool line that is not an event: %r", line[:200])
+                continue
+            self.handle(headers, payload)
+        if lines:
+            log.info("took %d event(s) kept by the plugin while the listener was not running", len(lines))
+            self._last_input = self.clock()
+        try:
+            os.unlink(taking)
+        except OSError as exc:
+            log.error("cannot remove the spool %s: %s", taking, exc)
+
     def run(self) -> int:
         """Serve events until supervisord closes stdin or a signal asks us to stop."""
+        self.take_spool()
         self._write(READY)
         while not self.stop_requested:
             timeout = MAX_SLEEP
@@ -240,6 +283,7 @@ class Listener:
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
                 self._drain_results()
+            self.take_spool()  # older than anything supervisord hands over now
             if self.stdin_fd in readable:
                 data = os.read(self.stdin_fd, 65536)
                 if not data:

@@ -185,6 +185,8 @@ class AppControl:
         self.announced: Dict[str, Tuple[int, str]] = {}  # full name -> (pid, cause) of an exit on purpose
         self.releases: Dict[str, str] = {}  # release mode: namespec -> the release it was spawned from
         self.listening: Dict[str, int] = {}  # full name -> the pid seen listening on the shared socket
+        self.listener_spool = ""  # run/listener-spool.jsonl, set by the factory from its run_dir
+        self.listener_starter = ondemand.ListenerStarter(log)
         self.gate: Gate = self._gate()
         self.gate_watch = GateWatch()
         self.gate_watch.state = self.gate.state
@@ -390,16 +392,17 @@ class AppControl:
 
     def wake_listener(self) -> None:
         """Start the listener if an event waits for it (ondemand.py)."""
-        ondemand.wake(self.supervisord, self.config, Names(self.config.app).listener, self.web_running(), self.log)
+        self.listener_starter.wake(self.supervisord, self.config, Names(self.config.app).listener, self.web_running(),
+                                   self.listener_spool)
 
     def listener_starting(self, event: Any) -> None:
         """Whoever starts the listener: the snapshot of running workers goes behind its buffer."""
         from supervisor import events
 
-        process = event.process
-        pool = getattr(process, "group", None)
-        if (isinstance(event, events.ProcessStateStartingEvent) and pool is not None
-                and pool.config.name == Names(self.config.app).listener and ondemand.listener_process(pool)):
+        if not isinstance(event, events.ProcessStateStartingEvent):
+            return
+        pool = getattr(event.process, "group", None)
+        if pool is not None and pool.config.name == Names(self.config.app).listener and ondemand.listener_process(pool):
             ondemand.snapshot(pool, self.config, self.web_running())
 
     def _processes(self) -> List[Any]:
@@ -636,6 +639,10 @@ class Registry:
         for control in self.apps.values():
             control.close_all("supervisord is stopping (shutdown or reload); incident closed, the next run "
                               "starts every worker at once")
+            try:
+                control.wake_listener()  # the last pass this plugin sees: alerts still buffered go to the spool
+            except Exception as exc:
+                self._safe_log(f"supervisor-fastapi: could not spool {control.config.app}'s alerts: {exc!r}")
         self._drop_waker(close=True)
         self.log = lambda message: None
 

@@ -9,7 +9,14 @@ an event, looks at that buffer while the listener is EXITED:
 - an event the listener acts on (``wanted``) starts it (``spawn``, as `supervisorctl start`
   does);
 - every other event is dropped from the buffer, so a long rest cannot overflow it (supervisord
-  logs each overflow as an error and drops the oldest event, which could be a wanted one).
+  logs each overflow as an error and drops the oldest event, which could be a wanted one);
+- this app's alerts, while the listener is not RUNNING (EXITED, STARTING for its first second,
+  STOPPED, being restarted, or supervisord stopping), move from the buffer to the spool file
+  (``run/listener-spool.jsonl``, root's), which the listener reads before the events
+  supervisord hands it. The buffer lives in supervisord's memory: a reload, a shutdown or an
+  `update` that replaces the listener's group drops it, and a burst larger than it overflows,
+  where a running listener would have taken each alert within milliseconds. A spool that
+  cannot be written (a full disk) leaves them in the buffer.
 
 Events the listener acts on: this app's alerts (REMOTE_COMMUNICATION of our type for this app,
 or for no app, which are this app's); the migration's EXITED (it closes an incident left open
@@ -29,7 +36,8 @@ An event sent to the listener just as it exits is given back to the buffer by su
 """
 
 import json
-from typing import Any, Callable, List, Optional
+import os
+from typing import Any, Callable, List, Optional, Sequence
 
 from ..contracts.rpc import REMOTE_TYPE, SERVING_EVENT, serving_snapshot_body
 from ..contracts.settings import ControlConfig
@@ -73,27 +81,73 @@ def listener_process(pool: Any) -> Optional[Any]:
     return process
 
 
-def wake(supervisord: Any, config: ControlConfig, pool_name: str, web_running: List[str],
-         log: Callable[[str], None]) -> bool:
-    """Tidy the buffer of ``pool_name`` and start its listener if it has a wanted event.
-    Returns whether it started it."""
-    from supervisor.states import ProcessStates, SupervisorStates
+SPOOL_LIMIT = 16 * 1024 * 1024  # beyond this, alerts wait in supervisord's buffer as before
 
-    pool = supervisord.process_groups.get(pool_name)
-    process = listener_process(pool)
-    if process is None or supervisord.options.mood < SupervisorStates.RUNNING:
-        return False  # shutting down or reloading: the next run's listener starts with autostart
-    state = process.get_state()
-    if state not in (ProcessStates.EXITED, ProcessStates.STOPPED):
-        return False  # running, starting or restarting: it takes the buffer as it is
-    keep = [e for e in pool.event_buffer if wanted(e, config, bool(web_running))]
-    if len(keep) != len(pool.event_buffer):
-        pool.event_buffer[:] = keep
-    if not keep or state != ProcessStates.EXITED:
-        return False
-    log(f"supervisor-fastapi: starting {pool_name} for {len(keep)} event(s)")
-    process.spawn()
-    return True
+
+def is_alert(event: Any) -> bool:
+    from supervisor import events
+
+    return isinstance(event, events.RemoteCommunicationEvent)
+
+
+def spool(path: str, batch: Sequence[Any]) -> None:
+    """Append ``batch`` (supervisor events) to the spool as JSON lines; OSError when it cannot."""
+    from supervisor import events
+
+    lines = "".join(json.dumps({"eventname": events.getEventNameByType(type(e)), "payload": e.payload()}) + "\n"
+                    for e in batch).encode()
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if os.fstat(fd).st_size + len(lines) > SPOOL_LIMIT:
+            raise OSError(f"{path} holds {SPOOL_LIMIT} bytes already")
+        os.write(fd, lines)  # one write: O_APPEND keeps it whole against the listener's rename
+    finally:
+        os.close(fd)
+
+
+class ListenerStarter:
+    """What the plugin does for one app's listener on a pass after an event (``wake``)."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.spool_failing = False
+
+    def wake(self, supervisord: Any, config: ControlConfig, pool_name: str, web_running: List[str],
+             spool_path: str) -> bool:
+        """Spool this app's alerts while the listener does not run, tidy its buffer, and start it
+        if a wanted event waits. Returns whether it started it."""
+        from supervisor.states import ProcessStates, SupervisorStates
+
+        pool = supervisord.process_groups.get(pool_name)
+        process = listener_process(pool)
+        if process is None:
+            return False
+        state = process.get_state()
+        if state == ProcessStates.RUNNING:
+            return False  # it takes its buffer as it is
+        want = [e for e in pool.event_buffer if wanted(e, config, bool(web_running))]
+        alerts = [e for e in want if is_alert(e)]
+        if alerts and spool_path:
+            try:
+                spool(spool_path, alerts)
+            except OSError as exc:
+                if not self.spool_failing:
+                    self.log(f"supervisor-fastapi: cannot spool alerts for {pool_name} ({exc}); they wait in "
+                             "supervisord's buffer")
+                self.spool_failing = True
+            else:
+                self.spool_failing = False
+                spooled = set(map(id, alerts))
+                pool.event_buffer[:] = [e for e in pool.event_buffer if id(e) not in spooled]
+        if state in (ProcessStates.EXITED, ProcessStates.STOPPED):
+            keep = set(map(id, want))
+            pool.event_buffer[:] = [e for e in pool.event_buffer if id(e) in keep]
+        if not want or state != ProcessStates.EXITED or supervisord.options.mood < SupervisorStates.RUNNING:
+            return False  # stopped by the operator, starting already, or supervisord is stopping
+        self.log(f"supervisor-fastapi: starting {pool_name} for {len(want)} event(s)")
+        process.spawn()
+        return True
 
 
 def snapshot(pool: Any, config: ControlConfig, web_running: List[str]) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Dict, List
 from ..contracts.files import read_json, read_rss, read_worker_states
 from ..contracts.rpc import ControlState, printable, read_log_window
 from ..contracts.settings import ControlConfig
-from ..layout import LISTENER_STATE, Names
+from ..layout import LISTENER_SPOOL, LISTENER_STATE, Names
 from .controller import REGISTRY, AppControl
 from .sockets import DEFAULT_RELEASE_AFTER, HOLDS, fcgi_urls, install_bind_hook, share_tcp_ports, subscribe
 
@@ -149,6 +149,8 @@ def make_rpcinterface(supervisord: Any, **options: str) -> FastAPINamespaceRPCIn
                          "(supervisor-fastapi render)") from None
     REGISTRY.start_run(supervisord, log)
     control = REGISTRY.register(config)
+    run_dir = options.get("run_dir", "")
+    control.listener_spool = os.path.join(run_dir, LISTENER_SPOOL) if run_dir else ""
     HOLDS.wanted = REGISTRY.serves_socket
     install_bind_hook()
     subscribe(supervisord, REGISTRY.web_groups)

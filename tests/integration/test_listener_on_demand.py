@@ -1,9 +1,12 @@
 """The event listener runs only while it has work: at rest the deployment has no listener
 process, and every alert still arrives, the ones sent as it exits included."""
 
+import json
 import os
 import signal
+import threading
 import time
+import xmlrpc.client
 
 from supervisor_fastapi.contracts.rpc import notify
 
@@ -14,7 +17,10 @@ IDLE_EXIT = 5.0  # generate/conf.py LISTENER_IDLE_EXIT
 
 
 def listener(d) -> dict:
-    return next(i for i in d.infos() if i["name"] == "web_listener")
+    try:
+        return next(i for i in d.infos() if i["name"] == "web_listener")
+    except (OSError, xmlrpc.client.Fault):  # supervisord reloading or not up yet
+        return {"statename": "UNKNOWN", "pid": 0, "exitstatus": None}
 
 
 def at_rest(d, timeout: float = 30.0) -> None:
@@ -103,3 +109,54 @@ def test_a_listener_restarted_after_a_crash_knows_both_workers_serve(deploy):
         time.sleep(12)  # past the 10 s grace of no_worker_serving
         assert hook.alerts(kind="no_worker_serving") == []
         at_rest(d)
+
+
+def test_an_alert_sent_at_rest_survives_a_reload_and_a_down_that_follow_at_once(deploy):
+    """While the listener starts (a second), alerts wait in the plugin's spool on disk, not in
+    supervisord's buffer, which a reload or a shutdown throws away."""
+    with WebhookReceiver() as hook:
+        d = deploy({"alerts": [{"type": "webhook", "name": "hook", "url": hook.url}]})
+        at_rest(d)
+        notify(d.rpc, "web", "before_reload", "web_00", "then supervisorctl reload at once")
+        assert d.ctl("reload").returncode == 0
+        wait_until(lambda: "before_reload" in kinds(hook), 30, "the alert sent just before the reload")
+        at_rest(d, 60)
+        notify(d.rpc, "web", "before_down", "web_00", "then down at once")
+        r = d.cli("down")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = d.cli("up", "--timeout", "60")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_until(lambda: "before_down" in kinds(hook), 30, "the alert sent just before down, after up")
+        assert kinds(hook).count("before_reload") == 1 and kinds(hook).count("before_down") == 1
+        assert not os.path.exists(d.layout.listener_spool)
+
+
+def test_a_burst_larger_than_supervisords_buffer_at_rest_loses_nothing(deploy):
+    d = deploy({"alerts": [{"type": "log", "name": "file"}]})
+    at_rest(d)
+    sent = [f"burst_{i}" for i in range(1500)]  # the listener's buffer in supervisord holds 1024
+
+    def send(kinds: list) -> None:
+        rpc = d.rpc  # a connection per thread: four senders outrun the listener's one-second start
+        for kind in kinds:
+            notify(rpc, "web", kind, "web_00", "a burst at rest")
+
+    threads = [threading.Thread(target=send, args=(sent[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    def delivered() -> list:
+        try:
+            with open(d.layout.alerts_log) as f:
+                return [json.loads(line)["kind"] for line in f if line.strip()]
+        except OSError:
+            return []
+
+    wait_until(lambda: len([k for k in delivered() if k.startswith("burst_")]) == len(sent), 60,
+               "every alert of the burst in the log channel")
+    assert sorted(k for k in delivered() if k.startswith("burst_")) == sorted(sent)
+    time.sleep(12)  # past no_worker_serving's grace: both workers serve, no page
+    assert "no_worker_serving" not in delivered()
+    assert "overflowed" not in daemon_log(d)

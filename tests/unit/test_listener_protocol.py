@@ -257,3 +257,16 @@ def test_the_loop_exits_with_status_0_once_idle(tmp_path):
     assert statefile.load(str(tmp_path / "state.json"))["last_alert"]["kind"] == "hello"
     for fd in (in_r, in_w, out_r, out_w):
         os.close(fd)
+
+
+def test_alerts_spooled_by_the_plugin_go_out_first_and_the_spool_is_removed(tmp_path):
+    spool = tmp_path / "listener-spool.jsonl"
+    lines = [json.dumps({"eventname": "REMOTE_COMMUNICATION",
+                         "payload": "type:supervisor-fastapi\n" + remote_alert_body("web", k, "web_00", "s")})
+             for k in ("spooled_1", "spooled_2")]
+    spool.write_text("\n".join(lines + ["not an event"]) + "\n")
+    config = ListenerConfig(app="web", web="web", state_path=str(tmp_path / "state.json"), spool_path=str(spool))
+    r = run_listener(tmp_path, remote(1, event="event", kind="from_stdin").encode(), config)
+    assert [m["kind"] for m in r["sent"]] == ["spooled_1", "spooled_2", "from_stdin"]
+    assert not spool.exists() and not (tmp_path / "listener-spool.jsonl.taking").exists()
+    assert r["out"] == "READY\nRESULT 2\nOKREADY\n"  # spooled events are not acknowledged: supervisord never sent them

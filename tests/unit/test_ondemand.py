@@ -2,7 +2,7 @@
 
 import json
 from types import SimpleNamespace
-from typing import Any, List
+from typing import Any, List, Optional
 
 from supervisor import events
 from supervisor.datatypes import RestartUnconditionally, RestartWhenExitUnexpected
@@ -10,7 +10,7 @@ from supervisor.states import ProcessStates, SupervisorStates
 
 from supervisor_fastapi.contracts.rpc import REMOTE_TYPE, remote_alert_body, serving_snapshot_body
 from supervisor_fastapi.contracts.settings import ControlConfig
-from supervisor_fastapi.plugins.ondemand import snapshot, wake, wanted
+from supervisor_fastapi.plugins.ondemand import ListenerStarter, snapshot, wanted
 
 CONFIG = ControlConfig(app="shop", web="shop", state_dir="/x", migrate="shop_migrate")
 
@@ -67,6 +67,17 @@ def supervisord(pool: Pool, mood: int = SupervisorStates.RUNNING) -> Any:
     return SimpleNamespace(process_groups={"shop_listener": pool}, options=SimpleNamespace(mood=mood))
 
 
+def wake(sd: Any, config: ControlConfig, name: str, running: List[str], log: Any, spool: str = "") -> bool:
+    return ListenerStarter(log).wake(sd, config, name, running, spool)
+
+
+def spooled(path: Any) -> Optional[List[dict]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    except FileNotFoundError:
+        return None
+
+
 def test_an_exited_listener_is_started_and_the_rest_of_its_buffer_is_dropped():
     mine = remote(remote_alert_body("shop", "k", "p", "s"))
     other = state_event(events.ProcessStateExitedEvent, "shop_00", "shop")  # a sibling serves
@@ -75,6 +86,44 @@ def test_an_exited_listener_is_started_and_the_rest_of_its_buffer_is_dropped():
     assert wake(supervisord(pool), CONFIG, "shop_listener", ["shop_01"], log.append)
     assert pool.spawned == 1 and pool.event_buffer == [mine]
     assert log == ["supervisor-fastapi: starting shop_listener for 1 event(s)"]
+
+
+def test_alerts_wait_in_the_spool_while_the_listener_does_not_run(tmp_path):
+    path = tmp_path / "listener-spool.jsonl"
+    first, second = (remote(remote_alert_body("shop", k, "p", "s")) for k in ("first", "second"))
+    none_serve = state_event(events.ProcessStateExitedEvent, "shop_00", "shop")
+    pool = Pool([first, none_serve], ProcessStates.EXITED)
+    assert wake(supervisord(pool), CONFIG, "shop_listener", [], print, str(path))
+    # The alert is on disk (a reload or a burst cannot drop it); the state event stays for the
+    # listener, behind which its snapshot goes.
+    assert pool.event_buffer == [none_serve] and pool.spawned == 1
+    [line] = spooled(path)
+    assert line == {"eventname": "REMOTE_COMMUNICATION", "payload": first.payload()}
+    pool.process.state = ProcessStates.STARTING  # its first second: still spooled, in order
+    pool.event_buffer.append(second)
+    assert not wake(supervisord(pool), CONFIG, "shop_listener", [], print, str(path))
+    assert [json.loads(x["payload"].split("\n", 1)[1])["kind"] for x in spooled(path)] == ["first", "second"]
+    assert pool.event_buffer == [none_serve] and pool.spawned == 1
+    pool.process.state = ProcessStates.RUNNING  # running: it takes its buffer as supervisord hands it over
+    third = remote(remote_alert_body("shop", "third", "p", "s"))
+    pool.event_buffer.append(third)
+    assert not wake(supervisord(pool), CONFIG, "shop_listener", [], print, str(path))
+    assert pool.event_buffer[-1] is third and len(spooled(path)) == 2
+
+
+def test_supervisord_stopping_spools_but_starts_nothing_and_a_full_disk_keeps_the_buffer(tmp_path):
+    alert = remote(remote_alert_body("shop", "k", "p", "s"))
+    pool = Pool([alert], ProcessStates.EXITED)
+    path = tmp_path / "spool.jsonl"
+    assert not wake(supervisord(pool, SupervisorStates.SHUTDOWN), CONFIG, "shop_listener", [], print, str(path))
+    assert len(spooled(path)) == 1 and pool.event_buffer == [] and pool.spawned == 0
+    log: List[str] = []
+    pool = Pool([alert], ProcessStates.EXITED)
+    unwritable = str(tmp_path / "no-such-dir" / "spool.jsonl")
+    starter = ListenerStarter(log.append)
+    for _ in range(2):
+        starter.wake(supervisord(pool, SupervisorStates.SHUTDOWN), CONFIG, "shop_listener", [], unwritable)
+    assert pool.event_buffer == [alert] and len(log) == 1 and "cannot spool alerts" in log[0]
 
 
 def test_the_snapshot_goes_behind_every_buffered_event():
