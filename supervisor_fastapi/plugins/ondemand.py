@@ -4,12 +4,13 @@ With the plugin, the listener exits (status 0) once it has had nothing to do for
 (listener/main.py, ``idle_exit``), and its ``[eventlistener]`` section restarts it only after a
 crash (``autorestart=unexpected``). supervisord keeps buffering the pool's events meanwhile
 (its ``event_buffer``); this module, run from the controller once per main-loop pass after
-an event, looks at that buffer while the listener is EXITED:
+an event, looks at that buffer while the listener is not RUNNING:
 
-- an event the listener acts on (``wanted``) starts it (``spawn``, as `supervisorctl start`
-  does);
-- every other event is dropped from the buffer, so a long rest cannot overflow it (supervisord
-  logs each overflow as an error and drops the oldest event, which could be a wanted one);
+- an event the listener acts on (``wanted``) starts it if it is EXITED (``spawn``, as
+  `supervisorctl start` does);
+- while it is EXITED or STOPPED, every other event is dropped from the buffer, so a long rest
+  cannot overflow it (supervisord logs each overflow as an error and drops the oldest event,
+  which could be a wanted one);
 - this app's alerts, while the listener is not RUNNING (EXITED, STARTING for its first second,
   STOPPED, being restarted, or supervisord stopping), move from the buffer to the spool file
   (``run/listener-spool.jsonl``, root's), which the listener reads before the events
@@ -30,7 +31,8 @@ ones as it goes STARTING: which web workers run now, the picture the listener wo
 have to build from events it never saw (without it, a listener started while both workers
 serve would page "no worker serving" after its grace).
 
-A listener the operator stopped (STOPPED) is not started: its buffer is only kept tidy.
+A listener the operator stopped (STOPPED) is not started: its alerts wait in the spool until
+`supervisorctl start`.
 An event sent to the listener just as it exits is given back to the buffer by supervisord
 (``EventRejectedEvent``) and starts the next one. Standard library and supervisor only.
 """
