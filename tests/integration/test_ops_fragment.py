@@ -12,6 +12,7 @@ import pytest
 import tomli_w
 
 from supervisor_fastapi.cli import control
+from supervisor_fastapi.contracts.rpc import notify
 from supervisor_fastapi.layout import Layout
 
 from .conftest import APPS, daemon_pid, free_port, reap, wait_until, worker_files
@@ -145,6 +146,30 @@ def test_two_apps_fragments_on_one_supervisord_each_see_their_own_workers(os_sup
     assert web_after and not (web_before & web_after), "web's roll replaced web's workers"
     assert admin_after and not (admin_before & admin_after)
     assert web_after == {s["pid"] for s in worker_files(Layout(os.path.join(folder, "web-run"))).values()}
+
+    # Both listeners at rest; an alert for each app starts that app's listener alone and lands
+    # in that app's channel alone (each plugin spools its own app's alerts, drops the other's).
+    proxy = control.proxy(f"unix://{folder}/os.sock")
+
+    def states() -> dict:
+        return {i["name"]: i["statename"] for i in proxy.supervisor.getAllProcessInfo()}
+
+    wait_until(lambda: states()["web_listener"] == states()["web_admin_listener"] == "EXITED", 30,
+               "both listeners at rest")
+    notify(proxy, "web", "for_web", "web_00", "web's alert")
+    notify(proxy, "web_admin", "for_admin", "web_admin_00", "web_admin's alert")
+
+    def kinds(app: str) -> list:
+        try:
+            with open(Layout(os.path.join(folder, f"{app}-run")).alerts_log) as f:
+                return [json.loads(line)["kind"] for line in f if line.strip()]
+        except OSError:
+            return []
+
+    wait_until(lambda: kinds("web") and kinds("web_admin"), 20, "each app's alert in its own channel")
+    wait_until(lambda: states()["web_listener"] == states()["web_admin_listener"] == "EXITED", 30,
+               "both listeners at rest again")
+    assert kinds("web") == ["for_web"] and kinds("web_admin") == ["for_admin"]
 
 
 def write_shared_spec(folder: str, name: str, plugins: bool, fragment: str = "", **extra) -> Tuple[str, int]:
