@@ -3,7 +3,6 @@
 Each case runs the real CLI in a subprocess against a small app written into tmp_path.
 """
 
-import glob
 import os
 import pathlib
 import select
@@ -27,9 +26,9 @@ from .conftest import wait_until
 pytestmark = pytest.mark.integration
 
 
-def cli(*args, cwd=None, timeout=120):
+def cli(*args, cwd=None, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "supervisor_fastapi", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
 
 
 def app_folder(tmp_path, source="app = object()\n", asgi="main:app", **app):
@@ -151,16 +150,12 @@ def test_an_unknown_app_user(tmp_path):
         assert "FAIL app.user: no user 'no-such-user-xyz' on this host" in r.stdout, r.stdout
 
 
-def demo_folders():
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "supervisor-fastapi-demo-*")))
-
-
-def test_demo_with_zero_workers_is_one_line_and_leaves_no_folder():
-    before = demo_folders()
-    r = cli("demo", "--workers", "0")
+def test_demo_with_zero_workers_is_one_line_and_leaves_no_folder(tmp_path):
+    # A temp folder of its own (TMPDIR): the shared one gets other suites' demo folders meanwhile.
+    r = cli("demo", "--workers", "0", env={**os.environ, "TMPDIR": str(tmp_path)})
     assert r.returncode == 2
     assert r.stderr.strip() == "error: demo --workers: must be 1 or more (got 0)"
-    assert demo_folders() == before
+    assert os.listdir(tmp_path) == []
 
 
 def _stderr_until(proc, text, timeout):
