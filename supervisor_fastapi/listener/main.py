@@ -14,7 +14,9 @@ every log line goes to stderr. Signal handlers only set a flag: the loop finishe
 protocol write it is in and then stops.
 """
 
+import collections
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -54,6 +56,9 @@ MAX_SLEEP = 1.0  # wake at least this often, to pick up alert results and save s
 SAVE_EVERY = 0.25  # coalesce state-file writes to at most four a second
 TAIL_CHARS = 4000
 SPOOL_MAX = 64 * 1024 * 1024  # read at most this much of a spool (the plugin writes at most 16 MiB)
+# Spooled alerts in flight at once: a burst taken in one go must not overrun a channel's queue
+# (delivery.QUEUE_LIMIT), which would journal what a running listener would have sent.
+BACKLOG_WINDOW = 100
 TAIL_LINES = 30
 
 ProxyFactory = Callable[[], Any]
@@ -196,6 +201,8 @@ class Listener:
         self.idle_exit = config.idle_exit if config.controller else 0.0
         self._outstanding = 0
         self._last_input = clock()
+        self._backlog: collections.deque[Tuple[Dict[str, str], str]] = collections.deque()
+        self._taking = ""  # the spool file being fed; removed once every line is handled
         dispatcher.on_result = self._on_result
 
     # -- sender-thread side --
@@ -236,7 +243,7 @@ class Listener:
         Renamed before reading, so the plugin's next append starts a new file; a ``.taking``
         file left by a listener that died while handling it is taken first."""
         path = self.config.spool_path
-        if not path:
+        if not path or self._backlog:
             return
         taking = path + ".taking"
         try:
@@ -247,7 +254,18 @@ class Listener:
         except OSError as exc:
             log.error("cannot take the spool %s: %s", path, exc)
             return
-        data = read_small_file(taking, SPOOL_MAX)
+        try:
+            # The plugin writes under this lock, and only to the file still at ``path``: once
+            # held, no write to this one is under way or to come.
+            fd = os.open(taking, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            log.error("cannot take the spool %s: %s", taking, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = read_small_file(taking, SPOOL_MAX)
+        finally:
+            os.close(fd)
         if data is None:
             log.error("cannot read the spool %s (not a regular file, or over %d bytes): its alerts are lost",
                       taking, SPOOL_MAX)
@@ -255,14 +273,23 @@ class Listener:
         for line in lines:
             try:
                 item = json.loads(line)
-                headers, payload = {"eventname": str(item["eventname"])}, str(item["payload"])
+                self._backlog.append(({"eventname": str(item["eventname"])}, str(item["payload"])))
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping a spool line that is not an event: %r", line[:200])
-                continue
-            self.handle(headers, payload)
         if lines:
             log.info("took %d event(s) kept by the plugin while the listener was not running", len(lines))
             self._last_input = self.clock()
+        self._taking = taking
+        self.feed_backlog()
+
+    def feed_backlog(self) -> None:
+        """Handle spooled events, at most BACKLOG_WINDOW alerts in flight; remove the file once done."""
+        while self._backlog and self._outstanding < BACKLOG_WINDOW:
+            headers, payload = self._backlog.popleft()
+            self.handle(headers, payload)
+        if self._backlog or not self._taking:
+            return
+        taking, self._taking = self._taking, ""
         try:
             os.unlink(taking)
         except OSError as exc:
@@ -276,15 +303,19 @@ class Listener:
             timeout = MAX_SLEEP
             if self._dirty:
                 timeout = min(timeout, max(0.0, self._last_save + SAVE_EVERY - self.clock()))
+            # Spooled events are older than anything supervisord hands over now: stdin waits
+            # until they are all handled.
+            watch = [self._wake_r] if self._backlog else [self.stdin_fd, self._wake_r]
             try:
-                readable, _, _ = select.select([self.stdin_fd, self._wake_r], [], [], timeout)
+                readable, _, _ = select.select(watch, [], [], timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries select on 3.5+
                 continue
             if self._wake_r in readable:
                 os.read(self._wake_r, 4096)
                 self._drain_results()
-            self.take_spool()  # older than anything supervisord hands over now
-            if self.stdin_fd in readable:
+            self.take_spool()
+            self.feed_backlog()
+            if self.stdin_fd in readable and not self._backlog:
                 data = os.read(self.stdin_fd, 65536)
                 if not data:
                     log.info("stdin closed: supervisord is going away")
@@ -306,7 +337,8 @@ class Listener:
 
     def idle(self, now: float) -> bool:
         """Whether the listener may exit until the plugin needs it again (see the module doc)."""
-        return (self.idle_exit > 0 and self._outstanding == 0 and not self._dirty and not self._save_failing
+        return (self.idle_exit > 0 and self._outstanding == 0 and not self._backlog and not self._dirty
+                and not self._save_failing
                 and not self.serving.watching() and now - self._last_input >= self.idle_exit)
 
     def handle(self, headers: Dict[str, str], payload: str) -> None:

@@ -98,14 +98,27 @@ def spool(path: str, batch: Sequence[Any]) -> None:
 
     lines = "".join(json.dumps({"eventname": events.getEventNameByType(type(e)), "payload": e.payload()}) + "\n"
                     for e in batch).encode()
+    import fcntl
+
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, 0o600)
-    try:
-        if os.fstat(fd).st_size + len(lines) > SPOOL_LIMIT:
-            raise OSError(f"{path} holds {SPOOL_LIMIT} bytes already")
-        os.write(fd, lines)  # one write: O_APPEND keeps it whole against the listener's rename
-    finally:
-        os.close(fd)
+    for _ in range(10):
+        fd = os.open(path, flags, 0o600)
+        try:
+            # The listener renames the file, then locks it before reading: under the lock, a
+            # file that is no longer at ``path`` is the listener's now, and is not written to.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                    continue
+            except FileNotFoundError:
+                continue
+            if os.fstat(fd).st_size + len(lines) > SPOOL_LIMIT:
+                raise OSError(f"{path} holds {SPOOL_LIMIT} bytes already")
+            os.write(fd, lines)
+            return
+        finally:
+            os.close(fd)  # and with it the lock
+    raise OSError(f"{path} kept being taken while it was written")
 
 
 class ListenerStarter:
